@@ -1,0 +1,44 @@
+# frozen_scale: two commands do all set-up on a fresh machine.
+#   make demo   - create .venv, install, run the main job on the built-in world
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+RUN_DIR ?= runs/demo
+export DS_ACCELERATOR ?= cpu
+
+.PHONY: demo test test-fast bench install clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	@# CPU-only machines get the CPU build of torch; with CUDA present, the default build.
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "CUDA found: installing torch (CUDA build)"; $(PIP) install -q "torch>=2.3,<2.15"; \
+	else \
+		echo "no CUDA: installing the CPU build torch==2.13.0"; $(PIP) install -q torch==2.13.0; \
+	fi
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/frozen-scale demo --run-dir $(RUN_DIR)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: install
+	$(PY) bench/step_overhead.py
+	$(PY) bench/freeze_savings.py
+	$(PY) bench/zero3_memory.py
+	$(PY) bench/loader_throughput.py
+	$(PY) bench/gpu.py --tiny
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,364 @@
+"""Typed run configuration: nested dataclasses, loaded from YAML with dotted overrides.
+
+One file describes a run. The DeepSpeed JSON is derived from it
+(`frozen_scale.distributed.ds_config`), never written by hand beside it.
+
+    cfg = load_config("configs/tiny-cpu.yaml", ["train.lr=3e-4"])
+
+Unknown keys and wrong types raise `ConfigError` naming the key and the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake."""
+
+
+@dataclass
+class VisionConfig:
+    """The image side: an encoder trained from scratch, or a frozen pretrained backbone."""
+
+    kind: Literal["resnet", "vit", "hf_frozen"] = "resnet"
+    """resnet: normaliser-free ResNet (no batch statistics); vit: ViT; hf_frozen: pretrained HF
+    vision model from `pretrained_path`, kept frozen, only the mapper trains."""
+    image_size: int = 32
+    """Input images are resized to image_size x image_size."""
+    resnet_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    """Channels of each ResNet stage; each stage after the first halves the resolution."""
+    resnet_blocks: int = 1
+    """Residual blocks per stage."""
+    vit_patch_size: int = 4
+    vit_dim: int = 128
+    vit_depth: int = 4
+    vit_heads: int = 4
+    pretrained_path: str = ""
+    """hf_frozen only: local folder or fsspec URL of a transformers vision model."""
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    def __post_init__(self):
+        if self.image_size < 8:
+            raise ConfigError(f"model.vision.image_size must be >= 8, got {self.image_size}")
+        if self.kind == "hf_frozen" and not self.pretrained_path:
+            raise ConfigError("model.vision.kind=hf_frozen needs model.vision.pretrained_path")
+        if self.kind == "vit" and self.image_size % self.vit_patch_size:
+            raise ConfigError(
+                f"model.vision.image_size ({self.image_size}) must be a multiple of "
+                f"model.vision.vit_patch_size ({self.vit_patch_size})"
+            )
+        if self.kind == "vit" and self.vit_dim % self.vit_heads:
+            raise ConfigError("model.vision.vit_dim must be divisible by model.vision.vit_heads")
+
+
+@dataclass
+class ModelConfig:
+    """The Frozen model: vision encoder -> prefix of k vectors -> frozen causal LM."""
+
+    lm_path: str = ""
+    """Local folder or fsspec URL holding a transformers causal LM (save_pretrained layout)."""
+    tokenizer_path: str = ""
+    """Defaults to lm_path."""
+    prefix_length: int = 2
+    """k: number of prefix vectors per image (the paper used 2)."""
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    train_lm: bool = False
+    """Ablation only: finetune the LM together with the prefix (the paper's 'finetuned' row)."""
+    activation_checkpointing: bool = False
+    """Non-reentrant activation checkpointing through the frozen LM's blocks."""
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self):
+        if self.prefix_length < 1:
+            raise ConfigError(f"model.prefix_length must be >= 1, got {self.prefix_length}")
+
+
+@dataclass
+class DataConfig:
+    """Streaming webdataset input."""
+
+    train_shards: str = ""
+    """Folder/URL with a data_prep manifest.json, or a brace pattern like s3://b/{00000..00009}.tar."""
+    num_workers: int = 1
+    """DataLoader workers per rank."""
+    shuffle_buffer: int = 256
+    """Samples held in the shuffle buffer (0 disables sample shuffling)."""
+    max_text_len: int = 32
+    """Caption tokens kept (after the prompt), including the end-of-text token."""
+    prompt: str = ""
+    """Text placed after the image prefix and before the caption; masked from the loss."""
+    resample: bool = False
+    """Endless stream: shards are drawn with replacement (no epochs)."""
+    image_key: str = "png;jpg;jpeg;webp"
+    caption_key: str = "txt"
+
+    def __post_init__(self):
+        if self.num_workers < 0:
+            raise ConfigError("data.num_workers must be >= 0")
+        if self.max_text_len < 2:
+            raise ConfigError("data.max_text_len must be >= 2")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    run_dir: str = "runs/default"
+    steps: int = 100
+    """Optimizer steps."""
+    micro_batch_size: int = 16
+    """Samples per rank per forward pass."""
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1
+    """Cosine schedule floor as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Max global grad norm (0 disables)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    log_every: int = 10
+    seed: int = 0
+    resume: str = ""
+    """'' starts fresh; 'auto' resumes from the newest committed checkpoint; or a checkpoint path."""
+    max_nonfinite_steps: int = 5
+    """Consecutive non-finite losses tolerated (each is skipped) before the run stops."""
+    peak_tflops: float = 0.0
+    """Device peak TFLOP/s for MFU (0: 989 on a GPU, unknown on CPU)."""
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "micro_batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ConfigError("train.betas must hold two numbers")
+
+
+@dataclass
+class DeepSpeedSection:
+    """ZeRO settings; the DeepSpeed JSON is derived from these plus `train`."""
+
+    stage: int = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    extra: dict = field(default_factory=dict)
+    """Passed through into the DeepSpeed JSON (deep-merged last)."""
+
+    def __post_init__(self):
+        if self.stage not in (0, 1, 2, 3):
+            raise ConfigError(f"deepspeed.stage must be 0, 1, 2 or 3, got {self.stage}")
+        if self.offload_params and self.stage != 3:
+            raise ConfigError("deepspeed.offload_params needs deepspeed.stage=3")
+
+
+@dataclass
+class CheckpointConfig:
+    """Where and how often to save."""
+
+    dir: str = ""
+    """Local folder or fsspec URL; defaults to {train.run_dir}/checkpoints."""
+    every: int = 0
+    """Save every N optimizer steps (0: only at the end)."""
+    keep_last: int = 2
+
+    def __post_init__(self):
+        if self.keep_last < 1:
+            raise ConfigError("checkpoint.keep_last must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation after training."""
+
+    num_samples: int = 500
+    max_new_tokens: int = 12
+    num_beams: int = 1
+    batch_size: int = 64
+
+
+@dataclass
+class WorldConfig:
+    """The built-in synthetic shapes world (used by the demo and tests)."""
+
+    seed: int = 0
+    num_train: int = 20000
+    num_eval: int = 500
+    samples_per_shard: int = 2000
+
+
+@dataclass
+class LMPretrainConfig:
+    """Step 1 of the paper on the built-in world: pretrain a tiny causal LM on its text."""
+
+    arch: Literal["gpt2", "llama", "gpt_neox", "opt"] = "gpt2"
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 1e-3
+    seq_len: int = 48
+    num_documents: int = 30000
+    copy_fraction: float = 0.5
+    """Fraction of documents that repeat their caption ('caption. caption.'), which teaches the
+    LM to copy from context: the ability a prefix steers (see notes/calibration)."""
+
+
+@dataclass
+class FrozenConfig:
+    """A whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    lm_pretrain: LMPretrainConfig = field(default_factory=LMPretrainConfig)
+    launcher: dict = field(default_factory=dict)
+    """Cluster submission settings, read by `launchers/` (see launchers.config)."""
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir or str(Path(self.train.run_dir) / "checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass with checking
+
+
+def _nearest(key: str, options) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=where + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(a) for a in typing.get_args(tp))
+            raise ConfigError(f"{where} must be one of {choices}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__} ({value!r})")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r} ({type(value).__name__})")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a plain dict, checking keys and types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'{_nearest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # pragma: no cover - defensive
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FrozenConfig:
+    """Read YAML (or start from defaults), apply dotted overrides, build and validate."""
+    data: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    apply_overrides(data, list(overrides or []))
+    return from_dict(FrozenConfig, data)
+
+
+def save_config(cfg: FrozenConfig, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

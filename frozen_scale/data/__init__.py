@@ -1,0 +1,1 @@
+"""frozen_scale.data"""
