@@ -220,6 +220,85 @@ class LMPretrainConfig:
 
 
 @dataclass
+class LauncherConfig:
+    """Cluster submission settings, read by `launchers/` (`frozen-scale submit` / `plan`)."""
+
+    kind: Literal["local", "slurm", "ray", "torchrun", "deepspeed", "k8s"] = "local"
+    """Default launcher when `frozen-scale submit` gets no --launcher."""
+    nodes: int = 1
+    """Machines in the job."""
+    gpus_per_node: int = 1
+    """Training processes per machine (one per GPU; on CPU, processes per machine)."""
+    tasks_per_node: int = 1
+    """slurm: srun tasks per node, each running one torchrun. Keep 1 on a real cluster; >1 only
+    emulates several nodes on one machine (tests)."""
+    cpus_per_task: int = 0
+    """slurm: CPUs per srun task (0: not requested)."""
+    mem: str = ""
+    """slurm: memory per node, e.g. '400G' ('' : cluster default)."""
+    partition: str = ""
+    time: str = "24:00:00"
+    """Wall-clock limit (slurm --time)."""
+    account: str = ""
+    qos: str = ""
+    job_name: str = "frozen-scale"
+    signal_seconds: int = 120
+    """slurm: SIGUSR1 this many seconds before the time limit (save, exit 75, requeue)."""
+    max_requeues: int = 20
+    """Requeues (slurm) or restarts (ray) after preemption before giving up."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run on every node before training (module load, conda activate, exports)."""
+    container: str = ""
+    """slurm: container image for srun --container-image (pyxis/enroot); k8s: the pod image."""
+    container_mounts: list[str] = field(default_factory=list)
+    """slurm: src:dst mounts for srun --container-mounts."""
+    sbatch_extra: list[str] = field(default_factory=list)
+    """Extra `#SBATCH` options, e.g. '--exclusive', '--constraint=h100'."""
+    runner: Literal["torchrun", "deepspeed"] = "torchrun"
+    """Per-node process launcher used by slurm and host-list launches."""
+    hosts: list[str] = field(default_factory=list)
+    """torchrun/deepspeed host-list launch: one host per node (the first is the master)."""
+    master_port: int = 29500
+    rdzv_backend: Literal["c10d", "static"] = "c10d"
+    """torchrun rendezvous: c10d on the first node (elastic, default) or static master addr/rank."""
+    log_dir: str = ""
+    """Per-job and per-rank logs; defaults to {train.run_dir}/logs."""
+    python: str = "python"
+    """Interpreter on the cluster nodes."""
+    workdir: str = ""
+    """Directory the job runs in on the nodes ('' : the directory `submit` runs in)."""
+    ray_address: str = ""
+    """ray: Jobs API address of the cluster, e.g. http://head:8265 ('' : $RAY_ADDRESS / local)."""
+    ray_working_dir: str = ""
+    """ray: folder uploaded as the job's working_dir ('' : none; the cluster has the code)."""
+    ray_pip: list[str] = field(default_factory=list)
+    """ray: extra pip packages for the job's runtime_env."""
+    env: dict = field(default_factory=dict)
+    """Environment variables set for every training process."""
+    k8s_namespace: str = "default"
+    k8s_ray_version: str = "2.40.0"
+    k8s_cpus_per_node: int = 8
+    k8s_memory_per_node: str = "64Gi"
+
+    def __post_init__(self):
+        for name in ("nodes", "gpus_per_node", "tasks_per_node"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"launcher.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("cpus_per_task", "signal_seconds", "max_requeues"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"launcher.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.master_port < 65536:
+            raise ConfigError(f"launcher.master_port must be a TCP port, got {self.master_port}")
+        if self.hosts and len(self.hosts) != self.nodes:
+            raise ConfigError(
+                f"launcher.hosts lists {len(self.hosts)} hosts but launcher.nodes is {self.nodes}"
+            )
+        for key in self.env:
+            if not isinstance(key, str) or not key.replace("_", "a").isalnum():
+                raise ConfigError(f"launcher.env: '{key}' is not a valid environment variable name")
+
+
+@dataclass
 class FrozenConfig:
     """A whole run."""
 
@@ -231,8 +310,8 @@ class FrozenConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     lm_pretrain: LMPretrainConfig = field(default_factory=LMPretrainConfig)
-    launcher: dict = field(default_factory=dict)
-    """Cluster submission settings, read by `launchers/` (see launchers.config)."""
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    """Cluster submission settings, read by `launchers/`."""
 
     @property
     def checkpoint_dir(self) -> str:
