@@ -1,4 +1,4 @@
-"""Few-shot prompt layouts: segments, image slots, labels and padding with a word-level tokenizer."""
+"""Few-shot prompt layouts: segments, image slots, labels and left padding (word-level tokens)."""
 
 import numpy as np
 import pytest

@@ -109,7 +109,8 @@ def open_ended_classification(support: Sequence[tuple[Any, str]], query_image: A
     """
     names = {name for _, name in support}
     if query_name not in names:
-        raise ValueError(f"query name {query_name!r} is not among the support names {sorted(names)}")
+        raise ValueError(
+            f"query name {query_name!r} is not among the support names {sorted(names)}")
     return concept_binding(support, query_image, question, query_name,
                            task_induction=task_induction, repeats=repeats,
                            caption_template=caption_template)

@@ -216,9 +216,10 @@ def vqa_accuracy(prediction: str, human_answers: Sequence[str], *,
 
     The prediction is normalised with `normalize_vqa_answer`. Human answers are treated as the
     official evaluation treats VQAv2 annotations (which were normalised when the data set was
-    made): only processPunctuation is applied, and only when they are not all the same. Pass
-    normalize_humans=True for raw reference answers (hand-written, other data sets): they then get
-    the full normalisation too.
+    made): only processPunctuation is applied, and only when they are not all the same (so, as
+    in the official code, a raw "two" never matches and "dog!" becomes "dog " and matches
+    nothing). Pass normalize_humans=True for raw reference answers (hand-written, other data
+    sets): they then get the full normalisation too.
 
     With m >= 2 answers the score is the mean over the m leave-one-out subsets of
     min(#answers in the subset equal to the prediction / 3, 1): for VQAv2's 10 answers this is the
