@@ -232,6 +232,8 @@ class LauncherConfig:
     tasks_per_node: int = 1
     """slurm: srun tasks per node, each running one torchrun. Keep 1 on a real cluster; >1 only
     emulates several nodes on one machine (tests)."""
+    request_gpus: bool = True
+    """slurm/ray/k8s: request gpus_per_node GPUs per node (false: CPU-only processes)."""
     cpus_per_task: int = 0
     """slurm: CPUs per srun task (0: not requested)."""
     mem: str = ""
