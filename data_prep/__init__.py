@@ -1,0 +1,12 @@
+"""data_prep: image-text corpora -> webdataset shards on any fsspec URL, spread over Ray.
+
+    sources.py    URL tables, image folders, COCO captions, the synthetic world -> work units
+    fetch.py      one sample's bytes: http(s) download with retries, or a file read
+    imaging.py    safe decode, filters, resize, encode
+    shard.py      one work unit -> NNNNN.tar + NNNNN.parquet + NNNNN_stats.json (commit marker)
+    dedup.py      job-wide exact dedup of image content (a Ray actor)
+    pipeline.py   the Ray job: bounded in flight, retries, resume, progress, manifest.json
+    manifest.py   committed shards and the job manifest the trainer reads
+    synthetic.py  write_world_shards: the built-in world through the same pipeline
+    cli.py        `frozen-scale prep ...`
+"""

@@ -1,0 +1,133 @@
+"""One sample's original bytes: an http(s) download, or a read of a file URL from a listing.
+
+Failures are values, not exceptions: `fetch_url` returns a `Fetched` whose `error` names the
+reason (the error histogram counts these names). Only http and https are ever requested.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+from data_prep.options import UA_TOKEN, FetchOptions
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Fetched:
+    data: bytes | None = None
+    error: str | None = None
+    """Reason for failure: unsupported_scheme, http_404, timeout, connection_error, too_many_bytes,
+    empty_content, opted_out, ..."""
+    attempts: int = 0
+    seconds: float = 0.0
+
+
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    # One connection pool per thread: requests.Session is not documented as thread-safe.
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+    return _local.session
+
+
+def robots_opt_out(header_values: list[str], disallowed: tuple[str, ...], ua_token: str = UA_TOKEN) -> bool:
+    """True if an X-Robots-Tag forbids use: a generic directive ('noai') or one addressed to us
+    ('frozen_scale: noai'); directives addressed to another agent ('otherbot: noai') don't apply."""
+    bad = {d.lower() for d in disallowed}
+    for value in header_values:
+        agent = None
+        text = value.strip()
+        head, sep, rest = text.partition(":")
+        # "agent: d1, d2" names an agent when the part before ':' is a single bare token.
+        if sep and head.strip() and " " not in head.strip() and "," not in head:
+            agent, text = head.strip().lower(), rest
+        if agent is not None and agent != ua_token.lower():
+            continue
+        directives = {d.strip().lower() for d in text.split(",")}
+        if directives & bad:
+            return True
+    return False
+
+
+def _header_values(response: requests.Response, name: str) -> list[str]:
+    raw = getattr(response.raw, "headers", None)
+    if raw is not None and hasattr(raw, "getlist"):
+        return list(raw.getlist(name))
+    value = response.headers.get(name)
+    return [value] if value else []
+
+
+def _download_once(url: str, opts: FetchOptions) -> tuple[bytes | None, str | None, bool]:
+    """(data, error, retryable) of one attempt."""
+    deadline = time.monotonic() + opts.timeout_s
+    headers = {"User-Agent": opts.user_agent}
+    try:
+        with _session().get(url, headers=headers, timeout=opts.timeout_s, stream=True, allow_redirects=True) as r:
+            if r.status_code != 200:
+                return None, f"http_{r.status_code}", r.status_code in RETRYABLE_STATUS
+            if robots_opt_out(_header_values(r, "X-Robots-Tag"), opts.disallowed_directives):
+                return None, "opted_out", False
+            length = r.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > opts.max_bytes:
+                return None, "too_many_bytes", False
+            buf = bytearray()
+            for chunk in r.iter_content(CHUNK):
+                buf += chunk
+                if len(buf) > opts.max_bytes:
+                    return None, "too_many_bytes", False
+                if time.monotonic() > deadline:
+                    return None, "timeout", False
+            if not buf:
+                return None, "empty_content", False
+            return bytes(buf), None, False
+    except requests.exceptions.Timeout:
+        return None, "timeout", False
+    except requests.exceptions.TooManyRedirects:
+        return None, "too_many_redirects", False
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        return None, "connection_error", True
+    except requests.exceptions.RequestException as err:
+        return None, f"request_error:{type(err).__name__}", False
+
+
+def fetch_url(url: str, opts: FetchOptions) -> Fetched:
+    start = time.monotonic()
+    scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme not in ("http", "https"):
+        return Fetched(error="unsupported_scheme", seconds=time.monotonic() - start)
+    attempts = 0
+    while True:
+        attempts += 1
+        data, error, retryable = _download_once(url, opts)
+        if error is None or not retryable or attempts > opts.retries:
+            return Fetched(data, error, attempts, time.monotonic() - start)
+        time.sleep(opts.backoff_s * 2 ** (attempts - 1))
+
+
+def fetch_file(url: str, opts: FetchOptions, storage_options: dict | None = None) -> Fetched:
+    """Read a file named by a folder listing or a captions file (local path or any fsspec URL)."""
+    from frozen_scale import storage
+
+    start = time.monotonic()
+    try:
+        fs, path = storage.filesystem(url, storage_options)
+        size = fs.size(path)
+        if size is not None and size > opts.max_bytes:
+            return Fetched(error="too_many_bytes", attempts=1, seconds=time.monotonic() - start)
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return Fetched(error="file_not_found", attempts=1, seconds=time.monotonic() - start)
+    except OSError as err:
+        return Fetched(error=f"read_error:{type(err).__name__}", attempts=1, seconds=time.monotonic() - start)
+    if not data:
+        return Fetched(error="empty_content", attempts=1, seconds=time.monotonic() - start)
+    return Fetched(data, None, 1, time.monotonic() - start)

@@ -1,0 +1,76 @@
+"""Committed shards and the job manifest the trainer reads.
+
+A shard is committed when its `NNNNN_stats.json` exists (written after its tar and status table).
+`manifest.json` at the output root lists committed shards only, in shard order:
+
+    {"format": "frozen_scale.shards/1", "num_samples": N,
+     "shards": [{"name": "00000.tar", "num_samples": n, "stats": "00000_stats.json"}, ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from frozen_scale import storage
+
+FORMAT = "frozen_scale.shards/1"
+MANIFEST = "manifest.json"
+JOB_FILE = "job.json"
+STATS_RE = re.compile(r"^(\d{5,})_stats\.json$")
+
+
+class JobMismatch(ValueError):
+    """The output folder holds a different job: resuming into it would mix shards."""
+
+
+def committed_shards(output_url: str, storage_options=None) -> list[int]:
+    return sorted(int(m.group(1)) for n in storage.list_names(output_url, storage_options)
+                  if (m := STATS_RE.match(n)))
+
+
+def read_stats(output_url: str, shards: list[int], storage_options=None) -> dict[int, dict]:
+    if not shards:
+        return {}
+    fs, root = storage.filesystem(output_url, storage_options)
+    paths = {f"{root.rstrip('/')}/{s:05d}_stats.json": s for s in shards}
+    blobs = fs.cat(list(paths))  # concurrent on object stores
+    return {paths[p]: json.loads(b) for p, b in blobs.items()}
+
+
+def build_manifest(output_url: str, storage_options=None, extra: dict | None = None) -> dict:
+    stats = read_stats(output_url, committed_shards(output_url, storage_options), storage_options)
+    shards = [{"name": st["tar"], "num_samples": st["num_samples"], "stats": f"{s:05d}_stats.json",
+               "rows": st["count"]} for s, st in sorted(stats.items())]
+    manifest = {"format": FORMAT, "num_samples": sum(s["num_samples"] for s in shards),
+                "num_rows": sum(s["rows"] for s in shards), "shards": shards}
+    manifest.update(extra or {})
+    return manifest
+
+
+def write_manifest(output_url: str, manifest: dict, storage_options=None) -> None:
+    storage.atomic_write_bytes(storage.join(output_url, MANIFEST),
+                               json.dumps(manifest, indent=1).encode(), storage_options)
+
+
+def read_manifest(url: str, storage_options=None) -> dict:
+    """Manifest at `url` (the file, or the folder holding manifest.json)."""
+    if not url.rstrip("/").endswith(".json"):
+        url = storage.join(url, MANIFEST)
+    manifest = json.loads(storage.read_bytes(url, storage_options))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{url}: not a {FORMAT} manifest (format={manifest.get('format')!r})")
+    return manifest
+
+
+def check_job(output_url: str, job: dict, storage_options=None) -> None:
+    """Record the job description at the output root, or check it matches the recorded one."""
+    url = storage.join(output_url, JOB_FILE)
+    if storage.exists(url, storage_options):
+        recorded = json.loads(storage.read_bytes(url, storage_options))
+        if recorded != job:
+            diff = sorted(k for k in set(recorded) | set(job) if recorded.get(k) != job.get(k))
+            raise JobMismatch(f"{output_url} already holds a different job (differs in: {', '.join(diff)}); "
+                              "use another --out, or the same input and options to resume")
+        return
+    storage.atomic_write_bytes(url, json.dumps(job, indent=1, sort_keys=True).encode(), storage_options)

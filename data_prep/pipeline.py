@@ -1,0 +1,145 @@
+"""The Ray job: work units -> shard tasks (bounded in flight, retried) -> manifest.json.
+
+    manifest = run_job(source, "s3://bucket/cc3m", JobOptions(...))
+
+Ray is initialised here when it is not already (locally, or `address=` a cluster) and shut down
+again if this call started it. Committed shards are skipped, so re-running a job resumes it.
+A unit whose task still fails after its retries is reported (PrepIncomplete) after the manifest
+of everything committed has been written; re-running the job retries just those units.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import ray
+from tqdm import tqdm
+
+from data_prep import manifest as mf
+from data_prep.dedup import HashRegistry, committed_hashes
+from data_prep.options import JobOptions
+from data_prep.shard import write_shard
+from data_prep.sources import count_hint, units
+
+log = logging.getLogger(__name__)
+FORWARDED_ENV = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
+
+
+class PrepIncomplete(RuntimeError):
+    """Some units failed after all retries; their rows are in no shard yet (re-run to retry)."""
+
+    def __init__(self, failed: dict[int, str], manifest: dict):
+        self.failed, self.manifest = failed, manifest
+        first = next(iter(failed.items()))
+        super().__init__(f"{len(failed)} shard(s) failed after retries (e.g. shard {first[0]}: "
+                         f"{first[1]}); committed shards are in the manifest, re-run to retry the rest")
+
+
+@ray.remote(num_cpus=1)
+def _shard_task(unit, output_url, opts, storage_options, registry):
+    return write_shard(unit, output_url, opts, storage_options, registry)
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+
+
+def _start_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Initialise Ray if needed; True if this call started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+        return True
+    # Local workers inherit this process's environment: make this checkout importable to them
+    # even when the package is not installed (running from a source tree).
+    saved = os.environ.get("PYTHONPATH")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, saved) if p)
+    try:
+        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return True
+
+
+class _Progress:
+    def __init__(self, total: int | None, enabled: bool):
+        self.bar = tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, smoothing=0)
+        self.start, self.rows, self.ok = time.monotonic(), 0, 0
+
+    def update(self, stats: dict) -> None:
+        self.rows += stats["count"]
+        self.ok += stats["successes"]
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        self.bar.update(stats["count"])
+        self.bar.set_postfix({"img/s": f"{self.ok / elapsed:.1f}",
+                              "success": f"{self.ok / max(self.rows, 1):.1%}"}, refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict | None = None,
+            address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
+            max_retries: int = 3, progress: bool = True) -> dict:
+    """Prepare `source` into shards under `output_url`; returns the manifest written there."""
+    job = {"format": mf.FORMAT, "source": source.describe(), "options": opts.fingerprint()}
+    mf.check_job(output_url, job, storage_options)
+    done = set(mf.committed_shards(output_url, storage_options))
+    started = _start_ray(address, num_cpus)
+    failed: dict[int, str] = {}
+    t0 = time.monotonic()
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        limit = max_in_flight or max(2, 2 * cpus)
+        registry = None
+        if opts.dedup_images and source.kind != "synthetic":
+            registry = HashRegistry.remote()
+            if done:
+                ray.get(registry.seed.remote(committed_hashes(output_url, sorted(done), storage_options)))
+        task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
+        if not started and _forwarded_env():
+            # Workers of a Ray we did not start may not share this process's storage credentials.
+            task_options["runtime_env"] = {"env_vars": _forwarded_env()}
+        task = _shard_task.options(**task_options)
+        total = count_hint(source)
+        bar = _Progress(total, progress)
+        if done and total is not None:
+            bar.bar.update(min(total, len(done) * opts.samples_per_shard))
+        pending: dict = {}
+
+        def collect(ready):
+            for ref in ready:
+                shard = pending.pop(ref)
+                try:
+                    bar.update(ray.get(ref))
+                except (ray.exceptions.RayError, OSError, ValueError) as err:
+                    failed[shard] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+                    log.error("shard %05d failed: %s", shard, failed[shard])
+
+        for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
+            if len(pending) >= limit:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                collect(ready)
+            pending[task.remote(unit, output_url, opts, storage_options, registry)] = unit.shard
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            collect(ready)
+        bar.close()
+    finally:
+        if started:
+            ray.shutdown()
+    manifest = mf.build_manifest(output_url, storage_options,
+                                 {"complete": not failed, "failed_shards": sorted(failed),
+                                  "source": job["source"], "seconds": round(time.monotonic() - t0, 3)})
+    mf.write_manifest(output_url, manifest, storage_options)
+    if failed:
+        raise PrepIncomplete(failed, manifest)
+    return manifest

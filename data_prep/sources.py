@@ -1,0 +1,378 @@
+"""Inputs -> numbered rows -> shard-sized work units.
+
+A row is a plain dict (it travels to Ray workers):
+    row      its number in the input, 0-based; decides its shard (row // samples_per_shard)
+    key      webdataset __key__, derived from the row (None: the worker derives it)
+    kind     "url" (http download), "file" (fsspec read) or "synthetic"
+    url      for url/file rows
+    caption  str or None; caption_url: a sidecar file holding it (folder sources)
+    extra    columns kept in the sample's .json
+    error    a failure already known in the driver (duplicate_url, caption_not_utf8, bad_row)
+
+URL tables follow img2dataset's conventions: one file or a folder of them, formats txt, csv,
+tsv, json, jsonl, parquet (and .gz of the text ones), `url_col`, `caption_col` and additional
+columns saved with each sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterator
+
+from frozen_scale import storage
+
+TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class SourceError(ValueError):
+    """A user-facing problem with the input (missing file, unknown column, bad format)."""
+
+
+@dataclass
+class Unit:
+    shard: int
+    rows: list[dict]
+
+
+def row_key(row: int) -> str:
+    return f"{row:09d}"
+
+
+def _decode_caption(value) -> tuple[str | None, str | None]:
+    """(caption, error): bytes or surrogate-escaped text that is not UTF-8 is an error."""
+    if value is None:
+        return None, None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8"), None
+        except UnicodeDecodeError:
+            return value.decode("utf-8", errors="replace"), "caption_not_utf8"
+    if not isinstance(value, str):
+        return str(value), None
+    try:
+        value.encode("utf-8")
+        return value, None
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", errors="surrogateescape")
+        return raw.decode("utf-8", errors="replace"), "caption_not_utf8"
+
+
+def _clean(value):
+    """JSON-safe extra column value (no surrogates, no bytes)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def detect_format(path: str) -> str:
+    name = path.lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for fmt in TABLE_FORMATS:
+        if name.endswith("." + fmt):
+            return fmt
+    raise SourceError(f"cannot tell the format of '{path}' from its name; pass --input-format "
+                      f"({', '.join(TABLE_FORMATS)})")
+
+
+class UrlTable:
+    """Rows of URL+caption tables (one file or a folder of files of one format)."""
+
+    kind = "url"
+
+    def __init__(self, path: str, *, url_col: str = "url", caption_col: str | None = "caption",
+                 extra_cols: list[str] | None = None, input_format: str | None = None,
+                 storage_options: dict | None = None):
+        self.path, self.url_col, self.caption_col = path, url_col, caption_col
+        self.extra_cols = list(extra_cols or [])
+        self.storage_options = storage_options
+        fs, p = storage.filesystem(path, storage_options)
+        if not fs.exists(p):
+            raise SourceError(f"input '{path}' does not exist")
+        if fs.isdir(p):
+            found = sorted(fs.find(p))
+            known = [f for f in found if (_has_format(f, input_format) if input_format else _known(f))]
+            if not known:
+                raise SourceError(f"input folder '{path}' holds no {input_format or 'table'} files")
+            fmt = input_format or detect_format(known[0])
+            self.files = [fs.unstrip_protocol(f) for f in known if _has_format(f, fmt)]
+        else:
+            fmt = input_format or detect_format(p)
+            self.files = [path]
+        if fmt not in TABLE_FORMATS:
+            raise SourceError(f"input format '{fmt}' is not one of {', '.join(TABLE_FORMATS)}")
+        self.format = fmt
+
+    def describe(self) -> dict:
+        return {"type": "urls", "path": self.path, "format": self.format, "url_col": self.url_col,
+                "caption_col": self.caption_col, "extra_cols": self.extra_cols}
+
+    def records(self) -> Iterator[dict | None]:
+        """Raw records in input order; None for a line that cannot be parsed (still a row)."""
+        for f in self.files:
+            yield from getattr(self, f"_read_{self.format}")(f)
+
+    def _text(self, f: str):
+        return storage.open_url(f, "rt", self.storage_options, compression="infer",
+                                encoding="utf-8", errors="surrogateescape", newline="")
+
+    def _read_csv(self, f: str, delimiter: str = ","):
+        with self._text(f) as fh:
+            reader = csv.reader(fh, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                return
+            self._check_columns(header, f)
+            for values in reader:
+                if not values:
+                    continue
+                yield dict(zip(header, values)) if len(values) == len(header) else None
+
+    def _read_tsv(self, f: str):
+        return self._read_csv(f, "\t")
+
+    def _read_jsonl(self, f: str):
+        checked = False
+        with self._text(f) as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    yield None
+                    continue
+                if not isinstance(rec, dict):
+                    yield None
+                    continue
+                if not checked:
+                    self._check_columns(list(rec), f)
+                    checked = True
+                yield rec
+
+    def _read_json(self, f: str):
+        with self._text(f) as fh:
+            try:
+                data = json.load(fh)
+            except ValueError as err:
+                raise SourceError(f"'{f}' is not valid JSON: {err}")
+        if not isinstance(data, list):
+            raise SourceError(f"'{f}' must hold a JSON array of objects")
+        if data and isinstance(data[0], dict):
+            self._check_columns(list(data[0]), f)
+        for rec in data:
+            yield rec if isinstance(rec, dict) else None
+
+    def _read_txt(self, f: str):
+        if self.url_col != "url" or self.extra_cols:
+            raise SourceError("txt input holds one URL per line: it has no columns to choose")
+        with self._text(f) as fh:
+            for line in fh:
+                if line.strip():
+                    yield {"url": line.strip()}
+
+    def _read_parquet(self, f: str):
+        import pyarrow.parquet as pq
+
+        with storage.open_url(f, "rb", self.storage_options) as fh:
+            pf = pq.ParquetFile(fh)
+            self._check_columns(pf.schema_arrow.names, f)
+            cols = [c for c in [self.url_col, self.caption_col, *self.extra_cols] if c]
+            for batch in pf.iter_batches(batch_size=8192, columns=list(dict.fromkeys(cols))):
+                yield from batch.to_pylist()
+
+    def _check_columns(self, names: list[str], f: str) -> None:
+        wanted = [c for c in [self.url_col, self.caption_col, *self.extra_cols] if c]
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise SourceError(f"'{f}' has no column {', '.join(repr(m) for m in missing)}; "
+                              f"its columns are: {', '.join(map(str, names))}")
+
+    def rows(self) -> Iterator[dict]:
+        for i, rec in enumerate(self.records()):
+            row = {"row": i, "key": row_key(i), "kind": "url", "url": None, "caption": None, "extra": {}}
+            if rec is None:
+                row["error"] = "bad_row"
+                yield row
+                continue
+            url = rec.get(self.url_col)
+            row["url"] = _clean(url) if url is not None else None
+            if self.caption_col:
+                row["caption"], err = _decode_caption(rec.get(self.caption_col))
+                if err:
+                    row["error"] = err
+            row["extra"] = {c: _clean(rec.get(c)) for c in self.extra_cols}
+            if not row["url"]:
+                row["error"] = "missing_url"
+            yield row
+
+
+def _known(f: str) -> bool:
+    try:
+        detect_format(f)
+        return True
+    except SourceError:
+        return False
+
+
+def _has_format(f: str, fmt: str) -> bool:
+    name = f.lower()
+    return name.endswith("." + fmt) or name.endswith("." + fmt + ".gz")
+
+
+class ImageFolder:
+    """Images under a folder (recursively, sorted by path); captions from `captions.jsonl`-style
+    file ({"file": relative path, "caption": ..., other keys kept}) or sidecar `<stem>.txt`."""
+
+    kind = "file"
+
+    def __init__(self, path: str, *, captions: str | None = None, storage_options: dict | None = None):
+        self.path, self.captions, self.storage_options = path, captions, storage_options
+        fs, p = storage.filesystem(path, storage_options)
+        if not fs.isdir(p):
+            raise SourceError(f"image folder '{path}' does not exist or is not a folder")
+        self.fs, self.root = fs, p.rstrip("/")
+        if captions and not storage.exists(captions, storage_options):
+            raise SourceError(f"captions file '{captions}' does not exist")
+
+    def describe(self) -> dict:
+        return {"type": "folder", "path": self.path, "captions": self.captions}
+
+    def _caption_table(self) -> dict[str, dict]:
+        table = {}
+        with storage.open_url(self.captions, "rt", self.storage_options, compression="infer",
+                              encoding="utf-8", errors="surrogateescape") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    table[str(rec.pop("file"))] = rec
+                except (ValueError, KeyError, AttributeError, TypeError):
+                    raise SourceError(f"{self.captions}:{n}: expected a JSON object with a 'file' key")
+        return table
+
+    def rows(self) -> Iterator[dict]:
+        files = sorted(f for f in self.fs.find(self.root) if f.lower().endswith(IMAGE_EXTENSIONS))
+        table = self._caption_table() if self.captions else None
+        for i, f in enumerate(files):
+            rel = f[len(self.root) + 1:]
+            row = {"row": i, "key": row_key(i), "kind": "file", "url": self.fs.unstrip_protocol(f),
+                   "caption": None, "extra": {"path": rel}}
+            if table is not None:
+                rec = dict(table.get(rel, {}))
+                row["caption"], err = _decode_caption(rec.pop("caption", None))
+                row["extra"].update({k: _clean(v) for k, v in rec.items()})
+                if err:
+                    row["error"] = err
+            else:
+                row["caption_url"] = self.fs.unstrip_protocol(f.rsplit(".", 1)[0] + ".txt")
+            yield row
+
+
+class CocoCaptions:
+    """A COCO-style captions json: one row per image (by id); `txt` is its first caption and the
+    sample's json keeps all of them. Images come from `images_root/file_name`, else `coco_url`."""
+
+    kind = "file"
+
+    def __init__(self, path: str, *, images_root: str | None = None, storage_options: dict | None = None):
+        self.path, self.images_root, self.storage_options = path, images_root, storage_options
+        if not storage.exists(path, storage_options):
+            raise SourceError(f"captions file '{path}' does not exist")
+
+    def describe(self) -> dict:
+        return {"type": "coco", "path": self.path, "images_root": self.images_root}
+
+    def rows(self) -> Iterator[dict]:
+        try:
+            data = json.loads(storage.read_bytes(self.path, self.storage_options))
+            images = sorted(data["images"], key=lambda im: im["id"])
+            annotations = data["annotations"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise SourceError(f"'{self.path}' is not a COCO captions file (needs 'images' and "
+                              f"'annotations'): {err}")
+        captions: dict = {}
+        for ann in annotations:
+            captions.setdefault(ann.get("image_id"), []).append(ann.get("caption"))
+        for i, im in enumerate(images):
+            caps = [c for c in captions.get(im["id"], []) if isinstance(c, str)]
+            row = {"row": i, "key": row_key(i), "caption": caps[0].strip() if caps else None,
+                   "extra": {"image_id": im["id"], "file_name": im.get("file_name"), "captions": caps}}
+            if self.images_root:
+                row.update(kind="file", url=storage.join(self.images_root, im.get("file_name", "")))
+            else:
+                row.update(kind="url", url=im.get("coco_url") or im.get("flickr_url"))
+                if not row["url"]:
+                    row["error"] = "missing_url"
+            yield row
+
+
+class SyntheticWorld:
+    """Scenes of the built-in shapes world (frozen_scale.synthetic.world)."""
+
+    kind = "synthetic"
+
+    def __init__(self, *, seed: int, split: str, count: int):
+        from frozen_scale.synthetic import world
+
+        world.make_scene(seed, split, 0)  # validates the split name
+        if count < 0:
+            raise SourceError(f"count must be >= 0, got {count}")
+        self.seed, self.split, self.count = seed, split, count
+
+    def describe(self) -> dict:
+        return {"type": "synthetic", "seed": self.seed, "split": self.split, "count": self.count}
+
+    def rows(self) -> Iterator[dict]:
+        for i in range(self.count):
+            yield {"row": i, "key": None, "kind": "synthetic", "seed": self.seed, "split": self.split,
+                   "index": i}
+
+
+def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int] = frozenset()
+          ) -> Iterator[Unit]:
+    """Group rows into shard-sized units (row r -> shard r // samples_per_shard), marking repeated
+    URLs (first occurrence wins, deterministic). Units in `skip` are read but not yielded."""
+    seen: set[bytes] = set()
+    batch: list[dict] = []
+    shard = 0
+    for row in source.rows():
+        url = row.get("url")
+        if dedup_urls and url and row.get("kind") == "url":
+            digest = hashlib.blake2b(url.encode("utf-8", "replace"), digest_size=12).digest()
+            if digest in seen and "error" not in row:
+                row["error"] = "duplicate_url"
+            seen.add(digest)
+        assert row["row"] == shard * samples_per_shard + len(batch)
+        batch.append(row)
+        if len(batch) == samples_per_shard:
+            if shard not in skip:
+                yield Unit(shard, batch)
+            shard, batch = shard + 1, []
+    if batch and shard not in skip:
+        yield Unit(shard, batch)
+
+
+def count_hint(source) -> int | None:
+    """Number of rows if cheaply known (for the progress bar)."""
+    if isinstance(source, SyntheticWorld):
+        return source.count
+    if isinstance(source, UrlTable) and source.format == "parquet":
+        import pyarrow.parquet as pq
+
+        total = 0
+        for f in source.files:
+            with storage.open_url(f, "rb", source.storage_options) as fh:
+                total += pq.ParquetFile(fh).metadata.num_rows
+        return total
+    return None
+
