@@ -1,0 +1,237 @@
+"""Streaming image-caption batches from webdataset shards on any fsspec URL, resumable exactly.
+
+Order policy (documented in README "Data loading"):
+- Streams are split by node, then by worker: (rank, worker) pairs are `slots`. In epoch e the
+  shard list is permuted by (seed, e) and slot s reads shards s, s+S, s+2S, ... When there are
+  fewer shards than slots, every slot reads every shard and keeps samples i with i % S == s.
+- Each slot's stream is endless (epoch after epoch), so every rank yields batches for as long
+  as the trainer asks: uneven shard sizes never hang a rank. An "epoch" is a sample count:
+  the manifest's total, consumed over all ranks.
+- A shuffle buffer seeded by (seed, rank, worker) mixes samples across shards.
+- Each worker builds whole batches; DataLoader takes batch i from worker i % W.
+- Exact resume: every batch carries the number of raw samples its worker has consumed. The
+  trainer saves, per worker, that count for the last batch it used, and the batch index. On
+  resume each worker replays its stream skipping that many raw samples (reading, not
+  decoding), and workers are rotated so batch b again comes from worker b % W.
+- A truncated shard or a sample that fails to decode is skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from frozen_scale.data import prompts
+from frozen_scale.data.shards import Shard
+
+
+@dataclass
+class StreamState:
+    """Where a rank's data stream stands: enough to replay it exactly."""
+
+    batches: int = 0
+    """Batches this rank has consumed."""
+    raw_consumed: dict[int, int] = field(default_factory=dict)
+    """Logical worker -> raw samples that worker had consumed at its last consumed batch."""
+    num_workers: int = 1
+    world_size: int = 1
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "raw_consumed": {str(k): v for k, v in self.raw_consumed.items()},
+                "num_workers": self.num_workers, "world_size": self.world_size}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamState":
+        return cls(int(d["batches"]), {int(k): int(v) for k, v in d["raw_consumed"].items()},
+                   int(d["num_workers"]), int(d["world_size"]))
+
+
+class Counter:
+    """Skips counted inside one worker."""
+
+    def __init__(self):
+        self.corrupt = 0
+        self.shard_errors = 0
+
+    def shard_error(self, exn) -> bool:
+        self.shard_errors += 1
+        return True  # skip the rest of the shard, go on
+
+
+def decode_image(data: bytes, image_size: int) -> PILImage.Image:
+    img = PILImage.open(io.BytesIO(data))
+    img.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale when possible
+    img = img.convert("RGB")
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), PILImage.BICUBIC)
+    return img
+
+
+def to_tensor(img: PILImage.Image, mean, std) -> torch.Tensor:
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    return (arr - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class CaptionStream(IterableDataset):
+    """Endless, deterministic, resumable stream of collated image-caption batches for one rank."""
+
+    def __init__(self, shards: list[Shard], tokenizer, *, k: int, image_size: int, batch_size: int,
+                 seed: int, rank: int, world_size: int, shuffle_buffer: int = 256, resample: bool = False,
+                 prompt: str = "", max_text_len: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                 image_keys=("png", "jpg", "jpeg", "webp"), caption_key: str = "txt",
+                 state: StreamState | None = None):
+        super().__init__()
+        self.shards, self.tokenizer, self.k = shards, tokenizer, k
+        self.image_size, self.batch_size = image_size, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shuffle_buffer, self.resample = shuffle_buffer, resample
+        self.prompt, self.max_text_len = prompt, max_text_len
+        self.mean, self.std = list(mean), list(std)
+        self.image_keys, self.caption_key = tuple(image_keys), caption_key
+        self.state = state or StreamState()
+
+    # -- raw stream ------------------------------------------------------------------------
+    def _shard_samples(self, shard: Shard, counter: Counter):
+        try:
+            stream = fsspec.open(shard.url, "rb").open()
+        except (OSError, ValueError) as exn:
+            counter.shard_error(exn)
+            return
+        try:
+            yield from group_by_keys(
+                tar_file_expander([{"url": shard.url, "stream": stream}], handler=counter.shard_error),
+                handler=counter.shard_error,
+            )
+        finally:
+            stream.close()
+
+    def _raw(self, slot: int, slots: int, counter: Counter):
+        n = len(self.shards)
+        if self.resample:
+            rng = random.Random(f"{self.seed}-resample-{slot}")
+            while True:
+                yield from self._shard_samples(self.shards[rng.randrange(n)], counter)
+        epoch = 0
+        while True:
+            order = list(range(n))
+            random.Random(f"{self.seed}-epoch-{epoch}").shuffle(order)
+            if n >= slots:
+                for i in order[slot::slots]:
+                    yield from self._shard_samples(self.shards[i], counter)
+            else:
+                index = 0
+                for i in order:
+                    for sample in self._shard_samples(self.shards[i], counter):
+                        if index % slots == slot:
+                            yield sample
+                        index += 1
+            epoch += 1
+
+    def _shuffled(self, raw, worker: int):
+        if self.shuffle_buffer <= 1:
+            yield from raw
+            return
+        rng = random.Random(f"{self.seed}-buffer-{self.rank}-{worker}")
+        buf = []
+        for sample in raw:
+            buf.append(sample)
+            if len(buf) >= self.shuffle_buffer:
+                j = rng.randrange(len(buf))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                yield buf.pop()
+
+    # -- decode + collate ------------------------------------------------------------------
+    def _decode(self, sample):
+        image_key = next((key for key in self.image_keys if key in sample), None)
+        if image_key is None or self.caption_key not in sample:
+            raise ValueError("sample lacks an image or a caption")
+        img = decode_image(sample[image_key], self.image_size)
+        caption = sample[self.caption_key].decode("utf-8").strip()
+        if not caption:
+            raise ValueError("empty caption")
+        return to_tensor(img, self.mean, self.std), caption, sample["__key__"]
+
+    def collate(self, items):
+        segments = [prompts.Image()]
+        if self.prompt:
+            segments.append(prompts.Text(self.prompt))
+        encoded = [
+            prompts.encode(segments + [prompts.Text(" " + cap if self.prompt else cap, target=True)],
+                           self.tokenizer, self.k, max_target_tokens=self.max_text_len)
+            for _, cap, _ in items
+        ]
+        batch = prompts.pad_batch(encoded, self.tokenizer.pad_token_id)
+        batch["pixel_values"] = torch.stack([img for img, _, _ in items])
+        batch["captions"] = [cap for _, cap, _ in items]
+        batch["keys"] = [key for _, _, key in items]
+        return batch
+
+    def __iter__(self):
+        info = get_worker_info()
+        physical, workers = (info.id, info.num_workers) if info else (0, 1)
+        worker = (physical + self.state.batches) % workers  # logical worker: see module docstring
+        skip = self.state.raw_consumed.get(worker, 0)
+        counter = Counter()
+        raw_count = 0
+        items = []
+        stream = self._shuffled(self._raw(self.rank * workers + worker, self.world_size * workers, counter), worker)
+        for sample in stream:
+            raw_count += 1
+            if raw_count <= skip:
+                continue
+            try:
+                items.append(self._decode(sample))
+            except Exception:  # noqa: BLE001 - any undecodable sample is counted and skipped
+                counter.corrupt += 1
+                continue
+            if len(items) == self.batch_size:
+                batch = self.collate(items)
+                batch.update(worker=worker, raw_consumed=raw_count,
+                             corrupt=counter.corrupt, shard_errors=counter.shard_errors)
+                yield batch
+                items = []
+
+
+def make_loader(dataset: CaptionStream, num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+class ResumableBatches:
+    """Iterates a CaptionStream's DataLoader and keeps the StreamState of what was consumed."""
+
+    def __init__(self, dataset: CaptionStream, num_workers: int):
+        self.dataset = dataset
+        self.num_workers = max(1, num_workers)
+        self.state = dataset.state
+        self.state.num_workers = self.num_workers
+        self.state.world_size = dataset.world_size
+        self.corrupt: dict[int, int] = {}
+        self.shard_errors: dict[int, int] = {}
+        self._it = iter(make_loader(dataset, num_workers))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self._it)
+        worker = int(batch.pop("worker"))
+        self.state.raw_consumed[worker] = int(batch.pop("raw_consumed"))
+        self.state.batches += 1
+        self.corrupt[worker] = int(batch.pop("corrupt"))
+        self.shard_errors[worker] = int(batch.pop("shard_errors"))
+        return batch
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return {"corrupt_samples": sum(self.corrupt.values()), "shard_errors": sum(self.shard_errors.values())}

@@ -1,0 +1,164 @@
+"""FrozenVLM: vision encoder -> k prefix vectors -> frozen causal LM.
+
+Sequences are token ids in which each image occupies k slots holding IMAGE_TOKEN (see
+frozen_scale.data.prompts); those slots receive the image's prefix vectors, everything else the
+LM's own token embeddings. Images may be interleaved with text (few-shot prompts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from frozen_scale.config import ModelConfig, VisionConfig, from_dict
+from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
+from frozen_scale.model import lm as lm_lib
+from frozen_scale.model.prefix import PrefixMapper
+from frozen_scale.model.vision import build_vision_encoder
+
+
+def embedding_norm(lm: nn.Module) -> float:
+    """Mean L2 norm of the LM's token-embedding rows (gathered first under ZeRO-3)."""
+    weight = lm.get_input_embeddings().weight
+    if weight.numel() == 0:  # partitioned: the caller passes the norm in instead
+        raise ValueError("embedding weight is partitioned; compute the norm under GatheredParameters")
+    return float(weight.detach().float().norm(dim=-1).mean())
+
+
+class FrozenVLM(nn.Module):
+    def __init__(self, cfg: ModelConfig, lm: nn.Module, lm_embedding_norm: float | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.lm = lm
+        if not cfg.train_lm:
+            lm_lib.freeze(lm)
+        self._checkpointed_layers = 0
+        if cfg.activation_checkpointing:
+            self._checkpointed_layers = lm_lib.enable_activation_checkpointing(lm)
+        self.vision = build_vision_encoder(cfg.vision)
+        hidden = lm.get_input_embeddings().embedding_dim
+        norm = lm_embedding_norm if lm_embedding_norm is not None else embedding_norm(lm)
+        self.prefix = PrefixMapper(self.vision.out_dim, cfg.prefix_length, hidden, norm)
+        self.k = cfg.prefix_length
+
+    # -- modes -------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.cfg.train_lm:
+            self.lm.eval()  # the frozen LM never runs dropout
+            if self._checkpointed_layers:
+                lm_lib.enable_activation_checkpointing(self.lm)
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> dict[str, int]:
+        def numel(p):
+            return getattr(p, "ds_numel", p.numel())
+
+        lm_ids = {id(p) for p in self.lm.parameters()}
+        trainable = sum(numel(p) for p in self.parameters() if p.requires_grad)
+        frozen = sum(numel(p) for p in self.parameters() if not p.requires_grad)
+        lm_total = sum(numel(p) for p in self.lm.parameters())
+        lm_trainable = sum(numel(p) for p in self.parameters() if p.requires_grad and id(p) in lm_ids)
+        return {"trainable": trainable, "frozen": frozen, "lm": lm_total, "lm_trainable": lm_trainable}
+
+    # -- embedding ---------------------------------------------------------------------------
+    def image_prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] -> [N, k, d]"""
+        return self.prefix(self.vision(pixel_values))
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with image slots filled by prefix vectors, in image order."""
+        slots = input_ids == IMAGE_TOKEN
+        tokens = self.lm.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        n_slots = int(slots.sum())
+        if n_slots == 0:
+            return tokens
+        if pixel_values is None:
+            raise ValueError("input_ids hold image slots but no pixel_values were given")
+        images = pixel_values.flatten(0, 1) if pixel_values.dim() == 5 else pixel_values
+        if n_slots != images.shape[0] * self.k:
+            raise ValueError(
+                f"{n_slots} image slots in input_ids but {images.shape[0]} images x k={self.k}"
+            )
+        prefix = self.image_prefix(images.to(tokens.dtype)).to(tokens.dtype)
+        return tokens.masked_scatter(slots.unsqueeze(-1), prefix.reshape(-1, prefix.shape[-1]))
+
+    # -- training ----------------------------------------------------------------------------
+    def forward(self, pixel_values, input_ids, attention_mask, labels=None, **_):
+        """Mean over samples of each sample's mean next-token loss on its target tokens."""
+        embeds = self.embed(input_ids, pixel_values)
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        if labels is None:
+            return out.logits
+        logits = out.logits[:, :-1].float()
+        target = labels[:, 1:]
+        token_loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="none"
+        ).view(target.shape)
+        counts = (target != IGNORE).sum(1)
+        per_sample = token_loss.sum(1) / counts.clamp(min=1)
+        valid = counts > 0
+        return per_sample[valid].mean() if bool(valid.any()) else per_sample.sum() * 0.0
+
+    # -- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, pixel_values, input_ids, attention_mask, max_new_tokens: int = 16,
+                 num_beams: int = 1, eos_token_id=None, pad_token_id=None, **kwargs) -> torch.Tensor:
+        """Greedy (num_beams=1) or beam search through the LM's own `generate`; inputs are
+        left-padded. Returns only the new token ids [B, T]."""
+        embeds = self.embed(input_ids, pixel_values)
+        return self.lm.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            num_beams=num_beams, do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            **kwargs,
+        )
+
+    # -- export ------------------------------------------------------------------------------
+    def trainable_state_dict(self, include_lm: bool = False) -> dict[str, torch.Tensor]:
+        """The trained weights (vision + prefix; the LM too when it was finetuned); under
+        ZeRO-3, call inside GatheredParameters. Tied weights are stored once."""
+        out, seen = {}, set()
+        for k, v in self.state_dict().items():
+            if k.startswith("lm.") and not include_lm:
+                continue
+            if v.data_ptr() in seen and v.numel() > 0:
+                continue
+            seen.add(v.data_ptr())
+            out[k] = v.detach().cpu().clone().contiguous()
+        return out
+
+    @classmethod
+    def from_pretrained(cls, export_dir: str, lm_path: str | None = None, dtype=torch.float32,
+                        check_hash: bool = True) -> "FrozenVLM":
+        """Load an export (`frozen-scale export`) next to its LM on one machine, no DeepSpeed."""
+        from safetensors.torch import load_file
+
+        export = Path(lm_lib.local_copy(export_dir))
+        meta = json.loads((export / "frozen_vlm.json").read_text())
+        model_cfg = from_dict(ModelConfig, meta["model"])
+        model_cfg.vision = from_dict(VisionConfig, meta["model"]["vision"])
+        path = lm_path or meta["lm"]["path"]
+        if check_hash and meta["lm"].get("sha256"):
+            actual = lm_lib.content_hash(path)
+            if actual != meta["lm"]["sha256"]:
+                raise ValueError(
+                    f"LM at {path} does not match the export: sha256 {actual[:12]}... != "
+                    f"{meta['lm']['sha256'][:12]}... (pass check_hash=False to override)"
+                )
+        lm = lm_lib.load_lm(path, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
+        model = cls(model_cfg, lm, lm_embedding_norm=1.0)
+        state = load_file(str(export / "prefix.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.startswith("lm.")]
+        if any(k.startswith("lm.") for k in state) and hasattr(model.lm, "tie_weights"):
+            model.lm.tie_weights()
+        if missing or unexpected:
+            raise ValueError(f"export does not fit the model: missing {missing}, unexpected {unexpected}")
+        return model.eval()

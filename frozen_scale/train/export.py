@@ -1,0 +1,52 @@
+"""`frozen-scale export RUN`: the trained prefix for inference next to the untouched LM.
+
+Writes {out}/prefix.safetensors (vision encoder + prefix mapper), {out}/frozen_vlm.json
+(model config and the LM reference: path + sha256) and the tokenizer. Load it with
+`FrozenVLM.from_pretrained(out)` on one machine, no DeepSpeed needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import fsspec
+
+from frozen_scale.train import checkpoint as ckpt
+
+
+def export(run_dir: str, out_dir: str | None = None, checkpoint_url: str | None = None) -> str:
+    cfg_dict = None
+    if checkpoint_url is None:
+        from frozen_scale.config import load_config
+
+        cfg = load_config(Path(run_dir) / "config.yaml")
+        checkpoint_url = ckpt.resolve_resume("auto", cfg.checkpoint_dir)
+        if checkpoint_url is None:
+            raise FileNotFoundError(f"no committed checkpoint under {cfg.checkpoint_dir}")
+    state = ckpt.read_json(f"{checkpoint_url}/trainer_state.json")
+    cfg_dict = state["config"]
+    out = Path(out_dir or Path(run_dir) / "export")
+    out.mkdir(parents=True, exist_ok=True)
+    with fsspec.open(f"{checkpoint_url}/weights.safetensors", "rb") as src, open(out / "prefix.safetensors", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    meta = {"format": "frozen_scale.export/1", "model": cfg_dict["model"], "lm": state["lm"],
+            "step": state["step"], "checkpoint": checkpoint_url,
+            "data": {"prompt": cfg_dict["data"]["prompt"], "max_text_len": cfg_dict["data"]["max_text_len"]}}
+    (out / "frozen_vlm.json").write_text(json.dumps(meta, indent=1))
+    from frozen_scale.model.lm import load_tokenizer
+
+    load_tokenizer(cfg_dict["model"]["tokenizer_path"] or cfg_dict["model"]["lm_path"]).save_pretrained(str(out / "tokenizer"))
+    return str(out)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="frozen-scale export", description=__doc__)
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", default=None, help="export folder (default RUN/export)")
+    parser.add_argument("--checkpoint", default=None, help="a committed checkpoint URL (default: newest)")
+    args = parser.parse_args(argv)
+    print(export(args.run_dir, args.out, args.checkpoint))
+    return 0

@@ -1,0 +1,60 @@
+"""One metrics path: rank 0 writes JSONL always, TensorBoard when asked, W&B if installed and
+asked for via FROZEN_SCALE_WANDB=1 (imported lazily)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.path.open("a")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            except ImportError:  # tensorboard missing: JSONL still has everything
+                self._tb = None
+        if os.environ.get("FROZEN_SCALE_WANDB") == "1":
+            import wandb
+
+            self._wandb = wandb.init(dir=run_dir)
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": time.time(), **values}
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and self._tb is not None:
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,320 @@
+"""The prefix-training loop: a frozen LM, a trainable vision prefix, a DeepSpeed engine.
+
+`Trainer(cfg).fit()` runs on every rank (torchrun / deepspeed launcher / SLURM / Ray).
+Exit codes of `frozen-scale train`: 0 finished; EXIT_REQUEUE (75) preempted after a committed
+checkpoint (SIGTERM or SIGUSR1): launchers requeue and resume with train.resume=auto;
+EXIT_NONFINITE (3) too many non-finite losses in a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from frozen_scale.config import FrozenConfig, save_config, to_dict
+from frozen_scale.data.loader import CaptionStream, ResumableBatches, StreamState
+from frozen_scale.data.shards import list_shards, total_samples
+from frozen_scale.distributed import engine as dist_engine
+from frozen_scale.distributed import safe_load
+from frozen_scale.model import lm as lm_lib
+from frozen_scale.model.frozen_vlm import FrozenVLM, embedding_norm
+from frozen_scale.train import checkpoint as ckpt
+from frozen_scale.train.flops import FlopsCounter
+from frozen_scale.train.metrics import MetricsLogger
+from frozen_scale.train.schedule import warmup_cosine
+
+EXIT_OK = 0
+EXIT_NONFINITE = 3
+EXIT_REQUEUE = 75
+
+log = logging.getLogger("frozen_scale.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def fingerprint(cfg: FrozenConfig, lm_info: dict) -> dict:
+    """What must match for a checkpoint to be resumable into this run."""
+    return {
+        "lm_sha256": lm_info["sha256"],
+        "lm_hidden_size": lm_info["hidden_size"],
+        "prefix_length": cfg.model.prefix_length,
+        "vision": to_dict(cfg.model.vision),
+        "train_lm": cfg.model.train_lm,
+    }
+
+
+def describe_mismatch(saved: dict, current: dict) -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{d}" for d in describe_mismatch(a, b)]
+        elif a != b:
+            diffs.append(f"{key}: checkpoint has {a!r}, this run has {b!r}")
+    return diffs
+
+
+class Trainer:
+    def __init__(self, cfg: FrozenConfig):
+        self.cfg = cfg
+        self.rank, self.world_size = dist_engine.init_distributed()
+        self.is_main = self.rank == 0
+        logging.basicConfig(level=logging.INFO if self.is_main else logging.WARNING,
+                            format="%(asctime)s %(name)s: %(message)s")
+        self.run_dir = Path(cfg.train.run_dir)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        torch.manual_seed(cfg.train.seed)  # identical initial prefix weights on every rank
+        self.ds = dist_engine.ds_config(cfg, self.world_size)
+        if self.is_main:
+            ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
+        self._build_model()
+        self._stop_signal = None
+        self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _build_model(self):
+        cfg = self.cfg
+        self.tokenizer = lm_lib.load_tokenizer(cfg.model.tokenizer_path or cfg.model.lm_path)
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        with dist_engine.lm_loading_context(self.ds):
+            lm = lm_lib.load_lm(cfg.model.lm_path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+        emb = lm.get_input_embeddings().weight
+        with dist_engine.gathered([emb]):
+            norm = embedding_norm(lm)
+        self.lm_info = lm_lib.lm_summary(cfg.model.lm_path)
+        self.model = FrozenVLM(cfg.model, lm, lm_embedding_norm=norm)
+        if dtype != torch.float32:
+            self.model.vision.to(dtype)
+            self.model.prefix.to(dtype)
+        counts = self.model.parameter_counts()
+        self.lm_local_numel = sum(dist_engine.local_numel(p) for p in lm.parameters())
+        schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
+        self.engine, self.optimizer = dist_engine.build_engine(self.model, cfg, self.ds, schedule)
+        safe_load.install(self.engine)
+        self.device = self.engine.device
+        self.flops = FlopsCounter(self.model, counts, cfg)
+        log.info(
+            "parameters: trainable %s, frozen %s (LM %s, LM trainable %s); LM elements on this rank %s",
+            f"{counts['trainable']:,}", f"{counts['frozen']:,}", f"{counts['lm']:,}",
+            f"{counts['lm_trainable']:,}", f"{self.lm_local_numel:,}",
+        )
+        self.param_counts = counts
+
+    def _data(self, state: StreamState | None) -> ResumableBatches:
+        cfg = self.cfg
+        shards = list_shards(cfg.data.train_shards)
+        dataset = CaptionStream(
+            shards, self.tokenizer, k=cfg.model.prefix_length, image_size=cfg.model.vision.image_size,
+            batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed, rank=self.rank,
+            world_size=self.world_size, shuffle_buffer=cfg.data.shuffle_buffer, resample=cfg.data.resample,
+            prompt=cfg.data.prompt, max_text_len=cfg.data.max_text_len, mean=cfg.model.vision.mean,
+            std=cfg.model.vision.std, image_keys=cfg.data.image_key.split(";"), caption_key=cfg.data.caption_key,
+            state=state,
+        )
+        self.epoch_samples = total_samples(shards)
+        return ResumableBatches(dataset, cfg.data.num_workers)
+
+    # -- signals -----------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame):
+        self._stop_signal = signum
+        log.warning("received signal %s: finishing this step, then saving", signum)
+
+    def _install_signals(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    def _stop_requested(self) -> bool:
+        return dist_engine.all_reduce_sum(1.0 if self._stop_signal is not None else 0.0) > 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, step: int, samples: int, stream: StreamState) -> str:
+        url = f"{self.cfg.checkpoint_dir.rstrip('/')}/{ckpt.step_name(step)}"
+        local = ckpt.local_stage(str(self.run_dir), url)
+        self.engine.save_checkpoint(str(local / "ds"), tag="state", client_state={"step": step},
+                                    save_latest=False, exclude_frozen_parameters=not self.cfg.model.train_lm)
+        self._save_weights(local)
+        ckpt.write_json(str(local / f"rank_{self.rank:05d}.json"),
+                        {"rank": self.rank, "stream": stream.to_dict(), "rng": ckpt.rng_state()})
+        if self.is_main:
+            ckpt.write_json(str(local / "trainer_state.json"), {
+                "step": step, "samples": samples, "world_size": self.world_size,
+                "lm": self.lm_info, "fingerprint": fingerprint(self.cfg, self.lm_info),
+                "config": to_dict(self.cfg),
+            })
+        dist_engine.barrier()
+        if ckpt.is_remote(url) and int(__import__("os").environ.get("LOCAL_RANK", "0")) == 0:
+            ckpt.upload(local, url)
+        dist_engine.barrier()
+        if self.is_main:
+            ckpt.commit(url, {"step": step})
+            ckpt.prune(self.cfg.checkpoint_dir, self.cfg.checkpoint.keep_last)
+            log.info("checkpoint committed: %s", url)
+        dist_engine.barrier()
+        return url
+
+    def _save_weights(self, local: Path) -> None:
+        """Consolidated trained weights (ZeRO-3 partitions gathered) as safetensors, rank 0."""
+        from safetensors.torch import save_file
+
+        module = self.engine.module
+        params = [p for n, p in module.named_parameters() if self.cfg.model.train_lm or not n.startswith("lm.")]
+        with dist_engine.gathered(params):
+            if self.is_main:
+                state = module.trainable_state_dict(include_lm=self.cfg.model.train_lm)
+                local.mkdir(parents=True, exist_ok=True)
+                save_file(state, str(local / "weights.safetensors"))
+
+    def load(self, url: str) -> tuple[int, int, StreamState | None]:
+        local = ckpt.local_stage(str(self.run_dir), url)
+        if ckpt.is_remote(url):
+            if int(__import__("os").environ.get("LOCAL_RANK", "0")) == 0:
+                ckpt.download(url, local)
+            dist_engine.barrier()
+        state = ckpt.read_json(str(local / "trainer_state.json"))
+        diffs = describe_mismatch(state["fingerprint"], fingerprint(self.cfg, self.lm_info))
+        if diffs:
+            raise ValueError(f"checkpoint {url} was made under an incompatible config: " + "; ".join(diffs))
+        same_world = state["world_size"] == self.world_size
+        if not same_world:
+            raise ValueError(
+                f"checkpoint {url} was written by {state['world_size']} ranks, this run has "
+                f"{self.world_size}: resume with the same world size"
+            )
+        self.engine.load_checkpoint(str(local / "ds"), tag="state", load_module_strict=False,
+                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+        mine = ckpt.read_json(str(local / f"rank_{self.rank:05d}.json"))
+        ckpt.set_rng_state(mine["rng"])
+        stream = StreamState.from_dict(mine["stream"])
+        if stream.num_workers != max(1, self.cfg.data.num_workers):
+            log.warning("data.num_workers changed (%s -> %s): the data stream restarts from a fresh order",
+                        stream.num_workers, self.cfg.data.num_workers)
+            stream = StreamState(batches=0)
+        log.info("resumed from %s at step %s", url, state["step"])
+        return int(state["step"]), int(state["samples"]), stream
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> int:
+        cfg = self.cfg
+        step, samples, stream_state = 0, 0, None
+        resume_url = ckpt.resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
+        if resume_url:
+            step, samples, stream_state = self.load(resume_url)
+        batches = self._data(stream_state)
+        self._install_signals()
+        self.engine.train()
+        bar = tqdm(total=cfg.train.steps, initial=step, disable=not (self.is_main and cfg.train.progress),
+                   desc="train", dynamic_ncols=True)
+        nonfinite_in_row = nonfinite_total = 0
+        window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
+        key_log = (self.run_dir / f"sample_keys_rank{self.rank}.txt").open("a") if self._log_keys() else None
+        code = EXIT_OK
+        try:
+            while step < cfg.train.steps:
+                skipped = False
+                for _ in range(cfg.train.grad_accum):
+                    t = time.perf_counter()
+                    batch = next(batches)
+                    window["wait"] += time.perf_counter() - t
+                    if key_log:
+                        key_log.write("\n".join(batch["keys"]) + "\n")
+                    loss = self.engine(**self._to_device(batch))
+                    finite = dist_engine.all_reduce_sum(0.0 if torch.isfinite(loss) else 1.0) == 0
+                    if not finite:
+                        skipped = True
+                        break
+                    self.engine.backward(loss)
+                    self.engine.step()
+                    window["loss"] += float(loss.detach())
+                    window["n"] += 1
+                    window["tokens"] += int(batch["attention_mask"].sum())
+                    window["samples"] += len(batch["keys"])
+                if skipped:
+                    nonfinite_in_row += 1
+                    nonfinite_total += 1
+                    log.warning("non-finite loss at step %s: step skipped (%s in a row)", step, nonfinite_in_row)
+                    if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
+                        raise NonFiniteLossError(
+                            f"{nonfinite_in_row} non-finite losses in a row at step {step}: stopping. "
+                            "Lower train.lr, use fp32, or check the data."
+                        )
+                    continue
+                nonfinite_in_row = 0
+                step += 1
+                samples += cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size
+                bar.update(1)
+                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                    self._log(step, samples, window, batches, nonfinite_total, bar)
+                if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+                    self.save(step, samples, batches.state)
+                if self._stop_requested():
+                    self.save(step, samples, batches.state)
+                    log.warning("preempted: checkpoint committed at step %s; exit %s (requeue)", step, EXIT_REQUEUE)
+                    code = EXIT_REQUEUE
+                    break
+            else:
+                self.save(step, samples, batches.state)
+        finally:
+            bar.close()
+            if key_log:
+                key_log.close()
+            self.metrics.close()
+        return code
+
+    def _log_keys(self) -> bool:
+        return bool(__import__("os").environ.get("FROZEN_SCALE_LOG_KEYS"))
+
+    def _to_device(self, batch):
+        out = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+        if self.cfg.train.precision == "bf16":
+            out["pixel_values"] = out["pixel_values"].to(torch.bfloat16)
+        return out
+
+    def _log(self, step, samples, window, batches, nonfinite_total, bar):
+        elapsed = time.perf_counter() - window["t0"]
+        loss = dist_engine.all_reduce_sum(window["loss"]) / max(1, dist_engine.all_reduce_sum(window["n"]))
+        tokens = dist_engine.all_reduce_sum(window["tokens"])
+        n_samples = dist_engine.all_reduce_sum(window["samples"])
+        wait = dist_engine.all_reduce_sum(window["wait"]) / self.world_size
+        grad_norm = self.engine.get_global_grad_norm()
+        values = {
+            "loss": loss,
+            "lr": self.engine.get_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "samples_per_s": n_samples / elapsed,
+            "tokens_per_s": tokens / elapsed,
+            "data_wait_fraction": wait / elapsed,
+            "mfu": self.flops.mfu(tokens, n_samples, elapsed, self.world_size),
+            "samples": samples,
+            "epoch": samples / self.epoch_samples if self.epoch_samples else None,
+            "nonfinite_skipped": nonfinite_total,
+            **batches.skipped,
+        }
+        if step == self.cfg.train.log_every or step == self.cfg.train.steps:
+            values["optimizer_state_bytes"] = dist_engine.all_reduce_sum(
+                dist_engine.optimizer_state_bytes(self.optimizer))
+        self.metrics.log(step, values)
+        bar.set_postfix(loss=f"{loss:.4f}", sps=f"{values['samples_per_s']:.0f}")
+        window.update(loss=0.0, n=0, tokens=0, samples=0, wait=0.0, t0=time.perf_counter())
+
+
+def train(cfg: FrozenConfig) -> int:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    except NonFiniteLossError as err:
+        log.error("%s", err)
+        return EXIT_NONFINITE
+
+
+def finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
