@@ -1,0 +1,98 @@
+"""A loopback HTTP server for image URLs, for tests and benchmarks: 127.0.0.1 only.
+
+    with ImageServer() as srv:
+        url = srv.add("/a.jpg", jpeg_bytes)                       # plain 200
+        srv.add("/flaky.png", png, fail_first=1)                  # 500 once, then 200
+        srv.add("/slow.png", png, delay_s=3)                      # slower than a timeout
+        srv.add("/optout.png", png, headers={"X-Robots-Tag": "noai"})
+
+`srv.hits[path]` counts requests per path.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Route:
+    body: bytes = b""
+    status: int = 200
+    content_type: str = "application/octet-stream"
+    headers: dict = field(default_factory=dict)
+    delay_s: float = 0.0
+    fail_first: int = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        srv: ImageServer = self.server.owner
+        path = self.path.split("?", 1)[0]
+        with srv.lock:
+            srv.hits[path] += 1
+            n = srv.hits[path]
+            srv.user_agents.add(self.headers.get("User-Agent", ""))
+        route = srv.routes.get(path)
+        if route is None:
+            return self._send(404, b"not found", "text/plain", {})
+        if route.delay_s:
+            time.sleep(route.delay_s)
+        if n <= route.fail_first:
+            return self._send(500, b"try again", "text/plain", {})
+        self._send(route.status, route.body, route.content_type, route.headers)
+
+    def _send(self, status, body, ctype, headers):
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers.items():
+                for value in v if isinstance(v, list) else [v]:
+                    self.send_header(k, value)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class ImageServer:
+    def __init__(self, host: str = "127.0.0.1"):
+        self.routes: dict[str, Route] = {}
+        self.hits: collections.Counter = collections.Counter()
+        self.user_agents: set[str] = set()
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer((host, 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.owner = self
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def add(self, path: str, body: bytes, **kwargs) -> str:
+        self.routes[path] = Route(body, **kwargs)
+        return self.base + path
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def start(self) -> "ImageServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
