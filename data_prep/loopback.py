@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import collections
+import io
+import struct
 import threading
+import zlib
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +75,7 @@ class ImageServer:
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.daemon_threads = True
+        self.httpd.handle_error = lambda request, client_address: None  # clients that hang up early
         self.httpd.owner = self
         self.base = f"http://{host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -96,3 +100,34 @@ class ImageServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def make_image(width: int, height: int, fmt: str = "JPEG", seed: int = 0, quality: int = 90) -> bytes:
+    """A real encoded image with content that differs by seed (smooth gradients plus noise)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([(x * rng.uniform(0.2, 1.0) + y * rng.uniform(0.2, 1.0)) % 256,
+                     (x * rng.uniform(0.2, 1.0)) % 256, (y * rng.uniform(0.2, 1.0)) % 256], -1)
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype("uint8")
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+def bomb_png(side: int = 12_000) -> bytes:
+    """A small, valid 1-bit PNG of side x side pixels: a decompression bomb for pixel limits."""
+    raw = zlib.compressobj(9)
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)  # filter byte + packed bits
+    parts = [raw.compress(row * 1000) for _ in range(side // 1000)]
+    parts.append(raw.compress(row * (side % 1000)))
+    parts.append(raw.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"".join(parts))
+            + _png_chunk(b"IEND", b""))

@@ -69,8 +69,19 @@ def check_job(output_url: str, job: dict, storage_options=None) -> None:
     if storage.exists(url, storage_options):
         recorded = json.loads(storage.read_bytes(url, storage_options))
         if recorded != job:
-            diff = sorted(k for k in set(recorded) | set(job) if recorded.get(k) != job.get(k))
+            old, new = _flatten(recorded), _flatten(job)
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise JobMismatch(f"{output_url} already holds a different job (differs in: {', '.join(diff)}); "
                               "use another --out, or the same input and options to resume")
         return
     storage.atomic_write_bytes(url, json.dumps(job, indent=1, sort_keys=True).encode(), storage_options)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,179 @@
+"""data_prep against a loopback HTTP server: real images plus every hostile case, each counted
+under the right status; shards read back with tarfile and webdataset; a Ray run, its resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_prep.loopback import ImageServer, bomb_png, make_image
+from data_prep.manifest import JobMismatch, read_manifest
+from data_prep.options import FetchOptions, ImageOptions, JobOptions
+from data_prep.shard import LocalRegistry, write_shard
+from data_prep.sources import UrlTable, units
+
+JPEG = make_image(320, 240, "JPEG", seed=1)
+PNG = make_image(200, 150, "PNG", seed=2)
+
+# (path, route kwargs or None for no route, caption bytes, expected status, expected error)
+CASES = [
+    ("/ok.jpg", dict(body=JPEG, content_type="image/jpeg"), b"a photo", "success", None),
+    ("/ok.png", dict(body=PNG, content_type="image/png"), b"a drawing", "success", None),
+    ("/missing.jpg", None, b"gone", "failed_to_download", "http_404"),
+    ("/flaky.jpg", dict(body=make_image(100, 80, "JPEG", seed=3), fail_first=1), b"flaky", "success", None),
+    ("/slow.jpg", dict(body=make_image(90, 90, "JPEG", seed=4), delay_s=2.0), b"slow", "failed_to_download", "timeout"),
+    ("/trunc.jpg", dict(body=JPEG[: len(JPEG) // 2]), b"cut", "failed_to_resize", "truncated_image"),
+    ("/empty.jpg", dict(body=b""), b"nothing", "failed_to_download", "empty_content"),
+    ("/page.jpg", dict(body=b"<html><body>hi</body></html>", content_type="image/jpeg"), b"html",
+     "failed_to_resize", "not_an_image"),
+    ("/bomb.png", dict(body=bomb_png(12_000), content_type="image/png"), b"bomb", "failed_to_resize",
+     "decompression_bomb"),
+    ("/huge.png", dict(body=make_image(400, 400, "PNG", seed=5)), b"huge", "failed_to_download", "too_many_bytes"),
+    ("file:///etc/passwd", None, b"secrets", "failed_to_download", "unsupported_scheme"),
+    ("/latin1.jpg", dict(body=make_image(64, 64, "JPEG", seed=6)), b"caf\xe9 au lait", "filtered", "caption_not_utf8"),
+    ("/ok.jpg", None, b"the same url again", "duplicate", "duplicate_url"),
+    ("/optout.jpg", dict(body=make_image(64, 64, "JPEG", seed=7), headers={"X-Robots-Tag": "noai"}), b"mine",
+     "opted_out", "opted_out"),
+    ("/copy.png", dict(body=PNG), b"same pixels at another url", "duplicate", "duplicate_image"),
+    ("/nocap.jpg", dict(body=make_image(64, 64, "JPEG", seed=8)), b"", "filtered", "empty_caption"),
+    ("/tiny.png", dict(body=make_image(10, 10, "PNG", seed=9)), b"tiny", "filtered", "too_small"),
+    ("/wide.png", dict(body=make_image(300, 20, "PNG", seed=10)), b"wide", "filtered", "aspect_ratio"),
+    ("/down.jpg", dict(body=JPEG, fail_first=99), b"always 500", "failed_to_download", "http_500"),
+    ("/otherbot.jpg", dict(body=make_image(64, 48, "JPEG", seed=11), headers={"X-Robots-Tag": "otherbot: noai"}),
+     b"not for us", "success", None),
+    ("/us.jpg", dict(body=make_image(64, 48, "JPEG", seed=12), headers={"X-Robots-Tag": "frozen_scale: noimageai"}),
+     b"for us", "opted_out", "opted_out"),
+]
+
+
+def job_options(**kw) -> JobOptions:
+    image = ImageOptions(image_size=64, resize_mode="center_crop", encode_format="jpg", min_side=16,
+                         max_aspect_ratio=4.0, max_pixels=50_000_000)
+    fetch = FetchOptions(timeout_s=0.5, retries=1, backoff_s=0.05, max_bytes=200_000)
+    return JobOptions(samples_per_shard=kw.pop("samples_per_shard", 100), threads=8, fetch=fetch, image=image, **kw)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer() as srv:
+        for path, route, *_ in CASES:
+            if route is not None and path.startswith("/"):
+                srv.add(path, **route)
+        yield srv
+
+
+def write_table(server, folder: Path) -> Path:
+    lines = [b"url,caption,source_id"]
+    for i, (path, _, caption, *_rest) in enumerate(CASES):
+        url = path if "://" in path else server.url(path)
+        lines.append(url.encode() + b"," + caption + b"," + str(1000 + i).encode())
+    table = folder / "corpus.csv"
+    table.write_bytes(b"\n".join(lines) + b"\n")
+    return table
+
+
+def read_status(out: Path) -> list[dict]:
+    rows = []
+    for f in sorted(out.glob("*.parquet")):
+        rows += pq.read_table(f).to_pylist()
+    return sorted(rows, key=lambda r: r["row"])
+
+
+def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            key, ext = m.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return samples
+
+
+def check_expected(rows: list[dict], allow_dup_swap: bool = False) -> None:
+    assert [r["row"] for r in rows] == list(range(len(CASES)))
+    for r, (path, _, _, status, error) in zip(rows, CASES):
+        if allow_dup_swap and r["row"] in (1, 14):
+            continue
+        assert (r["status"], r["error_message"]) == (status, error), (path, r)
+    if allow_dup_swap:  # identical pixels in two shards: exactly one keeps them
+        assert sorted(rows[i]["status"] for i in (1, 14)) == ["duplicate", "success"]
+
+
+def test_every_hostile_row_is_counted_once_and_shards_read_back(server, tmp_path):
+    source = UrlTable(str(write_table(server, tmp_path)), extra_cols=["source_id"])
+    opts = job_options()
+    (unit,) = list(units(source, opts.samples_per_shard))
+    out = tmp_path / "out"
+    stats = write_shard(unit, str(out), opts, registry=LocalRegistry())
+
+    rows = read_status(out)
+    check_expected(rows)
+    assert server.hits["/flaky.jpg"] == 2 and server.hits["/down.jpg"] == 2  # one retry each
+    assert server.hits["/page.jpg"] == 1  # not retried: a 200 with bad content
+    assert all("frozen_scale" in ua for ua in server.user_agents)
+
+    expected_ok = [i for i, c in enumerate(CASES) if c[3] == "success"]
+    assert stats["num_samples"] == len(expected_ok) == stats["status_counts"]["success"]
+    assert sum(stats["status_counts"].values()) == len(CASES)
+    assert stats["error_histogram"]["timeout"] == 1 and stats["error_histogram"]["duplicate_url"] == 1
+
+    samples = tar_samples(out / "00000.tar")
+    assert sorted(samples) == [f"{i:09d}" for i in expected_ok]
+    for key, files in samples.items():
+        assert set(files) == {"jpg", "txt", "json"}
+        meta = json.loads(files["json"])
+        img = Image.open(io.BytesIO(files["jpg"]))
+        assert img.format == "JPEG" and img.size == (64, 64) == (meta["width"], meta["height"])
+        assert meta["source_id"] == str(1000 + int(key)) and meta["status"] == "success"
+        assert files["txt"].decode() == CASES[int(key)][2].decode()
+    assert json.loads(samples["000000000"]["json"])["original_width"] == 320
+
+    import webdataset as wds
+
+    read = list(wds.WebDataset(str(out / "00000.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in read] == sorted(samples)
+    assert all(s["jpg"] == samples[s["__key__"]]["jpg"] for s in read)
+
+
+def test_ray_job_counts_everything_resumes_and_refuses_another_job(server, tmp_path, ray_local):
+    from data_prep.pipeline import run_job
+
+    table = write_table(server, tmp_path)
+    out = tmp_path / "out"
+    opts = job_options(samples_per_shard=8)
+    manifest = run_job(UrlTable(str(table)), str(out), opts, progress=False)
+
+    rows = read_status(out)
+    check_expected(rows, allow_dup_swap=True)
+    assert manifest == read_manifest(str(out))
+    assert [s["name"] for s in manifest["shards"]] == ["00000.tar", "00001.tar", "00002.tar"]
+    for shard in manifest["shards"]:
+        stats = json.loads((out / shard["stats"]).read_text())
+        samples = tar_samples(out / shard["name"])
+        assert stats["num_samples"] == shard["num_samples"] == len(samples)
+    assert manifest["num_samples"] == sum(r["status"] == "success" for r in rows)
+
+    hits = dict(server.hits)
+    again = run_job(UrlTable(str(table)), str(out), opts, progress=False)
+    assert dict(server.hits) == hits  # every shard was committed: nothing re-downloaded
+    assert again["shards"] == manifest["shards"]
+
+    with pytest.raises(JobMismatch, match="samples_per_shard"):
+        run_job(UrlTable(str(table)), str(out), job_options(samples_per_shard=5), progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from data_prep.pipeline import _start_ray
+
+    started = _start_ray(None, 2)
+    yield
+    if started:
+        ray.shutdown()
