@@ -401,15 +401,18 @@ def format_plan(inputs: PlanInputs, cfg_stage: int, cfg_micro_batch: int, cfg_ck
     if rec.get("note"):
         lines.append("  " + rec["note"])
     if reference:
-        ours = model_state_bytes(lm.total_params + inputs.trainable_params + inputs.frozen_vision_params,
-                                 0, 3, inputs.gpus, lm.largest_layer_params, 0)
+        all_trainable = estimate(dataclasses.replace(inputs, lm_trainable=True), 3, cfg_micro_batch, False)
+        frozen = estimate(dataclasses.replace(inputs, lm_trainable=False), 3, cfg_micro_batch, False)
         lines += [
             "",
             "DeepSpeed's estimators, same parameter counts (model states, GiB per GPU):",
             f"  all params trainable, ZeRO-3: deepspeed {g(reference['all_trainable_zero3'])}   "
-            f"plan {g(sum(ours))}",
+            f"plan {g(all_trainable.model_states)}",
             f"  frozen LM, ZeRO-3 (sharded 16-bit params): deepspeed "
             f"{g(reference['frozen_lm_zero3_sharded'])}   plan "
-            f"{g(lm.total_params * 2 / inputs.gpus)}",
+            f"{g(frozen.lm_params - inputs.param_bytes * lm.largest_layer_params)}",
+            "  (DeepSpeed's ZeRO-3 estimator assumes every parameter trains; with the optimizer offloaded",
+            "  it leaves just the sharded 16-bit params: a frozen LM's state. It adds 4 bytes x the",
+            "  largest layer gathered; the plan counts 2: a frozen layer has no gradient.)",
         ]
     return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""`frozen-scale submit` and `frozen-scale plan`.
+
+    frozen-scale submit CONFIG [--launcher local|slurm|ray|torchrun|deepspeed|k8s] [--dry-run]
+                        [--address URL] [--wait] [section.key=value ...]
+    frozen-scale plan CONFIG --nodes N --gpus-per-node G [--gpu-mem-gib 80] [--seq-len S] [--json]
+
+Launcher settings come from the config's `launcher` section (dotted overrides work:
+`launcher.nodes=4`); the command-line flags only choose the launcher and the action.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from frozen_scale.config import FrozenConfig, load_config
+
+LAUNCHERS = ("local", "slurm", "ray", "torchrun", "deepspeed", "k8s")
+
+
+def _split_overrides(rest: list[str]) -> list[str]:
+    bad = [r for r in rest if "=" not in r or r.startswith("-")]
+    if bad:
+        raise SystemExit(f"frozen-scale: unexpected arguments {bad} (overrides look like section.key=value)")
+    return rest
+
+
+def _launch_overrides(overrides: list[str]) -> list[str]:
+    """What the trainers get: launcher.* settings only matter to the submitter."""
+    return [o for o in overrides if not o.startswith("launcher.")]
+
+
+def submit_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frozen-scale submit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="run config (YAML)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, help="default: launcher.kind from the config")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be submitted or run")
+    parser.add_argument("--address", default="", help="ray: Jobs API address (http://head:8265)")
+    parser.add_argument("--wait", action="store_true", help="ray: block until the job ends")
+    return parser
+
+
+def submit_main(argv: list[str]) -> int:
+    args, rest = submit_parser().parse_known_args(argv)
+    overrides = _split_overrides(rest)
+    cfg = load_config(args.config, overrides)
+    kind = args.launcher or cfg.launcher.kind
+    workdir = str(Path(cfg.launcher.workdir or os.getcwd()).resolve())
+    handler = {"local": _submit_hostlist, "torchrun": _submit_hostlist, "deepspeed": _submit_hostlist,
+               "slurm": _submit_slurm, "ray": _submit_ray, "k8s": _submit_k8s}[kind]
+    return handler(cfg, kind, args, _launch_overrides(overrides), workdir)
+
+
+def _submit_slurm(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
+    from launchers import slurm
+
+    script = slurm.render_sbatch(cfg, args.config, overrides, workdir)
+    if args.dry_run:
+        print(script, end="")
+        return 0
+    log_dir = Path(workdir) / slurm.log_dir_for(cfg)
+    job_id = slurm.submit(script, log_dir / f"{cfg.launcher.job_name}.sbatch")
+    print(job_id)
+    print(f"submitted slurm job {job_id}; logs in {log_dir}", file=sys.stderr)
+    return 0
+
+
+def _submit_hostlist(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
+    from dataclasses import replace
+
+    from launchers import hostlist
+
+    if kind == "deepspeed":
+        cfg = replace(cfg, launcher=replace(cfg.launcher, runner="deepspeed"))
+    elif kind == "torchrun":
+        cfg = replace(cfg, launcher=replace(cfg.launcher, runner="torchrun"))
+    elif kind == "local" and not cfg.launcher.hosts:  # one machine, gpus_per_node processes
+        cfg = replace(cfg, launcher=replace(cfg.launcher, nodes=1, hosts=["localhost"]))
+    log_dir = cfg.launcher.log_dir or str(Path(cfg.train.run_dir) / "logs")
+    commands = hostlist.render_node_commands(cfg, args.config, overrides, log_dir)
+    if args.dry_run:
+        import shlex
+
+        for rank, (host, argv) in enumerate(commands):
+            print(f"# node {rank} on {host}\n{shlex.join(argv)}")
+        return 0
+    return hostlist.run_nodes(cfg, commands, workdir, str(Path(workdir) / log_dir))
+
+
+def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
+    from launchers import ray_job
+
+    spec = ray_job.job_spec(cfg, args.config, overrides, workdir)
+    if args.dry_run:
+        print(json.dumps(spec, indent=2))
+        return 0
+    address = args.address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS", "")
+    job_id = ray_job.submit(cfg, spec, address)
+    print(job_id)
+    if args.wait:
+        status, logs = ray_job.wait(address, job_id)
+        print(logs[-5000:], file=sys.stderr)
+        print(f"ray job {job_id}: {status}", file=sys.stderr)
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def _submit_k8s(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
+    from launchers import k8s
+
+    print(k8s.render_yaml(cfg, args.config, overrides), end="")
+    if not args.dry_run:
+        print("# apply with: kubectl apply -f <this file>", file=sys.stderr)
+    return 0
+
+
+def plan_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frozen-scale plan", description="per-GPU memory plan")
+    parser.add_argument("config")
+    parser.add_argument("--nodes", type=int, default=0, help="default: launcher.nodes")
+    parser.add_argument("--gpus-per-node", type=int, default=0, help="default: launcher.gpus_per_node")
+    parser.add_argument("--gpu-mem-gib", type=float, default=80.0, help="memory of one GPU")
+    parser.add_argument("--seq-len", type=int, default=0, help="tokens per sample (default: from the config)")
+    parser.add_argument("--lm", default="", help="LM folder/URL with a config.json (default: model.lm_path)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def plan_main(argv: list[str]) -> int:
+    from launchers import plan
+
+    args, rest = plan_parser().parse_known_args(argv)
+    cfg = load_config(args.config, _split_overrides(rest))
+    nodes = args.nodes or cfg.launcher.nodes
+    per_node = args.gpus_per_node or cfg.launcher.gpus_per_node
+    if nodes < 1 or per_node < 1:
+        raise SystemExit("frozen-scale plan: --nodes and --gpus-per-node must be >= 1")
+    if not (args.lm or cfg.model.lm_path):
+        raise SystemExit("frozen-scale plan: the config has no model.lm_path; pass --lm FOLDER")
+    inputs = plan.plan_inputs(cfg, nodes * per_node, args.seq_len, args.gpu_mem_gib, args.lm)
+    rec = plan.recommend(inputs, cfg.train.micro_batch_size)
+    try:
+        reference = plan.deepspeed_reference(inputs)
+    except ImportError:  # deepspeed is a dependency, but plan must work without it too
+        reference = None
+    if args.json:
+        rows = [plan.estimate(inputs, s, cfg.train.micro_batch_size, c).row() for s in range(4) for c in (False, True)]
+        print(json.dumps({"lm": vars(inputs.lm), "trainable_params": inputs.trainable_params,
+                          "gpus": inputs.gpus, "seq_len": inputs.seq_len, "estimates": rows,
+                          "recommendation": rec, "deepspeed_reference": reference}, indent=2))
+    else:
+        print(plan.format_plan(inputs, cfg.deepspeed.stage, cfg.train.micro_batch_size,
+                               cfg.model.activation_checkpointing, rec, reference))
+    return 0 if rec["fits"] else 1

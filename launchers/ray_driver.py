@@ -1,0 +1,115 @@
+"""The Ray job's driver: train on the Ray cluster, one process per GPU across nodes.
+
+Submitted by `frozen-scale submit --launcher ray` through the Ray Jobs API; runs on the head node:
+
+    python -m launchers.ray_driver CONFIG [overrides] --num-workers 8 [--use-gpu] ...
+
+Ray Train's TorchTrainer places the workers (SPREAD over nodes) and sets up a process group; each
+worker then runs the same training entry as torchrun would (`python -m frozen_scale.cli train`)
+as a child process with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR set, so the trainer, its DeepSpeed
+engine and its signal handling are exactly those of every other launcher. Rank 0 picks a fresh
+rendezvous port and shares it over Ray Train's group. A preempted trainer (exit 75, checkpoint
+committed) fails the attempt; Ray Train restarts the worker group (FailureConfig.max_failures)
+and `train.resume=auto` continues from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+PREEMPTED_EXIT = 75
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def train_worker(loop_config: dict) -> None:
+    """Runs inside each Ray Train worker."""
+    import ray.train
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    port = [_free_port() if rank == 0 else 0]
+    dist.broadcast_object_list(port, src=0)
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in loop_config["env"].items()})
+    env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
+               LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
+               MASTER_ADDR=os.environ["MASTER_ADDR"], MASTER_PORT=str(port[0]))
+    log_dir = Path(loop_config["log_dir"])
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"ray-rank{rank}.log"
+    argv = [sys.executable, "-m", "frozen_scale.cli", *loop_config["train_args"]]
+    print(f"rank {rank}/{world} on {socket.gethostname()}: {' '.join(argv)} (log {log_path})", flush=True)
+    with open(log_path, "ab") as log:
+        code = subprocess.call(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    dist.barrier()  # every rank's trainer has exited before any worker reports
+    if code == PREEMPTED_EXIT:
+        raise RuntimeError(f"rank {rank}: preempted (checkpoint committed); restarting to resume")
+    if code != 0:
+        raise RuntimeError(f"rank {rank}: training exited {code}; last output:\n{tail}")
+    print(f"rank {rank}: training finished", flush=True)
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="launchers.ray_driver")
+    parser.add_argument("config")
+    parser.add_argument("--num-workers", type=int, required=True)
+    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--max-failures", type=int, default=3)
+    parser.add_argument("--storage", required=True, help="Ray Train storage_path (shared by all nodes)")
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--name", default="frozen-scale")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every trainer")
+    return parser.parse_known_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse(list(sys.argv[1:] if argv is None else argv))
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from launchers.commands import train_args
+
+    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+    env = dict(item.split("=", 1) for item in args.env)
+    loop_config = {
+        "train_args": train_args(args.config, overrides),
+        "workdir": os.getcwd(),
+        "log_dir": str(Path(args.log_dir).resolve()),
+        "env": env,
+    }
+    resources = {"CPU": args.cpus_per_worker}
+    if args.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
+                                               resources_per_worker=resources, placement_strategy="SPREAD"),
+        run_config=ray.train.RunConfig(name=args.name, storage_path=str(Path(args.storage).resolve()),
+                                       failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+                                       worker_runtime_env={"env_vars": env} if env else None),
+    )
+    result = trainer.fit()
+    if result.error:
+        print(f"ray training failed: {result.error}", file=sys.stderr)
+        return 1
+    print("ray training finished", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

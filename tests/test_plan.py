@@ -1,0 +1,173 @@
+"""`frozen-scale plan`: parameter counts from a bare HF config, model-state memory against
+DeepSpeed's own estimators, activation bytes against what autograd really saves, recommendations."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+
+from frozen_scale.config import load_config
+from launchers import cli, plan
+
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000)
+LLAMA_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                 num_key_value_heads=40, vocab_size=32000)
+LLAMA_70B = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                 num_key_value_heads=8, vocab_size=32000)
+
+
+def llama_params(d: dict) -> int:
+    """Closed form for an untied Llama: embeddings + lm_head + blocks + final norm."""
+    h, inter, layers, vocab = d["hidden_size"], d["intermediate_size"], d["num_hidden_layers"], d["vocab_size"]
+    kv = h // d["num_attention_heads"] * d["num_key_value_heads"]
+    block = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
+    return 2 * vocab * h + layers * block + h
+
+
+def write_run(tmp_path, dims: dict, **sections) -> str:
+    from transformers import LlamaConfig
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    lm_dir = tmp_path / "lm"
+    LlamaConfig(**dims).save_pretrained(lm_dir)  # config.json only: no weights anywhere
+    data = {"model": {"lm_path": str(lm_dir)}, "train": {"precision": "bf16", "micro_batch_size": 8},
+            "deepspeed": {"stage": 3}}
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("dims,billions", [(LLAMA_7B, 6.74), (LLAMA_13B, 13.0), (LLAMA_70B, 69.0)])
+def test_param_count_from_config_alone(tmp_path, dims, billions):
+    path = write_run(tmp_path, dims)
+    shape = plan.lm_shape(load_config(path).model.lm_path)
+    assert shape.total_params == llama_params(dims)
+    assert shape.total_params / 1e9 == pytest.approx(billions, rel=0.01)
+    assert shape.largest_layer_params == dims["vocab_size"] * dims["hidden_size"]
+    assert shape.gated_mlp and shape.rms_norm
+    assert shape.kv_dim == dims["hidden_size"] // dims["num_attention_heads"] * dims["num_key_value_heads"]
+
+
+def test_7b_zero3_on_16_gpus_agrees_with_deepspeed_estimator(tmp_path):
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    cfg = load_config(write_run(tmp_path, LLAMA_7B))
+    inputs = plan.plan_inputs(cfg, gpus=16)
+    lm_params = llama_params(LLAMA_7B)  # DeepSpeed is fed our closed form, not the plan's own count
+    largest = LLAMA_7B["vocab_size"] * LLAMA_7B["hidden_size"]
+
+    # Like with like 1: every parameter trains (DeepSpeed's model). Same total, 2 nodes x 8 GPUs.
+    _, ds_all, _ = estimate_zero3_model_states_mem_needs(
+        lm_params + inputs.trainable_params, largest, num_gpus_per_node=8, num_nodes=2,
+        cpu_offload=False, cpu_offload_params=False)
+    ours_all = plan.estimate(dataclasses.replace(inputs, lm_trainable=True), 3, 8, False).model_states
+    assert ours_all == pytest.approx(ds_all, rel=0.10)
+
+    # Like with like 2: the frozen LM. With the optimizer offloaded DeepSpeed leaves on the GPU the
+    # sharded 16-bit params plus the gathered largest layer (4 bytes/param: params + grads);
+    # a frozen layer has no gradient, so the plan gathers 2 bytes/param.
+    _, ds_frozen, ds_gathered = estimate_zero3_model_states_mem_needs(
+        lm_params, largest, num_gpus_per_node=8, num_nodes=2, cpu_offload=True, cpu_offload_params=False)
+    frozen = plan.estimate(inputs, 3, 8, False)
+    assert frozen.lm_params - 2 * largest == pytest.approx(ds_frozen - ds_gathered, rel=0.10)
+    assert frozen.lm_params == pytest.approx(ds_frozen - ds_gathered / 2, rel=0.01)
+    # The point of Frozen: the LM's state is a small fraction of what training it would cost.
+    assert frozen.model_states < 0.2 * ours_all
+    # Only the prefix carries optimizer state: 18 bytes per trainable parameter over 16 GPUs.
+    assert frozen.trainable_states == pytest.approx(
+        18 * inputs.trainable_params / 16 + 4 * inputs.largest_prefix_layer, rel=1e-6)
+
+
+def _saved_bytes(model, embeds, labels) -> int:
+    """Bytes autograd keeps for backward (parameters excluded), each storage counted once."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(inputs_embeds=embeds, labels=labels, use_cache=False)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("frozen,attn,kv_heads", [(True, "sdpa", 2), (True, "eager", 4), (False, "sdpa", 4)])
+def test_activation_bytes_match_autograd(tmp_path, frozen, attn, kv_heads):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    dims = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=kv_heads, vocab_size=300, max_position_embeddings=128)
+    LlamaConfig(**dims).save_pretrained(tmp_path)
+    shape = plan.lm_shape(str(tmp_path))
+    batch, seq = 3, 40
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**dims, attn_implementation=attn)).to(torch.bfloat16)
+    model.eval()
+    model.requires_grad_(not frozen)
+    embeds = torch.randn(batch, seq, 64, dtype=torch.bfloat16, requires_grad=True)
+    measured = _saved_bytes(model, embeds, torch.randint(0, 300, (batch, seq)))
+
+    inputs = plan.PlanInputs(lm=shape, trainable_params=0, frozen_vision_params=0, gpus=1, seq_len=seq,
+                             attn=attn, param_bytes=2, lm_trainable=not frozen)
+    predicted = plan.estimate(inputs, 0, batch, False).activations
+    assert predicted == pytest.approx(measured, rel=0.10), (predicted, measured)
+
+
+def test_checkpointing_keeps_block_inputs_only(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    dims = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=4, num_attention_heads=4,
+                vocab_size=300, max_position_embeddings=128)
+    LlamaConfig(**dims).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**dims)).to(torch.bfloat16)
+    model.requires_grad_(False)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    embeds = torch.randn(2, 32, 64, dtype=torch.bfloat16, requires_grad=True)
+    stored = _saved_bytes(model, embeds, torch.randint(0, 300, (2, 32)))
+    shape = plan.lm_shape(str(tmp_path))
+    inputs = plan.PlanInputs(lm=shape, trainable_params=0, frozen_vision_params=0, gpus=1, seq_len=32,
+                             attn="sdpa", param_bytes=2)
+    with_ckpt = plan.estimate(inputs, 0, 2, True).activations
+    one_block = 2 * 32 * plan.block_activation_bytes_per_token(shape, "sdpa", 32, True)
+    # the plan = what stays stored during forward + one block recomputed during backward
+    assert with_ckpt - one_block == pytest.approx(stored, rel=0.10)
+    assert with_ckpt < plan.estimate(inputs, 0, 2, False).activations
+
+
+def test_recommendations(tmp_path):
+    cfg = load_config(write_run(tmp_path, LLAMA_70B))
+    on_8 = plan.recommend(plan.plan_inputs(cfg, gpus=8), 8)
+    assert on_8["fits"] and on_8["stage"] == 3  # 138 GB of bf16 weights: only sharded
+    on_1 = plan.recommend(plan.plan_inputs(cfg, gpus=1), 8)
+    assert not on_1["fits"] and "offload" in on_1["note"]
+    # 24 GB cards: 64 x 34 tokens of 80-layer activations (~45 GB) need checkpointing
+    small = plan.recommend(plan.plan_inputs(cfg, gpus=64, gpu_mem_gib=24), 64)
+    assert small["fits"] and small["stage"] == 3 and small["activation_checkpointing"] is True
+    assert plan.estimate(plan.plan_inputs(cfg, gpus=64, gpu_mem_gib=24), 3, 64, False).fits is False
+    # a frozen 7B (13.5 GB of bf16 weights) fits replicated on 80 GB: no sharding traffic needed
+    cfg7 = load_config(write_run(tmp_path / "7b", LLAMA_7B))
+    rec7 = plan.recommend(plan.plan_inputs(cfg7, gpus=16), 8)
+    assert rec7["fits"] and rec7["stage"] == 0 and rec7["activation_checkpointing"] is False
+
+
+def test_plan_cli_text_and_json(tmp_path, capsys):
+    path = write_run(tmp_path, LLAMA_7B)
+    assert cli.plan_main([path, "--nodes", "2", "--gpus-per-node", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "6.74B params" in text and "recommendation: deepspeed.stage=" in text
+    assert "DeepSpeed's estimators" in text
+    assert cli.plan_main([path, "--nodes", "1", "--gpus-per-node", "1", "--gpu-mem-gib", "8", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["recommendation"]["fits"] is False
+    assert len(out["estimates"]) == 8
