@@ -110,6 +110,13 @@ class UrlTable:
         if fmt not in TABLE_FORMATS:
             raise SourceError(f"input format '{fmt}' is not one of {', '.join(TABLE_FORMATS)}")
         self.format = fmt
+        # Fail on a wrong column or unreadable file now, before any worker starts.
+        try:
+            next(iter(getattr(self, f"_read_{fmt}")(self.files[0])), None)
+        except (OSError, UnicodeError, ValueError) as err:
+            if isinstance(err, SourceError):
+                raise
+            raise SourceError(f"cannot read '{self.files[0]}' as {fmt}: {err}")
 
     def describe(self) -> dict:
         return {"type": "urls", "path": self.path, "format": self.format, "url_col": self.url_col,
