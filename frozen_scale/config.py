@@ -377,6 +377,11 @@ def _coerce(value: Any, tp, where: str):
             raise ConfigError(f"{where} must be an integer, got {value!r} ({type(value).__name__})")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r} ({type(value).__name__})")
         return float(value)

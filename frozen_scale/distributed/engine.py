@@ -153,12 +153,12 @@ def build_engine(model, cfg: FrozenConfig, ds: dict, lr_lambda):
 
 
 def optimizer_state_bytes(optimizer) -> int:
-    """Bytes of optimizer state (Adam moments etc.) held by this rank."""
+    """Bytes of optimizer state (Adam moments etc., not the step counters) held by this rank."""
     inner = getattr(optimizer, "optimizer", optimizer)
     total = 0
     for state in inner.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
                 total += value.numel() * value.element_size()
     return total
 
@@ -174,3 +174,11 @@ def all_reduce_sum(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def full_grad(param):
+    """The full (all-reduced, gathered) gradient of a parameter under any ZeRO stage; call
+    between backward and step."""
+    from deepspeed.utils import safe_get_full_grad
+
+    return safe_get_full_grad(param)

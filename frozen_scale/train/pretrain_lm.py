@@ -85,7 +85,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))

@@ -73,7 +73,6 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        torch.manual_seed(cfg.train.seed)  # identical initial prefix weights on every rank
         self.ds = dist_engine.ds_config(cfg, self.world_size)
         if self.is_main:
             ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
@@ -92,6 +91,7 @@ class Trainer:
         with dist_engine.gathered([emb]):
             norm = embedding_norm(lm)
         self.lm_info = lm_lib.lm_summary(cfg.model.lm_path)
+        torch.manual_seed(cfg.train.seed)  # LM loading may draw random numbers; the prefix must not depend on it
         self.model = FrozenVLM(cfg.model, lm, lm_embedding_norm=norm)
         if dtype != torch.float32:
             self.model.vision.to(dtype)

@@ -1,0 +1,97 @@
+"""Session fixtures for the training core: a tiny LM saved locally, tiny world shards, a config.
+
+Everything is made by the tests themselves (save_pretrained into a temp folder); nothing is
+downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+TINY = dict(n_layer=2, n_embd=32, n_head=2)
+
+
+def save_tiny_lm(out: Path, arch: str = "gpt2", seed: int = 0) -> Path:
+    """A tiny random LM of `arch` with the world's tokenizer, saved with save_pretrained."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from frozen_scale.synthetic import text
+    from frozen_scale.train.pretrain_lm import tiny_lm_config
+
+    tok = text.build_tokenizer()
+    cfg = tiny_lm_config(arch, len(tok), TINY["n_layer"], TINY["n_embd"], TINY["n_head"], 128,
+                         tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def write_shards_plain(out: Path, count: int, per_shard: int, split: str = "train", seed: int = 0,
+                       image_size: int = 16) -> Path:
+    """World shards written with webdataset's TarWriter directly (no Ray), plus a manifest."""
+    import webdataset as wds
+
+    from frozen_scale.synthetic import world
+
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for start in range(0, count, per_shard):
+        name = f"{start // per_shard:05d}.tar"
+        n = 0
+        with wds.TarWriter(str(out / name)) as sink:
+            for i in range(start, min(count, start + per_shard)):
+                scene = world.make_scene(seed, split, i)
+                buf = io.BytesIO()
+                world.render(scene, image_size).save(buf, "PNG")
+                sink.write({"__key__": scene.key, "png": buf.getvalue(), "txt": world.caption(scene),
+                            "json": json.dumps(scene.to_json()).encode()})
+                n += 1
+        shards.append({"name": name, "num_samples": n, "stats": f"{name[:-4]}_stats.json"})
+    manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def tiny_config_dict(lm_dir: Path, shards: Path, run_dir: Path, **sections) -> dict:
+    cfg = {
+        "model": {"lm_path": str(lm_dir), "prefix_length": 2,
+                  "vision": {"kind": "resnet", "image_size": 16, "resnet_widths": [8, 16]}},
+        "data": {"train_shards": str(shards), "num_workers": 1, "shuffle_buffer": 16, "max_text_len": 24,
+                 "prompt": "caption :"},
+        "train": {"run_dir": str(run_dir), "steps": 4, "micro_batch_size": 4, "lr": 1e-3, "log_every": 2,
+                  "progress": False, "tensorboard": False},
+        "deepspeed": {"stage": 2, "extra": {"zero_optimization": {"stage3_param_persistence_threshold": 0}}},
+        "checkpoint": {"every": 2, "keep_last": 2},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    return write_shards_plain(tmp_path_factory.mktemp("shards"), count=96, per_shard=24)
+
+
+@pytest.fixture
+def tiny_run_config(tiny_lm_dir, tiny_shards, tmp_path) -> Path:
+    """A YAML config that trains the tiny LM for a few steps on CPU (run folder under tmp_path)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(tiny_lm_dir, tiny_shards, tmp_path / "run")))
+    return path

@@ -1,0 +1,97 @@
+"""The frozen LM stays frozen; the optimizer holds the prefix only; save/resume restores state;
+several LM architectures train."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from frozen_scale.config import load_config
+from frozen_scale.model.lm import load_lm
+from tests.core_fixtures import save_tiny_lm, tiny_config_dict
+
+
+def make_cfg(tmp_path, lm_dir, shards, **sections):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(lm_dir, shards, tmp_path / "run", **sections)))
+    return load_config(path)
+
+
+def adam_state(optimizer):
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return {(i, k): v.clone() for i, st in enumerate(inner.state.values()) for k, v in st.items() if torch.is_tensor(v)}
+
+
+def test_lm_bit_identical_after_training_and_optimizer_holds_prefix_only(tmp_path, tiny_lm_dir, tiny_shards):
+    from frozen_scale.distributed.engine import optimizer_param_ids, optimizer_state_bytes
+    from frozen_scale.train.trainer import Trainer
+
+    cfg = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, train={"steps": 3, "lr": 1e-2})
+    trainer = Trainer(cfg)
+    model = trainer.engine.module
+    prefix_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainer.fit() == 0
+    reference = load_lm(str(tiny_lm_dir))
+    for (name, p), (_, q) in zip(model.lm.named_parameters(), reference.named_parameters()):
+        assert torch.equal(p.detach(), q.detach()), f"LM parameter {name} changed"
+    assert not model.lm.training  # eval mode all along: no dropout in the frozen LM
+    assert all(not p.requires_grad for p in model.lm.parameters())
+    # the prefix did train
+    assert any(not torch.equal(p, model.get_parameter(n)) for n, p in prefix_before.items())
+    # the optimizer: exactly the trainable parameters, Adam's two moments each, nothing for the LM
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    assert trainer.param_counts["trainable"] == n_trainable
+    assert trainer.param_counts["lm_trainable"] == 0
+    held = optimizer_param_ids(trainer.optimizer)
+    lm_ids = {id(p) for p in model.lm.parameters()}
+    assert not held & lm_ids
+    inner_numel = sum(p.numel() for g in getattr(trainer.optimizer, "optimizer", trainer.optimizer).param_groups
+                      for p in g["params"])
+    # ZeRO-2 flattens them into one partition, padded to an alignment of a few elements
+    assert n_trainable <= inner_numel < n_trainable + 16
+    assert optimizer_state_bytes(trainer.optimizer) == 2 * 4 * inner_numel  # exp_avg + exp_avg_sq, fp32
+
+
+def test_save_then_resume_restores_step_weights_optimizer_scheduler(tmp_path, tiny_lm_dir, tiny_shards):
+    from frozen_scale.train.checkpoint import committed_steps
+    from frozen_scale.train.trainer import Trainer
+
+    cfg = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, train={"steps": 4, "warmup_steps": 2},
+                   checkpoint={"every": 2, "keep_last": 3})
+    first = Trainer(cfg)
+    assert first.fit() == 0
+    assert committed_steps(cfg.checkpoint_dir) == [2, 4]
+    weights = {n: p.detach().clone() for n, p in first.engine.module.named_parameters() if p.requires_grad}
+    moments = adam_state(first.optimizer)
+    sched = first.engine.lr_scheduler.state_dict()
+
+    cfg2 = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, train={"steps": 6, "warmup_steps": 2, "resume": "auto"},
+                    checkpoint={"every": 2, "keep_last": 3})
+    second = Trainer(cfg2)
+    step, samples, stream = second.load(f"{cfg2.checkpoint_dir}/step_00000004")
+    assert step == 4 and samples == 4 * cfg2.train.micro_batch_size
+    assert stream.batches == 4
+    for n, p in second.engine.module.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p.detach(), weights[n]), n
+    restored = adam_state(second.optimizer)
+    assert restored.keys() == moments.keys() and moments
+    for key in moments:
+        assert torch.equal(restored[key], moments[key]), key
+    assert second.engine.lr_scheduler.state_dict()["last_epoch"] == sched["last_epoch"]
+    assert second.engine.get_lr() == first.engine.get_lr()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "opt"])
+def test_other_lm_architectures_train_a_step(arch, tmp_path, tiny_shards):
+    from frozen_scale.train.trainer import Trainer
+
+    lm_dir = save_tiny_lm(tmp_path / f"lm_{arch}", arch=arch)
+    cfg = make_cfg(tmp_path, lm_dir, tiny_shards, train={"steps": 1, "log_every": 1},
+                   checkpoint={"every": 0})
+    trainer = Trainer(cfg)
+    assert trainer.fit() == 0
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    assert trainer.param_counts["lm_trainable"] == 0
