@@ -75,6 +75,7 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 MpiDefault=none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
@@ -198,3 +199,19 @@ class SlurmCluster:
                 raise AssertionError(f"job {job_id} ended {state}: {info}\n{self.logs()}")
             time.sleep(1)
         raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {info}\n{self.logs()}")
+
+    def release_requeued(self, job_id: str, timeout: float = 120) -> dict:
+        """Wait for the job to be requeued (PENDING, Restarts >= 1), then let it start now instead
+        of after Slurm's requeue delay (BeginTime = requeue time + 2 minutes)."""
+        deadline = time.time() + timeout
+        info: dict = {}
+        while time.time() < deadline:
+            info = self.job_info(job_id)
+            if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1:
+                self._run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+                return info
+            if info.get("JobState") in {"COMPLETED", "FAILED", "CANCELLED"}:
+                raise AssertionError(f"job {job_id} ended {info.get('JobState')} instead of requeueing: "
+                                     f"{info}\n{self.logs()}")
+            time.sleep(0.5)
+        raise TimeoutError(f"job {job_id} was not requeued: {info}\n{self.logs()}")
