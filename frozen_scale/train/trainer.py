@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -76,6 +77,8 @@ class Trainer:
         self.ds = dist_engine.ds_config(cfg, self.world_size)
         if self.is_main:
             ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
+        self.resume_url = ckpt.resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
+        self.resume_state = self._fetch_resume_state() if self.resume_url else None
         self._build_model()
         self._stop_signal = None
         self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard)
@@ -96,6 +99,8 @@ class Trainer:
         if dtype != torch.float32:
             self.model.vision.to(dtype)
             self.model.prefix.to(dtype)
+        if self.resume_state and self.resume_state["world_size"] != self.world_size:
+            self._load_consolidated_weights()
         counts = self.model.parameter_counts()
         self.lm_local_numel = sum(dist_engine.local_numel(p) for p in lm.parameters())
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
@@ -110,12 +115,12 @@ class Trainer:
         )
         self.param_counts = counts
 
-    def _data(self, state: StreamState | None) -> ResumableBatches:
+    def _data(self, state: StreamState | None, seed: int) -> ResumableBatches:
         cfg = self.cfg
         shards = list_shards(cfg.data.train_shards)
         dataset = CaptionStream(
             shards, self.tokenizer, k=cfg.model.prefix_length, image_size=cfg.model.vision.image_size,
-            batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed, rank=self.rank,
+            batch_size=cfg.train.micro_batch_size, seed=seed, rank=self.rank,
             world_size=self.world_size, shuffle_buffer=cfg.data.shuffle_buffer, resample=cfg.data.resample,
             prompt=cfg.data.prompt, max_text_len=cfg.data.max_text_len, mean=cfg.model.vision.mean,
             std=cfg.model.vision.std, image_keys=cfg.data.image_key.split(";"), caption_key=cfg.data.caption_key,
@@ -144,7 +149,8 @@ class Trainer:
                                     save_latest=False, exclude_frozen_parameters=not self.cfg.model.train_lm)
         self._save_weights(local)
         ckpt.write_json(str(local / f"rank_{self.rank:05d}.json"),
-                        {"rank": self.rank, "stream": stream.to_dict(), "rng": ckpt.rng_state()})
+                        {"rank": self.rank, "stream": stream.to_dict(), "rng": ckpt.rng_state(),
+                         "data_seed": self.data_seed})
         if self.is_main:
             ckpt.write_json(str(local / "trainer_state.json"), {
                 "step": step, "samples": samples, "world_size": self.world_size,
@@ -152,9 +158,12 @@ class Trainer:
                 "config": to_dict(self.cfg),
             })
         dist_engine.barrier()
-        if ckpt.is_remote(url) and int(__import__("os").environ.get("LOCAL_RANK", "0")) == 0:
+        if ckpt.is_remote(url) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
             ckpt.upload(local, url)
         dist_engine.barrier()
+        if os.environ.get("FROZEN_SCALE_FAULT") == f"crash_before_commit@{step}":
+            log.error("fault injection: crashing before the commit marker of step %s", step)
+            os._exit(13)
         if self.is_main:
             ckpt.commit(url, {"step": step})
             ckpt.prune(self.cfg.checkpoint_dir, self.cfg.checkpoint.keep_last)
@@ -174,49 +183,78 @@ class Trainer:
                 local.mkdir(parents=True, exist_ok=True)
                 save_file(state, str(local / "weights.safetensors"))
 
-    def load(self, url: str) -> tuple[int, int, StreamState | None]:
-        local = ckpt.local_stage(str(self.run_dir), url)
+    def _stage(self, url: str) -> Path:
+        return ckpt.local_stage(str(self.run_dir), url)
+
+    def _fetch_resume_state(self) -> dict:
+        """Download a remote checkpoint (node-local rank 0), read and check its trainer state."""
+        url = self.resume_url
+        local = self._stage(url)
         if ckpt.is_remote(url):
-            if int(__import__("os").environ.get("LOCAL_RANK", "0")) == 0:
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 ckpt.download(url, local)
             dist_engine.barrier()
         state = ckpt.read_json(str(local / "trainer_state.json"))
-        diffs = describe_mismatch(state["fingerprint"], fingerprint(self.cfg, self.lm_info))
+        self.lm_info_for_check = lm_lib.lm_summary(self.cfg.model.lm_path)
+        diffs = describe_mismatch(state["fingerprint"], fingerprint(self.cfg, self.lm_info_for_check))
         if diffs:
             raise ValueError(f"checkpoint {url} was made under an incompatible config: " + "; ".join(diffs))
-        same_world = state["world_size"] == self.world_size
-        if not same_world:
-            raise ValueError(
-                f"checkpoint {url} was written by {state['world_size']} ranks, this run has "
-                f"{self.world_size}: resume with the same world size"
-            )
+        return state
+
+    def _load_consolidated_weights(self) -> None:
+        """World-size change: trained weights from the consolidated safetensors (before the
+        engine exists, so DeepSpeed's master copies start from them)."""
+        from safetensors.torch import load_file
+
+        state = load_file(str(self._stage(self.resume_url) / "weights.safetensors"))
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.startswith("lm.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint weights do not fit: missing {missing}, unexpected {unexpected}")
+        log.warning(
+            "resuming a %s-rank checkpoint on %s ranks: weights, step and lr schedule are restored; "
+            "optimizer moments restart from zero and the data stream restarts in a fresh order",
+            self.resume_state["world_size"], self.world_size,
+        )
+
+    def load(self) -> tuple[int, int, StreamState | None, int]:
+        """Restore the engine and this rank's state from self.resume_url.
+        Returns (step, samples, stream state, data seed)."""
+        url, state = self.resume_url, self.resume_state
+        local = self._stage(url)
+        step, samples = int(state["step"]), int(state["samples"])
+        if state["world_size"] != self.world_size:  # documented elastic policy, see README
+            for _ in range(step):
+                self.engine.lr_scheduler.step()
+            log.info("resumed (elastic) from %s at step %s", url, step)
+            return step, samples, None, self.cfg.train.seed * 1_000_003 + step
         self.engine.load_checkpoint(str(local / "ds"), tag="state", load_module_strict=False,
                                     load_optimizer_states=True, load_lr_scheduler_states=True)
         mine = ckpt.read_json(str(local / f"rank_{self.rank:05d}.json"))
         ckpt.set_rng_state(mine["rng"])
         stream = StreamState.from_dict(mine["stream"])
+        seed = int(mine.get("data_seed", self.cfg.train.seed))
         if stream.num_workers != max(1, self.cfg.data.num_workers):
-            log.warning("data.num_workers changed (%s -> %s): the data stream restarts from a fresh order",
+            log.warning("data.num_workers changed (%s -> %s): the data stream restarts in a fresh order",
                         stream.num_workers, self.cfg.data.num_workers)
-            stream = StreamState(batches=0)
-        log.info("resumed from %s at step %s", url, state["step"])
-        return int(state["step"]), int(state["samples"]), stream
+            stream, seed = None, self.cfg.train.seed * 1_000_003 + step
+        log.info("resumed from %s at step %s", url, step)
+        return step, samples, stream, seed
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> int:
         cfg = self.cfg
-        step, samples, stream_state = 0, 0, None
-        resume_url = ckpt.resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
-        if resume_url:
-            step, samples, stream_state = self.load(resume_url)
-        batches = self._data(stream_state)
+        step, samples, stream_state, self.data_seed = 0, 0, None, cfg.train.seed
+        if self.resume_url:
+            step, samples, stream_state, self.data_seed = self.load()
+        batches = self._data(stream_state, self.data_seed)
         self._install_signals()
         self.engine.train()
         bar = tqdm(total=cfg.train.steps, initial=step, disable=not (self.is_main and cfg.train.progress),
                    desc="train", dynamic_ncols=True)
         nonfinite_in_row = nonfinite_total = 0
         window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
-        key_log = (self.run_dir / f"sample_keys_rank{self.rank}.txt").open("a") if self._log_keys() else None
+        key_log = self._open_key_log(batches.state.batches) if self._log_keys() else None
         code = EXIT_OK
         try:
             while step < cfg.train.steps:
@@ -271,7 +309,16 @@ class Trainer:
         return code
 
     def _log_keys(self) -> bool:
-        return bool(__import__("os").environ.get("FROZEN_SCALE_LOG_KEYS"))
+        return bool(os.environ.get("FROZEN_SCALE_LOG_KEYS"))
+
+    def _open_key_log(self, batches_done: int):
+        """Per-rank log of sample keys in training order (FROZEN_SCALE_LOG_KEYS=1); on resume,
+        cut back to what the checkpoint had consumed."""
+        path = self.run_dir / f"sample_keys_rank{self.rank}.txt"
+        keep = batches_done * self.cfg.train.micro_batch_size
+        lines = path.read_text().splitlines()[:keep] if path.exists() and keep else []
+        path.write_text("".join(line + "\n" for line in lines))
+        return path.open("a")
 
     def _to_device(self, batch):
         out = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
@@ -297,7 +344,7 @@ class Trainer:
             "samples": samples,
             "epoch": samples / self.epoch_samples if self.epoch_samples else None,
             "nonfinite_skipped": nonfinite_total,
-            **batches.skipped,
+            **{k: dist_engine.all_reduce_sum(v) for k, v in batches.skipped.items()},
         }
         if step == self.cfg.train.log_every or step == self.cfg.train.steps:
             values["optimizer_state_bytes"] = dist_engine.all_reduce_sum(
