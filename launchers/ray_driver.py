@@ -33,6 +33,7 @@ def _free_port() -> int:
 
 def train_worker(loop_config: dict) -> None:
     """Runs inside each Ray Train worker."""
+    import ray
     import ray.train
     import torch.distributed as dist
 
@@ -49,7 +50,9 @@ def train_worker(loop_config: dict) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ray-rank{rank}.log"
     argv = [sys.executable, "-m", "frozen_scale.cli", *loop_config["train_args"]]
-    print(f"rank {rank}/{world} on {socket.gethostname()}: {' '.join(argv)} (log {log_path})", flush=True)
+    node_id = ray.get_runtime_context().get_node_id()
+    print(f"rank {rank}/{world} on {socket.gethostname()} ray node {node_id}: {' '.join(argv)} (log {log_path})",
+          flush=True)
     with open(log_path, "ab") as log:
         code = subprocess.call(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT)
     tail = log_path.read_text(errors="replace")[-2000:]
