@@ -1,0 +1,281 @@
+"""`frozen-scale eval RUN --task {caption,vqa,fewshot-cls,binding}`: the paper's protocols.
+
+RUN is an export folder (`frozen-scale export`), or a training run folder (its export/ is used,
+or made from the newest committed checkpoint). Items come from the built-in world (default:
+held-out scenes rendered on the fly) or from webdataset eval shards (--shards):
+
+  caption      generation (greedy, or beam with --num-beams), CIDEr and BLEU-4 from pycocoevalcap,
+               exact match; shard references from the sample's txt or a COCO captions json
+  vqa          open-ended answers scored with the VQAv2 accuracy; --shots n interleaves n solved
+               (image, question, answer) examples before the query; shards need --questions and
+               --annotations (VQAv2 json, image id = sample __key__)
+  fewshot-cls  open-ended n-way k-shot classification (world)
+  binding      fast concept binding: names bound to shapes in context, then a question (world)
+
+Launched with several ranks (torchrun, WORLD_SIZE>1), rank r takes items r, r+W, ... and rank 0
+gathers the predictions, scores them and writes {RUN}/eval/{name}.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from frozen_scale.data import prompts
+from frozen_scale.data.loader import to_tensor
+from frozen_scale.eval import fewshot, metrics
+from frozen_scale.eval import fewshot_world as fw
+from frozen_scale.synthetic import world
+
+TASKS = ("caption", "vqa", "fewshot-cls", "binding")
+ANSWER_TOKENS = {"caption": None, "vqa": 4, "fewshot-cls": 3, "binding": 3}
+
+
+# -- model ------------------------------------------------------------------------------------
+def resolve_export(run: str) -> str:
+    """The export folder of RUN (exporting the newest committed checkpoint if there is none)."""
+    path = Path(run)
+    if (path / "frozen_vlm.json").exists():
+        return str(path)
+    if (path / "export" / "frozen_vlm.json").exists():
+        return str(path / "export")
+    if (path / "config.yaml").exists():
+        from frozen_scale.train.export import export
+
+        return export(str(path))
+    raise ValueError(f"{run} is neither an export folder (frozen_vlm.json) nor a training run (config.yaml)")
+
+
+def load_model(export_dir: str):
+    from frozen_scale.model.frozen_vlm import FrozenVLM
+    from frozen_scale.model.lm import load_tokenizer
+
+    model = FrozenVLM.from_pretrained(export_dir)
+    tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer"))
+    meta = json.loads((Path(export_dir) / "frozen_vlm.json").read_text())
+    return model, tokenizer, meta
+
+
+# -- ranks ------------------------------------------------------------------------------------
+def rank_and_world() -> tuple[int, int]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    if world_size > 1:
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def gather_predictions(local: dict[int, str], world_size: int) -> dict[int, str]:
+    if world_size == 1:
+        return local
+    parts: list = [None] * world_size
+    torch.distributed.all_gather_object(parts, local)
+    merged: dict[int, str] = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+# -- generation -------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model, tokenizer, items: list[fw.Item], *, max_new_tokens: int, num_beams: int = 1,
+             batch_size: int = 32, blind: bool = False, progress: bool = True, desc: str = "eval") -> list[str]:
+    """Generated continuations of every item's prompt, items spread over the ranks; every rank
+    returns all of them in item order. blind: every image replaced by a black one."""
+    rank, world_size = rank_and_world()
+    model.eval()
+    v = model.cfg.vision
+    black = to_tensor(fw.black_image(v.image_size), v.mean, v.std)
+    mine = list(range(rank, len(items), world_size))
+    local: dict[int, str] = {}
+    for start in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0,
+                      dynamic_ncols=True):
+        idx = mine[start:start + batch_size]
+        enc = [prompts.encode(items[i].segments, tokenizer, model.k) for i in idx]
+        batch = prompts.pad_batch(enc, tokenizer.pad_token_id, left=True)
+        pixels = [black if blind else to_tensor(img.convert("RGB").resize((v.image_size, v.image_size)), v.mean, v.std)
+                  for i in idx for img in items[i].images]
+        new = model.generate(torch.stack(pixels) if pixels else None, batch["input_ids"], batch["attention_mask"],
+                             max_new_tokens=max_new_tokens, num_beams=num_beams,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            local[i] = text.strip()
+    merged = gather_predictions(local, world_size)
+    return [merged[i] for i in range(len(items))]
+
+
+def first_sentence(text: str) -> str:
+    return re.split(r"[.\n]", text, maxsplit=1)[0].strip()
+
+
+# -- scoring ----------------------------------------------------------------------------------
+def score(task: str, items: list[fw.Item], raw: list[str], tokenize: str = "ptb") -> dict:
+    answers = [first_sentence(r) if task != "caption" else r.split("\n")[0].strip() for r in raw]
+    if task == "caption":
+        answers = [first_sentence(a) if it.meta.get("canonical") else a for a, it in zip(answers, items)]
+        result = metrics.caption_scores({it.key: a for it, a in zip(items, answers)},
+                                        {it.key: it.answers for it in items}, tokenize=tokenize)
+        result = {"cider": result["cider"], "bleu4": result["bleu4"], "exact_match": result["exact_match"],
+                  **{k: v for k, v in result.items() if k.startswith("bleu")}}
+    elif task == "vqa":
+        result = {"vqa_accuracy": metrics.vqa_score({it.key: a for it, a in zip(items, answers)},
+                                                    {it.key: it.answers for it in items})}
+    else:
+        hits = [a.split()[:1] == [it.answers[0]] for a, it in zip(answers, items)]
+        result = {"accuracy": float(np.mean(hits))}
+    result["n"] = len(items)
+    result["examples"] = [
+        {"key": it.key, "answers": it.answers[:3], "prediction": r, **{k: v for k, v in it.meta.items() if k != "canonical"}}
+        for it, r in list(zip(items, raw))[:8]
+    ]
+    return result
+
+
+# -- items ------------------------------------------------------------------------------------
+def world_items(task: str, meta: dict, *, seed: int, split: str, n: int, shots: int, ways: int,
+                image_size: int) -> list[fw.Item]:
+    if task == "caption":
+        items = fw.caption_items(seed, split, n, meta.get("data", {}).get("prompt", ""), image_size)
+        for it in items:
+            it.meta["canonical"] = True
+        return items
+    if task == "vqa":
+        return fw.vqa_items(seed, split, n, shots, image_size)
+    if task == "fewshot-cls":
+        return fw.classification_items(seed, n, ways, max(1, shots), image_size)
+    return fw.binding_items(seed, n, max(1, shots), image_size)
+
+
+def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
+    from frozen_scale.eval import coco, vqa_data
+
+    if task == "caption":
+        refs = coco.load_coco_captions(args.captions_json) if args.captions_json else None
+        prompt = meta.get("data", {}).get("prompt", "")
+        items = []
+        for sample in coco.iter_samples(args.shards, image_size):
+            answers = refs.get(sample["key"]) if refs is not None else ([sample["txt"]] if sample.get("txt") else None)
+            if not answers:
+                continue
+            segs = [prompts.Image()] + ([prompts.Text(prompt)] if prompt else [])
+            items.append(fw.Item(sample["key"], segs, [sample["image"]], list(answers),
+                                 {"canonical": refs is None}))
+            if len(items) == args.num_samples:
+                break
+        if not items:
+            raise ValueError(f"no shard sample of {args.shards} has a caption reference")
+        return items
+    if task == "vqa":
+        if not (args.questions and args.annotations):
+            raise ValueError("--task vqa with --shards needs --questions and --annotations (VQAv2 json)")
+        questions = vqa_data.load_vqa(args.questions, args.annotations)
+        rng = np.random.default_rng([args.seed, 4242, args.shots])
+        queries = questions[: args.num_samples]
+        shots = []
+        for q in queries:
+            pool = [i for i in rng.permutation(len(questions))[: 4 * args.shots + 8]
+                    if questions[i].image_key != q.image_key]
+            shots.append([questions[i] for i in pool[: args.shots]])
+        keys = {q.image_key for q in queries} | {s.image_key for ss in shots for s in ss}
+        images = {s["key"]: s["image"] for s in coco.iter_samples(args.shards, image_size, keys)}
+        missing = sorted(keys - set(images))
+        if missing:
+            raise ValueError(f"{len(missing)} question images are not in the shards, e.g. {missing[:5]}")
+        items = []
+        for q, ss in zip(queries, shots):
+            shot_list = [(images[s.image_key], s.question, s.answers[0]) for s in ss]
+            p = fewshot.nshot_vqa(shot_list, images[q.image_key], q.question, q.answers[0])
+            items.append(fw.Item(q.question_id, list(p.segments), list(p.images), list(q.answers),
+                                 {"question": q.question}))
+        return items
+    raise ValueError(f"--task {task} runs on the built-in world only (drop --shards)")
+
+
+def run_task(model, tokenizer, meta: dict, task: str, *, shots: int = 0, ways: int = 2, n: int = 200,
+             split: str = "eval", seed: int = 0, blind: bool = False, num_beams: int = 1,
+             max_new_tokens: int | None = None, batch_size: int = 32, tokenize: str = "ptb",
+             progress: bool = True, items: list[fw.Item] | None = None) -> dict:
+    """One task on the built-in world (or on the given items): generate, score."""
+    v = model.cfg.vision
+    if items is None:
+        items = world_items(task, meta, seed=seed, split=split, n=n, shots=shots, ways=ways,
+                            image_size=v.image_size)
+    limit = max_new_tokens or ANSWER_TOKENS[task] or 24
+    raw = generate(model, tokenizer, items, max_new_tokens=limit, num_beams=num_beams, batch_size=batch_size,
+                   blind=blind, progress=progress, desc=f"{task}{' blind' if blind else ''}")
+    result = score(task, items, raw, tokenize)
+    result.update(task=task, shots=shots, blind=blind, num_beams=num_beams)
+    if task == "fewshot-cls":
+        result["ways"] = ways
+    return result
+
+
+def default_name(args) -> str:
+    name = args.task + (f"-{args.shots}shot" if args.task != "caption" else "")
+    if args.task == "fewshot-cls":
+        name += f"-{args.ways}way"
+    if args.num_beams > 1:
+        name += f"-beam{args.num_beams}"
+    return name + ("-blind" if args.blind else "") + ("-shards" if args.shards else "")
+
+
+def eval_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="frozen-scale eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="export folder or training run folder")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--shards", default="", help="eval shards (folder with manifest.json or brace pattern)")
+    parser.add_argument("--captions-json", default="", help="COCO captions json with the references")
+    parser.add_argument("--questions", default="", help="VQAv2 questions json")
+    parser.add_argument("--annotations", default="", help="VQAv2 annotations json")
+    parser.add_argument("--shots", type=int, default=0, help="solved examples before the query (vqa; "
+                        "inner shots per class for fewshot-cls/binding, default 1)")
+    parser.add_argument("--ways", type=int, default=2, help="fewshot-cls: classes per episode")
+    parser.add_argument("--num-samples", type=int, default=200, help="items (questions, images, episodes)")
+    parser.add_argument("--split", default="eval", choices=world.SPLITS, help="world scenes to evaluate on")
+    parser.add_argument("--seed", type=int, default=None, help="world seed (default: the run's)")
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--blind", action="store_true", help="replace every image by a black one")
+    parser.add_argument("--tokenize", default="ptb", choices=("ptb", "simple"),
+                        help="caption tokenizer: pycocoevalcap's PTB (java) or a pure-Python approximation")
+    parser.add_argument("--out", default=None, help="result json (default RUN/eval/NAME.json)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.shots < 0 or args.num_samples < 1 or args.num_beams < 1:
+        parser.error("--shots must be >= 0, --num-samples and --num-beams >= 1")
+    try:
+        export_dir = resolve_export(args.run)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"frozen-scale eval: {err}", flush=True)
+        return 2
+    model, tokenizer, meta = load_model(export_dir)
+    if args.seed is None:
+        args.seed = 0
+    try:
+        items = shard_items(args.task, meta, args, model.cfg.vision.image_size) if args.shards else None
+        result = run_task(model, tokenizer, meta, args.task, shots=args.shots, ways=args.ways, n=args.num_samples,
+                          split=args.split, seed=args.seed, blind=args.blind, num_beams=args.num_beams,
+                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          tokenize=args.tokenize, progress=not args.no_progress, items=items)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"frozen-scale eval: {err}", flush=True)
+        return 2
+    rank, _ = rank_and_world()
+    if rank == 0:
+        out = Path(args.out or Path(args.run) / "eval" / f"{default_name(args)}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.update(export=export_dir, source=args.shards or f"world:{args.split}")
+        out.write_text(json.dumps(result, indent=1))
+        shown = {k: round(v, 4) for k, v in result.items() if isinstance(v, float)}
+        print(f"{args.task}: {shown} (n={result['n']}) -> {out}")
+    return 0
