@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import requests
+import urllib3
+from urllib3.exceptions import (HTTPError, MaxRetryError, NewConnectionError, ProtocolError,
+                                TimeoutError as Urllib3Timeout)
 
 from data_prep.options import UA_TOKEN, FetchOptions
 
@@ -29,14 +31,18 @@ class Fetched:
     seconds: float = 0.0
 
 
-_local = threading.local()
+_pool_lock = threading.Lock()
+_pool: urllib3.PoolManager | None = None
 
 
-def _session() -> requests.Session:
-    # One connection pool per thread: requests.Session is not documented as thread-safe.
-    if not hasattr(_local, "session"):
-        _local.session = requests.Session()
-    return _local.session
+def _pool_manager() -> urllib3.PoolManager:
+    # urllib3 directly (not requests): about half the CPU per request, which matters at
+    # hundreds of images per second per core. One thread-safe pool per process.
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = urllib3.PoolManager(num_pools=256, maxsize=64, block=False)
+        return _pool
 
 
 def robots_opt_out(header_values: list[str], disallowed: tuple[str, ...], ua_token: str = UA_TOKEN) -> bool:
@@ -58,45 +64,59 @@ def robots_opt_out(header_values: list[str], disallowed: tuple[str, ...], ua_tok
     return False
 
 
-def _header_values(response: requests.Response, name: str) -> list[str]:
-    raw = getattr(response.raw, "headers", None)
-    if raw is not None and hasattr(raw, "getlist"):
-        return list(raw.getlist(name))
-    value = response.headers.get(name)
-    return [value] if value else []
+def _classify(err: Exception) -> tuple[str, bool]:
+    """(reason, retryable) of a transport error."""
+    if isinstance(err, MaxRetryError):
+        if err.reason is None or "redirect" in str(err.reason).lower():
+            return "too_many_redirects", False
+        return _classify(err.reason)
+    if isinstance(err, NewConnectionError):
+        return "connection_error", True
+    if isinstance(err, Urllib3Timeout):
+        return "timeout", False
+    if isinstance(err, (ProtocolError, ConnectionError)):
+        return "connection_error", True
+    return f"request_error:{type(err).__name__}", False
 
 
 def _download_once(url: str, opts: FetchOptions) -> tuple[bytes | None, str | None, bool]:
     """(data, error, retryable) of one attempt."""
     deadline = time.monotonic() + opts.timeout_s
-    headers = {"User-Agent": opts.user_agent}
+    retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
     try:
-        with _session().get(url, headers=headers, timeout=opts.timeout_s, stream=True, allow_redirects=True) as r:
-            if r.status_code != 200:
-                return None, f"http_{r.status_code}", r.status_code in RETRYABLE_STATUS
-            if robots_opt_out(_header_values(r, "X-Robots-Tag"), opts.disallowed_directives):
-                return None, "opted_out", False
-            length = r.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > opts.max_bytes:
+        r = _pool_manager().request("GET", url, headers={"User-Agent": opts.user_agent}, preload_content=False,
+                                    timeout=urllib3.Timeout(connect=opts.timeout_s, read=opts.timeout_s),
+                                    retries=retries)
+    except (HTTPError, OSError, ValueError) as err:
+        reason, retryable = _classify(err)
+        return None, reason, retryable
+    complete = False
+    try:
+        if r.status != 200:
+            return None, f"http_{r.status}", r.status in RETRYABLE_STATUS
+        if robots_opt_out(r.headers.getlist("X-Robots-Tag"), opts.disallowed_directives):
+            return None, "opted_out", False
+        length = r.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > opts.max_bytes:
+            return None, "too_many_bytes", False
+        buf = bytearray()
+        for chunk in r.stream(CHUNK):
+            buf += chunk
+            if len(buf) > opts.max_bytes:
                 return None, "too_many_bytes", False
-            buf = bytearray()
-            for chunk in r.iter_content(CHUNK):
-                buf += chunk
-                if len(buf) > opts.max_bytes:
-                    return None, "too_many_bytes", False
-                if time.monotonic() > deadline:
-                    return None, "timeout", False
-            if not buf:
-                return None, "empty_content", False
-            return bytes(buf), None, False
-    except requests.exceptions.Timeout:
-        return None, "timeout", False
-    except requests.exceptions.TooManyRedirects:
-        return None, "too_many_redirects", False
-    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
-        return None, "connection_error", True
-    except requests.exceptions.RequestException as err:
-        return None, f"request_error:{type(err).__name__}", False
+            if time.monotonic() > deadline:
+                return None, "timeout", False
+        complete = True
+        if not buf:
+            return None, "empty_content", False
+        return bytes(buf), None, False
+    except (HTTPError, OSError) as err:
+        reason, retryable = _classify(err)
+        return None, reason, retryable
+    finally:
+        if not complete:  # unread body: the connection cannot be reused
+            r.close()
+        r.release_conn()
 
 
 def fetch_url(url: str, opts: FetchOptions) -> Fetched:

@@ -60,7 +60,8 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, saved) if p)
     try:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        # "local": always a fresh instance, never a cluster someone started on this machine.
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
     finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
