@@ -58,6 +58,8 @@ def load_model(export_dir: str):
     from frozen_scale.model.lm import load_tokenizer
 
     model = FrozenVLM.from_pretrained(export_dir)
+    if torch.cuda.is_available():
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer"))
     meta = json.loads((Path(export_dir) / "frozen_vlm.json").read_text())
     return model, tokenizer, meta
@@ -92,6 +94,7 @@ def generate(model, tokenizer, items: list[fw.Item], *, max_new_tokens: int, num
     returns all of them in item order. blind: every image replaced by a black one."""
     rank, world_size = rank_and_world()
     model.eval()
+    dev = next(model.prefix.parameters()).device
     v = model.cfg.vision
     black = to_tensor(fw.black_image(v.image_size), v.mean, v.std)
     mine = list(range(rank, len(items), world_size))
@@ -103,7 +106,8 @@ def generate(model, tokenizer, items: list[fw.Item], *, max_new_tokens: int, num
         batch = prompts.pad_batch(enc, tokenizer.pad_token_id, left=True)
         pixels = [black if blind else to_tensor(img.convert("RGB").resize((v.image_size, v.image_size)), v.mean, v.std)
                   for i in idx for img in items[i].images]
-        new = model.generate(torch.stack(pixels) if pixels else None, batch["input_ids"], batch["attention_mask"],
+        new = model.generate(torch.stack(pixels).to(dev) if pixels else None, batch["input_ids"].to(dev),
+                             batch["attention_mask"].to(dev),
                              max_new_tokens=max_new_tokens, num_beams=num_beams,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
