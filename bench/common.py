@@ -1,0 +1,198 @@
+"""Shared pieces of the benchmarks: a locally saved LM, world shards, a run config, batches from
+our own loader, and side-by-side timing (alternating candidates, medians).
+
+Everything is built in a temporary folder by the benchmark itself (save_pretrained, TarWriter);
+nothing is downloaded. Timings on a shared machine are noisy: candidates are always measured in
+the same process, alternating, and compared by their medians.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+# A Llama-style LM of ~25M parameters (the world's 39-token vocabulary makes the embeddings tiny,
+# so nearly all of it is transformer blocks: the part whose cost freezing changes).
+MEDIUM_LM = dict(arch="llama", n_layer=6, n_embd=512, n_head=8)
+TINY_LM = dict(arch="llama", n_layer=2, n_embd=64, n_head=4)
+
+
+def save_lm(out: Path, arch: str, n_layer: int, n_embd: int, n_head: int, n_positions: int = 256,
+            seed: int = 0) -> Path:
+    """A random-init causal LM with the world's tokenizer, written with save_pretrained."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from frozen_scale.synthetic import text
+    from frozen_scale.train.pretrain_lm import tiny_lm_config
+
+    tok = text.build_tokenizer()
+    cfg = tiny_lm_config(arch, len(tok), n_layer, n_embd, n_head, n_positions,
+                         tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def write_world_shards(out: Path, count: int, per_shard: int, image_size: int, image_format: str = "png",
+                       seed: int = 0) -> Path:
+    """Shards of the built-in world written with webdataset's TarWriter, plus a manifest."""
+    import webdataset as wds
+
+    from frozen_scale.synthetic import world
+
+    ext = {"png": "png", "jpeg": "jpg"}[image_format]
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for start in range(0, count, per_shard):
+        name = f"{start // per_shard:05d}.tar"
+        n = 0
+        with wds.TarWriter(str(out / name)) as sink:
+            for i in range(start, min(count, start + per_shard)):
+                scene = world.make_scene(seed, "train", i)
+                buf = io.BytesIO()
+                world.render(scene, image_size).save(buf, image_format.upper(), **(
+                    {"quality": 95} if image_format == "jpeg" else {}))
+                sink.write({"__key__": scene.key, ext: buf.getvalue(), "txt": world.caption(scene)})
+                n += 1
+        shards.append({"name": name, "num_samples": n, "stats": f"{name[:-4]}_stats.json"})
+    manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def run_config(lm_dir: Path, shards: Path, run_dir: Path, **sections):
+    """A validated FrozenConfig for a benchmark run (no progress bar, no TensorBoard)."""
+    from frozen_scale.config import FrozenConfig, from_dict
+
+    data = {
+        "model": {"lm_path": str(lm_dir), "prefix_length": 2,
+                  "vision": {"kind": "resnet", "image_size": 16, "resnet_widths": [16, 32]}},
+        "data": {"train_shards": str(shards), "num_workers": 0, "shuffle_buffer": 64, "max_text_len": 24,
+                 "prompt": "caption :"},
+        "train": {"run_dir": str(run_dir), "steps": 10**6, "micro_batch_size": 8, "lr": 1e-4,
+                  "log_every": 10**6, "progress": False, "tensorboard": False},
+        "deepspeed": {"stage": 2},
+    }
+    for name, values in sections.items():
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(data.setdefault(name, {}).get(key), dict):
+                data[name][key].update(value)
+            else:
+                data.setdefault(name, {})[key] = value
+    return from_dict(FrozenConfig, data)
+
+
+def loader_batches(cfg, tokenizer, n: int) -> list[dict]:
+    """`n` batches from our own loader (CaptionStream), tensors only, held in memory so that step
+    timings do not include data loading."""
+    import torch
+
+    from frozen_scale.data.loader import CaptionStream, ResumableBatches
+    from frozen_scale.data.shards import list_shards
+
+    v = cfg.model.vision
+    stream = CaptionStream(list_shards(cfg.data.train_shards), tokenizer, k=cfg.model.prefix_length,
+                           image_size=v.image_size, batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed,
+                           rank=0, world_size=1, shuffle_buffer=cfg.data.shuffle_buffer,
+                           prompt=cfg.data.prompt, max_text_len=cfg.data.max_text_len, mean=v.mean, std=v.std)
+    batches = ResumableBatches(stream, 0)
+    return [{k: t for k, t in next(batches).items() if torch.is_tensor(t)} for _ in range(n)]
+
+
+def alternate(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, dict]:
+    """Seconds per call of each candidate, interleaved A B A B ... (who goes first alternates too)
+    so both see the same machine load; `warmup` calls of each run first and are discarded.
+    Returns {name: {"wall": [...], "cpu": [...]}}: wall-clock seconds, and this process's CPU
+    seconds (all threads), which other work on a shared machine disturbs far less."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, dict] = {name: {"wall": [], "cpu": []} for name in candidates}
+    for r in range(rounds):
+        names = list(candidates)
+        if r % 2:
+            names.reverse()
+        for name in names:
+            w0, c0 = time.perf_counter(), time.process_time()
+            candidates[name]()
+            times[name]["cpu"].append(time.process_time() - c0)
+            times[name]["wall"].append(time.perf_counter() - w0)
+    return times
+
+
+def paired_ratios(times: dict[str, dict], num: str, den: str, clock: str = "cpu") -> list[float]:
+    """Per-round ratios num/den on `clock` ("cpu" or "wall"): each round's runs were neighbours."""
+    return [a / b for a, b in zip(times[num][clock], times[den][clock])]
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}, torch {torch.__version__}"
+
+
+def quiet_logs() -> None:
+    """DeepSpeed and transformers print a lot at INFO; the benchmarks print their own figures."""
+    import logging
+
+    for name in ("DeepSpeed", "deepspeed", "transformers", "frozen_scale.train", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from deepspeed.utils import logger as ds_logger
+
+        ds_logger.setLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def torchrun(nproc: int, script: Path, args: list[str], timeout: int = 900):
+    """Run `script` under torchrun with `nproc` local CPU ranks (gloo); returns the completed
+    process (stdout and stderr captured)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+           str(script), *args]
+    env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun {script.name} x{nproc} failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def add_thread_arg(parser) -> None:
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a shared machine, multi-threaded matmuls "
+                             "stall on busy cores and swamp the ratios with noise)")
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))

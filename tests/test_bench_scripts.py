@@ -1,0 +1,69 @@
+"""The benchmarks keep running: each script's smoke size runs end to end and prints its ratio last.
+
+No timing is asserted (the figures live in bench/RESULTS.md); only that each script runs, prints
+a finite ratio on its last line, and, for the memory benchmark, the facts that do not depend on
+machine load (ZeRO-3 halves the LM per rank; Adam state covers the trainable parameters only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(script: str, *args: str, timeout: int = 600) -> list[str]:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"{script} printed nothing"
+    return lines
+
+
+def last_ratio(lines: list[str], name: str) -> float:
+    last = lines[-1]
+    assert last.startswith(name), f"the ratio must be printed last, got: {last}"
+    value = float(last.rsplit(":", 1)[1])
+    assert math.isfinite(value) and value > 0
+    return value
+
+
+def test_step_overhead_quick():
+    lines = run_bench("step_overhead.py", "--quick")
+    last_ratio(lines, "step_overhead ratio")
+    # same math: the engine and the hand-written loop give the same losses from the same start
+    drift = next(line for line in lines if "largest per-step difference" in line)
+    assert float(drift.rsplit(" ", 1)[1]) < 1e-4
+
+
+def test_freeze_savings_quick():
+    lines = run_bench("freeze_savings.py", "--quick")
+    last_ratio(lines, "freeze_savings ratio")
+    assert any(line.startswith("FLOP model per token") for line in lines)
+
+
+@pytest.mark.slow
+def test_zero3_memory_quick_halves_the_lm_and_adam_covers_the_prefix_only():
+    lines = run_bench("zero3_memory.py", "--quick")
+    assert last_ratio(lines, "zero3_memory ratio") <= 0.52
+    assert "optimizer state = Adam's for the trainable parameters, none for the LM: yes" in lines
+
+
+def test_loader_throughput_quick():
+    lines = run_bench("loader_throughput.py", "--quick")
+    last_ratio(lines, "loader_throughput ratio")
+    assert sum(line.startswith("[") for line in lines) == 2  # both shard sets measured
+
+
+def test_gpu_script_tiny_on_cpu():
+    lines = run_bench("gpu.py", "--tiny")
+    last_ratio(lines, "gpu frozen MFU")
+    assert any(" frozen:" in line for line in lines) and any(" trainable:" in line for line in lines)
