@@ -9,15 +9,17 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import (HTTPError, MaxRetryError, NewConnectionError, ProtocolError,
-                                TimeoutError as Urllib3Timeout)
+                                URLSchemeUnknown, TimeoutError as Urllib3Timeout)
 
 from data_prep.options import UA_TOKEN, FetchOptions
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
 CHUNK = 64 * 1024
 
 
@@ -70,6 +72,8 @@ def _classify(err: Exception) -> tuple[str, bool]:
         if err.reason is None or "redirect" in str(err.reason).lower():
             return "too_many_redirects", False
         return _classify(err.reason)
+    if isinstance(err, URLSchemeUnknown):
+        return "unsupported_scheme", False
     if isinstance(err, NewConnectionError):
         return "connection_error", True
     if isinstance(err, Urllib3Timeout):
@@ -79,17 +83,35 @@ def _classify(err: Exception) -> tuple[str, bool]:
     return f"request_error:{type(err).__name__}", False
 
 
+def _request(url: str, opts: FetchOptions):
+    """GET following at most MAX_REDIRECTS redirects, each checked to stay on http(s)."""
+    no_retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=0,
+                               raise_on_redirect=False)
+    for _ in range(MAX_REDIRECTS + 1):
+        r = _pool_manager().request("GET", url, headers={"User-Agent": opts.user_agent}, preload_content=False,
+                                    timeout=urllib3.Timeout(connect=opts.timeout_s, read=opts.timeout_s),
+                                    retries=no_retries, redirect=False)
+        location = r.headers.get("Location")
+        if r.status not in REDIRECT_STATUS or not location:
+            return r, None
+        r.drain_conn()
+        r.release_conn()
+        url = urljoin(url, location)
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            return None, "unsupported_scheme"
+    return None, "too_many_redirects"
+
+
 def _download_once(url: str, opts: FetchOptions) -> tuple[bytes | None, str | None, bool]:
     """(data, error, retryable) of one attempt."""
     deadline = time.monotonic() + opts.timeout_s
-    retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
     try:
-        r = _pool_manager().request("GET", url, headers={"User-Agent": opts.user_agent}, preload_content=False,
-                                    timeout=urllib3.Timeout(connect=opts.timeout_s, read=opts.timeout_s),
-                                    retries=retries)
+        r, error = _request(url, opts)
     except (HTTPError, OSError, ValueError) as err:
         reason, retryable = _classify(err)
         return None, reason, retryable
+    if error:
+        return None, error, False
     complete = False
     try:
         if r.status != 200:

@@ -29,6 +29,17 @@ def committed_shards(output_url: str, storage_options=None) -> list[int]:
                   if (m := STATS_RE.match(n)))
 
 
+def remove_stale_temporaries(output_url: str, storage_options=None) -> int:
+    """Delete temporary files a killed writer left behind (local disks; object stores have none)."""
+    fs, root = storage.filesystem(output_url, storage_options)
+    if not storage.is_local(fs):
+        return 0
+    stale = [n for n in storage.list_names(output_url, storage_options) if n.startswith(".") and ".tmp-" in n]
+    for name in stale:
+        fs.rm_file(f"{root.rstrip('/')}/{name}")
+    return len(stale)
+
+
 def read_stats(output_url: str, shards: list[int], storage_options=None) -> dict[int, dict]:
     if not shards:
         return {}

@@ -93,6 +93,7 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     """Prepare `source` into shards under `output_url`; returns the manifest written there."""
     job = {"format": mf.FORMAT, "source": source.describe(), "options": opts.fingerprint()}
     mf.check_job(output_url, job, storage_options)
+    mf.remove_stale_temporaries(output_url, storage_options)
     done = set(mf.committed_shards(output_url, storage_options))
     started = _start_ray(address, num_cpus)
     failed: dict[int, str] = {}
