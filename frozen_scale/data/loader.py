@@ -105,13 +105,18 @@ class CaptionStream(IterableDataset):
         except (OSError, ValueError) as exn:
             counter.shard_error(exn)
             return
+        errors_before, seen = counter.shard_errors, 0
         try:
-            yield from group_by_keys(
+            for sample in group_by_keys(
                 tar_file_expander([{"url": shard.url, "stream": stream}], handler=counter.shard_error),
                 handler=counter.shard_error,
-            )
+            ):
+                seen += 1
+                yield sample
         finally:
             stream.close()
+        if shard.num_samples is not None and seen < shard.num_samples and counter.shard_errors == errors_before:
+            counter.shard_errors += 1  # a tar cut short at a member boundary reads as a clean end
 
     def _raw(self, slot: int, slots: int, counter: Counter):
         n = len(self.shards)

@@ -32,7 +32,9 @@ def is_remote(url: str) -> bool:
 
 
 def _fs(url: str):
-    return fsspec.core.url_to_fs(url)
+    fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()  # listings of object stores are cached per process; other ranks write
+    return fs, root
 
 
 def step_name(step: int) -> str:
