@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,10 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("", 0))
         return sock.getsockname()[1]
+
+
+def _ignore_usr1() -> None:
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def train_worker(loop_config: dict) -> None:
@@ -54,7 +59,10 @@ def train_worker(loop_config: dict) -> None:
     print(f"rank {rank}/{world} on {socket.gethostname()} ray node {node_id}: {' '.join(argv)} (log {log_path})",
           flush=True)
     with open(log_path, "ab") as log:
-        code = subprocess.call(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        # started with SIGUSR1 ignored: a preemption notice arriving before the trainer installs its
+        # handler must not kill it (the trainer's own handler replaces this)
+        code = subprocess.call(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=_ignore_usr1)
     tail = log_path.read_text(errors="replace")[-2000:]
     dist.barrier()  # every rank's trainer has exited before any worker reports
     if code == PREEMPTED_EXIT:

@@ -80,25 +80,68 @@ def two_node_ray():
         cluster.shutdown()
 
 
+def _trainer_pids(config_path: str) -> list[int]:
+    """Training processes of this test's run (their command line names its config), by pid."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"frozen_scale.cli" in argv and config_path.encode() in argv:
+                pids.append(int(proc.name))
+
+    def parent(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+    return [pid for pid in pids if parent(pid) not in pids]  # not their DataLoader workers
+
+
 @pytest.mark.slow
-def test_ray_cluster_runs_two_worker_job(two_node_ray, tiny_run_config, capsys):
-    from ray.job_submission import JobSubmissionClient
+def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_ray, tiny_run_config, capsys):
+    """The tiny config as a 2-worker job through the Jobs API, one worker per Ray node. Midway,
+    SIGUSR1 to the trainers: they commit and exit 75, Ray Train restarts the worker group
+    (FailureConfig), train.resume=auto continues from that checkpoint, and the job succeeds."""
+    import os
+    import signal
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from launchers import ray_job
 
     _, address = two_node_ray
     cfg = yaml.safe_load(Path(tiny_run_config).read_text())
     run_dir = Path(cfg["train"]["run_dir"])
+    steps = 200
     over = ["launcher.nodes=2", "launcher.gpus_per_node=1", "launcher.request_gpus=false",
             f"launcher.python={sys.executable}", "launcher.env={DS_ACCELERATOR: cpu, OMP_NUM_THREADS: '1'}",
-            f"launcher.workdir={REPO}", "launcher.max_requeues=0"]
-    JobSubmissionClient(address)  # the Jobs API answers
-    rc = cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--address", address, "--wait", *over])
-    out = capsys.readouterr()
-    assert rc == 0, out.err[-4000:]
-    final = run_dir / "checkpoints" / f"step_{cfg['train']['steps']:08d}"
-    assert (final / "COMMITTED").exists()
-    assert json.loads((final / "trainer_state.json").read_text())["world_size"] == 2
-    # one worker per Ray node: the two ranks ran on different nodes (SPREAD over 1-CPU nodes)
-    nodes = dict(re.findall(r"rank (\d)/2 on \S+ ray node (\w+)", out.err))
-    assert set(nodes) == {"0", "1"} and nodes["0"] != nodes["1"], out.err[-3000:]
-    assert "checkpoint committed" in (run_dir / "logs" / "ray-rank0.log").read_text()
-    assert (run_dir / "logs" / "ray-rank1.log").exists()
+            f"launcher.workdir={REPO}", "launcher.max_requeues=2", f"train.steps={steps}", "checkpoint.every=1000"]
+    assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--address", address, *over]) == 0
+    job = capsys.readouterr().out.strip().splitlines()[-1]
+    client = JobSubmissionClient(address)
+    deadline = time.time() + 240
+    metrics = run_dir / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().strip()):  # both ranks are past their first step
+        status = client.get_job_status(job)
+        assert status in (JobStatus.PENDING, JobStatus.RUNNING), f"{status}\n{client.get_job_logs(job)[-4000:]}"
+        assert time.time() < deadline, client.get_job_logs(job)[-4000:]
+        time.sleep(0.5)
+    pids = _trainer_pids(str(tiny_run_config))
+    assert len(pids) == 2, (pids, client.get_job_logs(job)[-4000:])
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+    status, logs = ray_job.wait(address, job, timeout=400, poll=1.0)
+    assert status == "SUCCEEDED", logs[-4000:]
+    # one worker per Ray node (SPREAD over two 1-CPU nodes)
+    nodes = dict(re.findall(r"rank (\d)/2 on \S+ ray node (\w+)", logs))
+    assert set(nodes) == {"0", "1"} and nodes["0"] != nodes["1"], logs[-3000:]
+    committed = sorted(int(p.parent.name[5:]) for p in (run_dir / "checkpoints").glob("step_*/COMMITTED"))
+    assert committed[-1] == steps and 0 < committed[0] < steps, committed
+    final = json.loads((run_dir / "checkpoints" / f"step_{steps:08d}" / "trainer_state.json").read_text())
+    assert final["world_size"] == 2
+    rank0 = (run_dir / "logs" / "ray-rank0.log").read_text()
+    assert f"preempted: checkpoint committed at step {committed[0]}; exit 75" in rank0
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{committed[0]:08d}'}" in rank0
+    assert "preempted (checkpoint committed); restarting" in logs
