@@ -395,7 +395,8 @@ def format_plan(inputs: PlanInputs, cfg_stage: int, cfg_micro_batch: int, cfg_ck
         lines.append(
             f"recommendation: deepspeed.stage={rec['stage']} train.micro_batch_size={rec['micro_batch']} "
             f"model.activation_checkpointing={str(rec['activation_checkpointing']).lower()} "
-            f"(largest micro-batch that fits: {rec['max_micro_batch']})")
+            f"(largest micro-batch that fits: {rec['max_micro_batch']}"
+            f"{' or more' if rec['max_micro_batch'] == micro_batch_candidates(cfg_micro_batch)[-1] else ''})")
     else:
         lines.append("recommendation: DOES NOT FIT")
     if rec.get("note"):
