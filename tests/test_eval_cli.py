@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from frozen_scale.data.prompts import IMAGE_TOKEN, Image, Text, encode, pad_batch
-from frozen_scale.eval import cli
+from frozen_scale.eval import cli, fewshot
 from frozen_scale.eval import fewshot_world as fw
 from frozen_scale.synthetic import text, world
 from tests.core_fixtures import tiny_config_dict
@@ -220,7 +220,8 @@ def _write_keyed_shards(out: Path, keys: list[str], image_size: int = 16) -> Pat
             scene = world.make_scene(0, "eval", i)
             buf = io.BytesIO()
             world.render(scene, image_size).save(buf, "PNG")
-            sink.write({"__key__": key, "png": buf.getvalue(), "txt": world.caption(scene)})
+            sink.write({"__key__": key, "png": buf.getvalue(), "txt": world.caption(scene),
+                        "json": json.dumps({"shape": scene.objects[0].shape}).encode()})
     (out / "manifest.json").write_text(json.dumps(
         {"shards": [{"name": "00000.tar", "num_samples": len(keys)}]}))
     return out
@@ -284,6 +285,31 @@ def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
         assert [type(s).__name__ for s in item.segments] == ["Image", "Text", "Text", "Image", "Text"]
         assert item.segments[1] == Text("Question: what color is it ? Answer:")
         assert item.images[0] is not item.images[1]
+
+
+def test_fewshot_classification_from_labelled_shards(tiny_run, tmp_path):
+    from frozen_scale.eval.fewshot import NONSENSE_NAMES
+
+    keys = [f"img{i:03d}" for i in range(12)]
+    shards = _write_keyed_shards(tmp_path / "shards", keys)
+    ns = argparse.Namespace(shards=str(shards), seed=0, shots=1, ways=2, num_samples=6, label_key="json:shape",
+                            task_induction=True)
+    items = cli.shard_items("fewshot-cls", {}, ns, 16)
+    assert len(items) == 6
+    for item in items:
+        names = set(item.meta["bound"])
+        assert names <= set(NONSENSE_NAMES) and len(names) == 2 and item.answers[0] in names
+        assert item.segments[0] == Text(fewshot.task_induction_text(
+            [s.text.split()[-1].rstrip(".") for s in item.segments[2:5:2]]))
+        assert [type(s).__name__ for s in item.segments[1:]] == ["Image", "Text"] * 3
+        assert item.segments[-1] == Text(fewshot.CLASSIFICATION_QUESTION) and len(item.images) == 3
+    out = tmp_path / "c.json"
+    assert cli.eval_main([str(tiny_run), "--task", "fewshot-cls", "--shards", str(shards), "--label-key",
+                          ns.label_key, "--num-samples", "4", "--no-progress", "--out", str(out)]) == 0
+    assert _result(out)["n"] == 4 and _result(out)["shots"] == 1
+    ns.ways = 5
+    with pytest.raises(ValueError, match="5-way"):
+        cli.shard_items("fewshot-cls", {}, ns, 16)
 
 
 def test_user_errors_are_messages(tiny_run, tmp_path, capsys):

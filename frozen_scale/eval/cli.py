@@ -9,7 +9,7 @@ held-out scenes rendered on the fly) or from webdataset eval shards (--shards):
   vqa          open-ended answers scored with the VQAv2 accuracy; --shots n interleaves n solved
                (image, question, answer) examples before the query; shards need --questions and
                --annotations (VQAv2 json, image id = sample __key__)
-  fewshot-cls  open-ended n-way k-shot classification (world)
+  fewshot-cls  open-ended n-way k-shot classification (world; or labelled shards, --label-key)
   binding      fast concept binding: names bound to shapes in context, then a question (world)
 
 Launched with several ranks (torchrun, WORLD_SIZE>1), rank r takes items r, r+W, ... and rank 0
@@ -158,6 +158,10 @@ def world_items(task: str, meta: dict, *, seed: int, split: str, n: int, shots: 
     return fw.binding_items(seed, n, max(1, shots), image_size)
 
 
+def effective_shots(task: str, shots: int) -> int:
+    return shots if task in ("caption", "vqa") else max(1, shots)
+
+
 def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
     from frozen_scale.eval import coco, vqa_data
 
@@ -200,7 +204,47 @@ def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
             items.append(fw.Item(q.question_id, list(p.segments), list(p.images), list(q.answers),
                                  {"question": q.question}))
         return items
+    if task == "fewshot-cls":
+        return _shard_classification(args, image_size)
     raise ValueError(f"--task {task} runs on the built-in world only (drop --shards)")
+
+
+def _label(sample: dict, label_key: str) -> str | None:
+    if label_key == "txt":
+        return sample.get("txt") or None
+    field = label_key.removeprefix("json:")
+    value = (sample.get("json") or {}).get(field)
+    return None if value is None else str(value)
+
+
+def _shard_classification(args, image_size: int) -> list[fw.Item]:
+    """miniImageNet-style episodes from labelled shards: n classes, k support images each named
+    with a nonsense word ("This is a dax."), then a query of one of them."""
+    from frozen_scale.eval import coco
+
+    by_label: dict[str, list] = {}
+    for sample in coco.iter_samples(args.shards, image_size):
+        label = _label(sample, args.label_key)
+        if label is not None:
+            by_label.setdefault(label, []).append(sample["image"])
+    ways, shots = args.ways, max(1, args.shots)
+    classes = sorted(c for c, imgs in by_label.items() if len(imgs) > shots)
+    if len(classes) < ways:
+        raise ValueError(f"{len(classes)} classes of {args.shards} have more than {shots} images "
+                         f"(label {args.label_key}); {ways}-way episodes need {ways}")
+    items = []
+    for i in range(args.num_samples):
+        rng = np.random.default_rng([args.seed, 77, ways, shots, i])
+        chosen = [classes[j] for j in rng.choice(len(classes), ways, replace=False)]
+        names = fewshot.assign_nonsense_names(chosen, rng)
+        picks = {c: [by_label[c][j] for j in rng.choice(len(by_label[c]), shots + 1, replace=False)] for c in chosen}
+        support = [(picks[str(c)][s], names[str(c)]) for s in range(shots) for c in rng.permutation(chosen)]
+        query_class = chosen[int(rng.integers(ways))]
+        p = fewshot.open_ended_classification(support, picks[query_class][shots], names[query_class],
+                                              task_induction=args.task_induction)
+        items.append(fw.Item(f"cls-{ways}way{shots}shot-{i:06d}", list(p.segments), list(p.images), [p.answer],
+                             {"bound": {names[c]: c for c in chosen}}))
+    return items
 
 
 def run_task(model, tokenizer, meta: dict, task: str, *, shots: int = 0, ways: int = 2, n: int = 200,
@@ -216,14 +260,14 @@ def run_task(model, tokenizer, meta: dict, task: str, *, shots: int = 0, ways: i
     raw = generate(model, tokenizer, items, max_new_tokens=limit, num_beams=num_beams, batch_size=batch_size,
                    blind=blind, progress=progress, desc=f"{task}{' blind' if blind else ''}")
     result = score(task, items, raw, tokenize)
-    result.update(task=task, shots=shots, blind=blind, num_beams=num_beams)
+    result.update(task=task, shots=effective_shots(task, shots), blind=blind, num_beams=num_beams)
     if task == "fewshot-cls":
         result["ways"] = ways
     return result
 
 
 def default_name(args) -> str:
-    name = args.task + (f"-{args.shots}shot" if args.task != "caption" else "")
+    name = args.task + (f"-{effective_shots(args.task, args.shots)}shot" if args.task != "caption" else "")
     if args.task == "fewshot-cls":
         name += f"-{args.ways}way"
     if args.num_beams > 1:
@@ -243,6 +287,10 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--shots", type=int, default=0, help="solved examples before the query (vqa; "
                         "inner shots per class for fewshot-cls/binding, default 1)")
     parser.add_argument("--ways", type=int, default=2, help="fewshot-cls: classes per episode")
+    parser.add_argument("--label-key", default="txt", help="fewshot-cls on shards: the class label, "
+                        "'txt' or 'json:FIELD'")
+    parser.add_argument("--task-induction", action="store_true",
+                        help="fewshot-cls on shards: start with 'Answer with dax or blicket.'")
     parser.add_argument("--num-samples", type=int, default=200, help="items (questions, images, episodes)")
     parser.add_argument("--split", default="eval", choices=world.SPLITS, help="world scenes to evaluate on")
     parser.add_argument("--seed", type=int, default=None, help="world seed (default: the run's)")
