@@ -109,7 +109,11 @@ def enable_activation_checkpointing(lm: nn.Module) -> int:
     eval mode: transformers checkpoints a layer only when that layer's `training` flag is set,
     so the flag is set on the decoder-layer modules alone; their dropout-bearing submodules stay
     in eval mode. Returns the number of layers checkpointed."""
-    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in lm.modules() if isinstance(m, GradientCheckpointingLayer)]

@@ -1,0 +1,116 @@
+"""FrozenVLM without DeepSpeed: encoders, the frozen HF backbone mode, interleaving, loss masking,
+activation checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from frozen_scale.config import ModelConfig, VisionConfig
+from frozen_scale.data import prompts
+from frozen_scale.model.frozen_vlm import FrozenVLM
+from frozen_scale.model.lm import load_lm, load_tokenizer
+
+
+def build(tiny_lm_dir, **model_kw) -> FrozenVLM:
+    torch.manual_seed(0)
+    vision = model_kw.pop("vision", VisionConfig(image_size=16, resnet_widths=[8, 16]))
+    cfg = ModelConfig(lm_path=str(tiny_lm_dir), prefix_length=2, vision=vision, **model_kw)
+    return FrozenVLM(cfg, load_lm(str(tiny_lm_dir)))
+
+
+def batch_for(tok, k, texts, n_images=1, image_size=16):
+    enc = []
+    for t in texts:
+        segs = []
+        for _ in range(n_images):
+            segs += [prompts.Image(), prompts.Text("caption :")]
+        enc.append(prompts.encode(segs + [prompts.Text(t, target=True)], tok, k))
+    b = prompts.pad_batch(enc, tok.pad_token_id)
+    b["pixel_values"] = torch.randn(len(texts), n_images, 3, image_size, image_size)
+    return b
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_encoders_train_and_lm_gets_no_gradient(kind, tiny_lm_dir):
+    vision = VisionConfig(kind=kind, image_size=16, resnet_widths=[8, 16], vit_patch_size=4, vit_dim=32,
+                          vit_depth=2, vit_heads=2)
+    model = build(tiny_lm_dir, vision=vision).train()
+    tok = load_tokenizer(str(tiny_lm_dir))
+    b = batch_for(tok, 2, ["a big red circle", "a small blue square"])
+    loss = model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in model.lm.parameters())
+    assert all(p.grad is not None for p in model.vision.parameters())
+    assert not model.lm.training and model.vision.training
+
+
+def test_frozen_pretrained_backbone_mode_trains_only_the_mapper(tmp_path, tiny_lm_dir):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64)).save_pretrained(str(tmp_path / "vit"))
+    model = build(tiny_lm_dir, vision=VisionConfig(kind="hf_frozen", image_size=16,
+                                                   pretrained_path=str(tmp_path / "vit"))).train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("prefix.") for n in trainable)
+    assert not model.vision.backbone.training
+    tok = load_tokenizer(str(tiny_lm_dir))
+    b = batch_for(tok, 2, ["a big red circle"])
+    model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"]).backward()
+    assert all(p.grad is None for p in model.vision.parameters())
+
+
+def test_loss_covers_target_tokens_only(tiny_lm_dir):
+    model = build(tiny_lm_dir).eval()
+    tok = load_tokenizer(str(tiny_lm_dir))
+    b = batch_for(tok, 2, ["a big red circle"])
+    logits = model(b["pixel_values"], b["input_ids"], b["attention_mask"])
+    targets = b["labels"][0, 1:]
+    mask = targets != prompts.IGNORE
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1][mask], targets[mask])
+    got = model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"])
+    assert torch.allclose(got, expected, atol=1e-6)
+    n_target = len(tok("a big red circle", add_special_tokens=False)["input_ids"]) + 1  # + eos
+    assert int(mask.sum()) == n_target
+
+
+def test_interleaved_images_fill_their_own_slots_and_generate(tiny_lm_dir):
+    model = build(tiny_lm_dir).eval()
+    tok = load_tokenizer(str(tiny_lm_dir))
+    b = batch_for(tok, 2, ["a big red circle"], n_images=2)
+    embeds = model.embed(b["input_ids"], b["pixel_values"])
+    prefix = model.image_prefix(b["pixel_values"][0])
+    slots = (b["input_ids"][0] == prompts.IMAGE_TOKEN).nonzero().flatten().tolist()
+    assert len(slots) == 4
+    assert torch.allclose(embeds[0, slots[:2]], prefix[0]) and torch.allclose(embeds[0, slots[2:]], prefix[1])
+    with pytest.raises(ValueError, match="image slots"):
+        model.embed(b["input_ids"], b["pixel_values"][:, :1])
+    out = model.generate(b["pixel_values"], b["input_ids"], b["attention_mask"], max_new_tokens=3,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    beams = model.generate(b["pixel_values"], b["input_ids"], b["attention_mask"], max_new_tokens=3, num_beams=2,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert out.shape[0] == 1 and 1 <= out.shape[1] <= 3 and beams.shape[0] == 1
+
+
+def test_activation_checkpointing_same_loss_and_grads_lm_stays_eval(tiny_lm_dir):
+    tok = load_tokenizer(str(tiny_lm_dir))
+    b = batch_for(tok, 2, ["a big red circle", "a small green square"])
+    results = []
+    for ckpt in (False, True):
+        model = build(tiny_lm_dir, activation_checkpointing=ckpt).train()
+        calls = []
+        layer = model.lm.transformer.h[0].mlp  # inside the checkpointed forward
+        layer.register_forward_hook(lambda *_: calls.append(1))
+        loss = model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"])
+        loss.backward()
+        assert len(calls) == (2 if ckpt else 1)  # checkpointed layers run again in backward
+        results.append((loss.detach(), [p.grad.clone() for p in model.prefix.parameters()]))
+        dropouts = [m for m in model.lm.modules() if isinstance(m, torch.nn.Dropout)]
+        assert all(not m.training for m in dropouts)
+        if ckpt:
+            assert model._checkpointed_layers == 2
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    for g0, g1 in zip(results[0][1], results[1][1]):
+        assert torch.allclose(g0, g1, atol=1e-6)
