@@ -74,8 +74,8 @@ def main(argv=None) -> float:
     add_thread_arg(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    rounds = args.rounds or (4 if args.quick else 10)
-    per_round = args.steps_per_round or (2 if args.quick else 3)
+    rounds = args.rounds or (4 if args.quick else 16)
+    per_round = args.steps_per_round or (2 if args.quick else 1)
 
     with tempfile.TemporaryDirectory(prefix="bench_freeze_savings_") as tmp:
         trainers, batches = build(Path(tmp), args.quick)

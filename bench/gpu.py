@@ -251,7 +251,8 @@ def main(argv=None) -> float:
         args.peak_tflops = measured_peak  # no datasheet figure for a CPU
     print(f"machine: {machine()}; device {dev}, {precision}, SDPA attention, seq {args.seq}, "
           f"activation checkpointing {'on' if args.checkpointing else 'off'}")
-    print(f"peak: datasheet {args.peak_tflops:.1f} TFLOP/s, measured {precision} matmul {measured_peak:.1f} TFLOP/s")
+    print(f"peak: {'datasheet' if on_gpu else 'CPU (measured)'} {args.peak_tflops:.4g} TFLOP/s, measured {precision} "
+          f"matmul {measured_peak:.4g} TFLOP/s")
 
     results = []
     t_start = time.perf_counter()
@@ -274,7 +275,7 @@ def main(argv=None) -> float:
                      mfu_measured_peak=r["achieved_tflops"] / measured_peak)
             results.append(r)
             print(f"{size:>4} LM {n_lm / 1e9:.2f}B {r['mode']:>9}: micro-batch {r['micro_batch']:>3}, "
-                  f"{r['tokens_per_s']:>10,.0f} tokens/s, {r['achieved_tflops']:7.1f} TFLOP/s, "
+                  f"{r['tokens_per_s']:>10,.0f} tokens/s, {r['achieved_tflops']:7.4g} TFLOP/s, "
                   f"MFU {r['mfu']:.1%} of datasheet, {r['mfu_measured_peak']:.1%} of measured; "
                   f"peak memory {r['peak_memory_gib']:.1f} GiB ({r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
         del lm
