@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             ours_cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(urls), "--out", str(tmp / "ours"),
                         "--num-cpus", "1", "--threads", str(a.threads), "--image-size", str(common["size"]),
                         "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-                        "--samples-per-shard", str(common["per_shard"]), "--no-progress"]
+                        "--samples-per-shard", str(common["per_shard"]), "--no-progress",
+                        *os.environ.get("PREP_BENCH_OURS_ARGS", "").split()]
             peer_cmd = [str(PEER), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
                         "--caption_col", "caption", "--output_format", "webdataset",
                         "--output_folder", str(tmp / "peer"), "--processes_count", "1",

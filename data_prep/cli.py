@@ -60,7 +60,8 @@ def _common(p: argparse.ArgumentParser, image_size: int = 256) -> None:
     g = p.add_argument_group("ray")
     g.add_argument("--address", default=None, help="Ray cluster address, or auto for the one running here (default: a new local Ray)")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
-    g.add_argument("--max-in-flight", type=int, default=None, help="shard tasks submitted at once (default 2x CPUs)")
+    g.add_argument("--max-in-flight", type=int, default=None,
+                   help="shard tasks submitted at once (default: the CPUs of the Ray cluster)")
     g.add_argument("--task-retries", type=int, default=3, help="retries of a shard task after a worker death")
     g.add_argument("--no-progress", action="store_true")
 

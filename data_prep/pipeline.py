@@ -98,10 +98,12 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     started = _start_ray(address, num_cpus)
     failed: dict[int, str] = {}
     t0 = time.monotonic()
+    registry = None
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
-        limit = max_in_flight or max(2, 2 * cpus)
-        registry = None
+        # One task per CPU: more in flight makes Ray start extra worker processes for the queued
+        # tasks (a one-off cost each), while a finished task's successor is submitted at once.
+        limit = max_in_flight or max(1, cpus)
         if opts.dedup_images and source.kind != "synthetic":
             registry = HashRegistry.remote()
             if done:
@@ -138,6 +140,8 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     finally:
         if started:
             ray.shutdown()
+        elif registry is not None:
+            ray.kill(registry)
     manifest = mf.build_manifest(output_url, storage_options,
                                  {"complete": not failed, "failed_shards": sorted(failed),
                                   "source": job["source"], "seconds": round(time.monotonic() - t0, 3)})

@@ -27,7 +27,7 @@ def corpus(tmp_path):
     with ImageServer() as srv:
         lines = ["url,caption"]
         for i in range(ROWS):
-            lines.append(f"{srv.add(f'/img{i}.jpg', make_image(48, 40, 'JPEG', seed=i), delay_s=0.12)},image {i}")
+            lines.append(f"{srv.add(f'/img{i}.jpg', make_image(48, 40, 'JPEG', seed=i), delay_s=0.2)},image {i}")
         table = tmp_path / "corpus.csv"
         table.write_text("\n".join(lines) + "\n")
         yield srv, table, tmp_path / "out"
