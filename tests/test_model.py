@@ -101,7 +101,7 @@ def test_activation_checkpointing_same_loss_and_grads_lm_stays_eval(tiny_lm_dir)
     for ckpt in (False, True):
         model = build(tiny_lm_dir, activation_checkpointing=ckpt).train()
         calls = []
-        layer = model.lm.transformer.h[0].mlp  # inside the checkpointed forward
+        layer = model.lm.transformer.h[0].attn  # inside the checkpointed forward
         layer.register_forward_hook(lambda *_: calls.append(1))
         loss = model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"])
         loss.backward()
