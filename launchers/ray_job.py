@@ -52,20 +52,17 @@ def runtime_env(cfg: FrozenConfig, workdir: str) -> dict:
 def job_spec(cfg: FrozenConfig, config_path: str, overrides: list[str], workdir: str) -> dict:
     """kwargs for JobSubmissionClient.submit_job."""
     lc = cfg.launcher
-    if lc.ray_working_dir:
+    log_dir = lc.log_dir or str(Path(cfg.train.run_dir) / "logs")
+    if lc.ray_working_dir:  # the uploaded folder is the job's cwd: the config path is relative to it
         base = Path(lc.ray_working_dir).resolve()
         try:
             config_path = str(Path(config_path).resolve().relative_to(base))
         except ValueError as err:
             raise ConfigError(f"launcher.ray_working_dir ({base}) must contain the config {config_path}") from err
-        log_dir = cfg.launcher.log_dir or str(Path(cfg.train.run_dir) / "logs")
         entry = driver_entrypoint(cfg, config_path, overrides, log_dir, lc.python)
     else:
-        log_dir = cfg.launcher.log_dir or str(Path(cfg.train.run_dir) / "logs")
-        entry = f"cd {shlex.quote(workdir)} && " + driver_entrypoint(cfg, config_path, overrides, log_dir,
-                                                                     lc.python)
-    return {"entrypoint": entry, "runtime_env": runtime_env(cfg, workdir),
-            "metadata": {"job_name": lc.job_name}}
+        entry = f"cd {shlex.quote(workdir)} && " + driver_entrypoint(cfg, config_path, overrides, log_dir, lc.python)
+    return {"entrypoint": entry, "runtime_env": runtime_env(cfg, workdir), "metadata": {"job_name": lc.job_name}}
 
 
 def submit(cfg: FrozenConfig, spec: dict, address: str) -> str:

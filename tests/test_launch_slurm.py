@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,12 @@ except ImportError:  # pragma: no cover
     from slurm_cluster import SlurmCluster, ensure_slurm_installed
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _launcher_overrides(**extra) -> list[str]:
@@ -77,7 +84,7 @@ def test_slurm_job_trains_then_preempted_job_requeues_and_resumes(slurm, tiny_ru
     cfg = yaml.safe_load(Path(tiny_run_config).read_text())
     run_dir = Path(cfg["train"]["run_dir"])
     # 1. a plain 2-task job of the tiny config runs to completion
-    over = _launcher_overrides(**{"launcher.job_name": "tiny", "launcher.master_port": 29631})
+    over = _launcher_overrides(**{"launcher.job_name": "tiny", "launcher.master_port": _free_port()})
     assert cli.submit_main([str(tiny_run_config), "--launcher", "slurm", *over]) == 0
     job = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"\d+", job)
@@ -91,7 +98,7 @@ def test_slurm_job_trains_then_preempted_job_requeues_and_resumes(slurm, tiny_ru
 
     # 2. a longer run: SIGUSR1 mid-run -> checkpoint, exit 75, requeue, resume, complete
     steps = 24
-    over = _launcher_overrides(**{"launcher.job_name": "preempt", "launcher.master_port": 29641})
+    over = _launcher_overrides(**{"launcher.job_name": "preempt", "launcher.master_port": _free_port()})
     long_run = run_dir.parent / "run-preempt"
     args = [str(tiny_run_config), "--launcher", "slurm", *over, f"train.steps={steps}", "checkpoint.every=100",
             f"train.run_dir={long_run}"]

@@ -131,7 +131,10 @@ def test_checkpointing_keeps_block_inputs_only(tmp_path):
     LlamaConfig(**dims).save_pretrained(tmp_path)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**dims)).to(torch.bfloat16)
     model.requires_grad_(False)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     embeds = torch.randn(2, 32, 64, dtype=torch.bfloat16, requires_grad=True)
     stored = _saved_bytes(model, embeds, torch.randint(0, 300, (2, 32)))
