@@ -12,7 +12,8 @@ weights), counts parameters on the meta device, and estimates per-GPU bytes for
   weights a Linear saves nothing for its input, so only norms, attention and the MLP's
   nonlinearity count), itemised for a Llama-style block and checked against the bytes
   `torch.autograd.graph.saved_tensors_hooks` sees on a tiny model (tests/test_plan.py);
-  with activation checkpointing, one block input per layer plus one block recomputed;
+  with activation checkpointing, one block input per layer plus one block recomputed; other
+  families (GPT-2, OPT, NeoX: LayerNorm, plain MLP) get the same itemisation, approximately;
 - communication buffers: ZeRO-3 gather/prefetch of the frozen LM, gradient reduce buckets.
 
 It then recommends the lowest ZeRO stage and the largest micro-batch that fit.
@@ -378,6 +379,8 @@ def format_plan(inputs: PlanInputs, cfg_stage: int, cfg_micro_batch: int, cfg_ck
         f"{inputs.frozen_vision_params / 1e6:.2f}M",
         f"GPUs: {inputs.gpus} x {inputs.gpu_bytes / GIB:.0f} GiB; sequence {inputs.seq_len} tokens; "
         f"{'bf16' if inputs.param_bytes == 2 else 'fp32'}; attention {inputs.attn}",
+        *([] if lm.gated_mlp and lm.rms_norm else
+          ["(activations itemised for Llama-style blocks; approximate for this architecture)"]),
         "",
         "per-GPU GiB   stage  mb  ckpt   LM params  trainable  activations  buffers     total  fits",
     ]
