@@ -84,7 +84,8 @@ def _rows(source, n=100):
 
 def test_table_formats_agree(tmp_path):
     recs = [{"url": f"http://127.0.0.1:9/{i}.jpg", "caption": f"cap {i}", "lic": f"l{i}"} for i in range(5)]
-    (tmp_path / "t.csv").write_text("url,caption,lic\n" + "".join(f"{r['url']},{r['caption']},{r['lic']}\n" for r in recs))
+    lines = "".join(f"{r['url']},{r['caption']},{r['lic']}\n" for r in recs)
+    (tmp_path / "t.csv").write_text("url,caption,lic\n" + lines)
     with gzip.open(tmp_path / "t.tsv.gz", "wt") as f:
         f.write("url\tcaption\tlic\n" + "".join(f"{r['url']}\t{r['caption']}\t{r['lic']}\n" for r in recs))
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -92,7 +93,8 @@ def test_table_formats_agree(tmp_path):
     pq.write_table(pa.Table.from_pylist(recs), tmp_path / "t.parquet")
     expected = None
     for name in ("t.csv", "t.tsv.gz", "t.jsonl", "t.json", "t.parquet"):
-        got = [(r["key"], r["url"], r["caption"], r["extra"]) for r in _rows(UrlTable(str(tmp_path / name), extra_cols=["lic"]))]
+        table = UrlTable(str(tmp_path / name), extra_cols=["lic"])
+        got = [(r["key"], r["url"], r["caption"], r["extra"]) for r in _rows(table)]
         expected = expected or got
         assert got == expected and len(got) == 5, name
     assert expected[4] == ("000000004", recs[4]["url"], "cap 4", {"lic": "l4"})
