@@ -58,7 +58,8 @@ def _common(p: argparse.ArgumentParser, image_size: int = 256) -> None:
     g.add_argument("--max-bytes", type=int, default=FetchOptions.max_bytes)
     g.add_argument("--threads", type=int, default=16, help="concurrent downloads per shard task")
     g = p.add_argument_group("ray")
-    g.add_argument("--address", default=None, help="Ray cluster address, or auto for the one running here (default: a new local Ray)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster address, or auto for the one running here (default: a new local Ray)")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     g.add_argument("--max-in-flight", type=int, default=None,
                    help="shard tasks submitted at once (default: the CPUs of the Ray cluster)")
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="source", required=True, metavar="{urls,folder,coco,synthetic}")
     p = sub.add_parser("urls", help="a table of image URLs and captions (parquet/csv/tsv/json/jsonl/txt)")
     p.add_argument("table", help="file or folder of files (local or any fsspec URL)")
-    p.add_argument("--input-format", default=None, help="parquet, csv, tsv, json, jsonl or txt (default: by extension)")
+    p.add_argument("--input-format", default=None,
+                   help="parquet, csv, tsv, json, jsonl or txt (default: by extension)")
     p.add_argument("--url-col", default="url")
     p.add_argument("--caption-col", default="caption", help="'' for no captions")
     p.add_argument("--extra-cols", default="", help="comma-separated columns kept in each sample's .json")

@@ -118,7 +118,10 @@ def handle_row(row: dict, opts: JobOptions, storage_options=None) -> Result:
     if problem:
         res.status, res.error = "filtered", problem
         return res
-    got = fetch_url(row["url"], opts.fetch) if row["kind"] == "url" else fetch_file(row["url"], opts.fetch, storage_options)
+    if row["kind"] == "url":
+        got = fetch_url(row["url"], opts.fetch)
+    else:
+        got = fetch_file(row["url"], opts.fetch, storage_options)
     res.download_s = got.seconds
     if got.error:
         res.status, res.error = DOWNLOAD_ERRORS_AS_STATUS.get(got.error, "failed_to_download"), got.error
@@ -178,7 +181,8 @@ def _status_table(records: list[dict]) -> pa.Table:
     ndjson = b"".join(json.dumps(r, ensure_ascii=False).encode("utf-8") + b"\n" for r in records)
     options = pa_json.ParseOptions(explicit_schema=STATUS_SCHEMA, unexpected_field_behavior="error")
     read = pa_json.ReadOptions(block_size=len(ndjson) + 1)  # one block: no line straddles two
-    return pa_json.read_json(io.BytesIO(ndjson), read_options=read, parse_options=options).select(STATUS_SCHEMA.names)
+    table = pa_json.read_json(io.BytesIO(ndjson), read_options=read, parse_options=options)
+    return table.select(STATUS_SCHEMA.names)
 
 
 def _ordered_results(rows: list[dict], opts: JobOptions, storage_options, threads: int):
