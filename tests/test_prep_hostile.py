@@ -182,3 +182,29 @@ def ray_local():
     yield
     if started:
         ray.shutdown()
+
+
+def test_a_shard_that_keeps_failing_is_reported_not_dropped_and_rerun_fills_it(server, tmp_path, ray_local):
+    from data_prep.pipeline import PrepIncomplete, run_job
+
+    table = write_table(server, tmp_path)
+    out = tmp_path / "out"
+    (out / "00001.tar").mkdir(parents=True)  # the shard's tar cannot be put in place: OSError
+    opts = job_options(samples_per_shard=8)
+    before = server.hits["/optout.jpg"]  # a shard-1 row
+    with pytest.raises(PrepIncomplete) as err:
+        run_job(UrlTable(str(table)), str(out), opts, progress=False, max_retries=1)
+    assert list(err.value.failed) == [1] and "IsADirectoryError" in err.value.failed[1]
+    assert server.hits["/optout.jpg"] - before == 2  # the OSError was retried once
+    manifest = read_manifest(str(out))
+    assert manifest["complete"] is False and manifest["failed_shards"] == [1]
+    assert [s["name"] for s in manifest["shards"]] == ["00000.tar", "00002.tar"]
+
+    (out / "00001.tar").rmdir()
+    hits = dict(server.hits)
+    manifest = run_job(UrlTable(str(table)), str(out), opts, progress=False)
+    assert manifest["complete"] and [s["name"] for s in manifest["shards"]] == ["00000.tar", "00001.tar", "00002.tar"]
+    refetched = {p for p in server.hits if server.hits[p] != hits.get(p, 0)}
+    shard1_paths = {c[0] for c in CASES[8:16]} | {"/target.jpg"}  # /moved.jpg redirects there
+    assert refetched and refetched <= shard1_paths  # only the failed shard's rows were redone
+    check_expected(read_status(out), allow_dup_swap=True)
