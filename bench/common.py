@@ -116,19 +116,17 @@ def loader_batches(cfg, tokenizer, n: int) -> list[dict]:
 
 
 def alternate(candidates: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, dict]:
-    """Seconds per call of each candidate, interleaved A B A B ... (who goes first alternates too)
-    so both see the same machine load; `warmup` calls of each run first and are discarded.
+    """Seconds per call of each candidate, interleaved A B A B ... so both see the same machine
+    load, and every call follows a call of another candidate (none runs with its own data still
+    warm in the caches from a call just before); `warmup` calls of each run first, discarded.
     Returns {name: {"wall": [...], "cpu": [...]}}: wall-clock seconds, and this process's CPU
     seconds (all threads), which other work on a shared machine disturbs far less."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     times: dict[str, dict] = {name: {"wall": [], "cpu": []} for name in candidates}
-    for r in range(rounds):
-        names = list(candidates)
-        if r % 2:
-            names.reverse()
-        for name in names:
+    for _ in range(rounds):
+        for name in candidates:
             w0, c0 = time.perf_counter(), time.process_time()
             candidates[name]()
             times[name]["cpu"].append(time.process_time() - c0)

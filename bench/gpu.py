@@ -87,7 +87,7 @@ def measured_peak_tflops(dev, dtype) -> float:
     from frozen_scale.train.flops import measured_cpu_peak_tflops
 
     if dev.type != "cuda":
-        return measured_cpu_peak_tflops(n=256, seconds=0.2)
+        return measured_cpu_peak_tflops(n=512, seconds=0.5)
     n = 8192
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     for _ in range(3):
@@ -274,9 +274,9 @@ def main(argv=None) -> float:
             r.update(size=size, lm_parameters=n_lm, mode="trainable" if train_lm else "frozen",
                      mfu_measured_peak=r["achieved_tflops"] / measured_peak)
             results.append(r)
-            print(f"{size:>4} LM {n_lm / 1e9:.2f}B {r['mode']:>9}: micro-batch {r['micro_batch']:>3}, "
+            print(f"{size:>4} LM {n_lm / 1e6:,.1f}M {r['mode']:>9}: micro-batch {r['micro_batch']:>3}, "
                   f"{r['tokens_per_s']:>10,.0f} tokens/s, {r['achieved_tflops']:7.4g} TFLOP/s, "
-                  f"MFU {r['mfu']:.1%} of datasheet, {r['mfu_measured_peak']:.1%} of measured; "
+                  f"MFU {r['mfu']:.1%} of {'datasheet' if on_gpu else 'CPU'} peak, {r['mfu_measured_peak']:.1%} of measured; "
                   f"peak memory {r['peak_memory_gib']:.1f} GiB ({r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
         del lm
         gc.collect()
@@ -291,7 +291,7 @@ def main(argv=None) -> float:
     last = frozen[-1]
     print(f"goal MFU >= {GOAL:.0%} frozen: {'met' if last['mfu'] >= GOAL else 'NOT met'}"
           + ("" if on_gpu else " (CPU smoke run: the goal applies to the GPU)"))
-    print(f"gpu frozen MFU ({last['size']}, of datasheet peak): {last['mfu']:.3f}")
+    print(f"gpu frozen MFU ({last['size']}, of {'datasheet' if on_gpu else 'CPU'} peak): {last['mfu']:.3f}")
     return last["mfu"]
 
 
