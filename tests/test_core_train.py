@@ -96,3 +96,18 @@ def test_other_lm_architectures_train_a_step(arch, tmp_path, tiny_shards):
     assert trainer.fit() == 0
     assert (tmp_path / "run" / "metrics.jsonl").exists()
     assert trainer.param_counts["lm_trainable"] == 0
+
+
+def test_bf16_with_gradient_accumulation_and_no_loader_workers(tmp_path, tiny_lm_dir, tiny_shards):
+    from frozen_scale.train.metrics import read_metrics
+    from frozen_scale.train.trainer import Trainer
+
+    cfg = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, train={"steps": 2, "precision": "bf16", "grad_accum": 2,
+                                                             "log_every": 1}, data={"num_workers": 0},
+                   checkpoint={"every": 0})
+    trainer = Trainer(cfg)
+    assert trainer.fit() == 0
+    assert next(trainer.engine.module.prefix.parameters()).dtype == torch.bfloat16
+    last = read_metrics(str(tmp_path / "run"))[-1]
+    assert last["step"] == 2 and last["samples"] == 2 * 2 * cfg.train.micro_batch_size
+    assert torch.isfinite(torch.tensor(last["loss"]))
