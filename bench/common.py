@@ -21,7 +21,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the CPU benchmarks; bench/gpu.py picks CUDA itself
 
 # A Llama-style LM of ~25M parameters (the world's 39-token vocabulary makes the embeddings tiny,
 # so nearly all of it is transformer blocks: the part whose cost freezing changes).

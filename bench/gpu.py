@@ -148,6 +148,7 @@ class Bench:
             return self.args.batch
         if self.dev.type != "cuda":
             return 2
+        self.step(self.batch(1))  # first step: the optimizer creates its state, not counted below
         peaks = []
         for b in (1, 2):
             torch.cuda.reset_peak_memory_stats(self.dev)
@@ -159,34 +160,39 @@ class Bench:
         size = int((self.args.fill * total - (peaks[0] - per_sample)) // per_sample)
         return max(1, min(size, self.args.max_batch))
 
+    def timed(self, size: int):
+        batch = self.batch(size)
+        for _ in range(self.args.warmup):
+            self.step(batch)
+        sync(self.dev)
+        t0 = time.perf_counter()
+        steps = 0
+        while steps < self.args.min_steps or time.perf_counter() - t0 < self.args.seconds:
+            self.step(batch)
+            steps += 1
+            sync(self.dev)  # so that the time check sees finished steps
+        return batch, steps, time.perf_counter() - t0
+
     def measure(self) -> dict:
         import torch
 
         size = self.pick_batch()
         while True:
+            oom = False
             try:
-                batch = self.batch(size)
-                for _ in range(self.args.warmup):
-                    self.step(batch)
-                sync(self.dev)
-                t0 = time.perf_counter()
-                steps = 0
-                while steps < self.args.min_steps or time.perf_counter() - t0 < self.args.seconds:
-                    self.step(batch)
-                    steps += 1
-                    if self.dev.type == "cuda":
-                        sync(self.dev)
-                sync(self.dev)
-                seconds = time.perf_counter() - t0
-                break
+                batch, steps, seconds = self.timed(size)
             except torch.cuda.OutOfMemoryError:
-                if size == 1:
-                    raise
-                size //= 2
-                del batch
-                self.engine.zero_grad()
-                gc.collect()
-                torch.cuda.empty_cache()
+                oom = True
+            if not oom:
+                break
+            # outside the except block, so the traceback no longer pins the step's tensors
+            if size == 1:
+                raise RuntimeError("out of memory at micro-batch 1")
+            size //= 2
+            self.engine.zero_grad()
+            gc.collect()
+            torch.cuda.empty_cache()
+            print(f"  out of memory: retrying with micro-batch {size}", flush=True)
         tokens = int(batch["attention_mask"].sum()) * steps
         images = size * steps
         memory = torch.cuda.max_memory_allocated(self.dev) if self.dev.type == "cuda" else 0
@@ -231,8 +237,12 @@ def main(argv=None) -> float:
     parser.add_argument("--trainable-7b", action="store_true", help="also try the 7B LM trainable (Adam)")
     parser.add_argument("--no-trainable", action="store_true", help="frozen only")
     args = parser.parse_args(argv)
+    import os
+
     import torch
 
+    if torch.cuda.is_available():  # before DeepSpeed is imported (`make` exports DS_ACCELERATOR=cpu)
+        os.environ["DS_ACCELERATOR"] = "cuda"
     from frozen_scale.distributed import engine as dist_engine
 
     dist_engine.init_distributed()
@@ -266,8 +276,8 @@ def main(argv=None) -> float:
             bench = Bench(args, lm, train_lm, dev, dtype, precision)
             try:
                 r = bench.measure()
-            except torch.cuda.OutOfMemoryError as err:
-                print(f"{size} {'trainable' if train_lm else 'frozen'}: out of memory ({err.__class__.__name__})")
+            except RuntimeError as err:  # out of memory even at micro-batch 1
+                print(f"{size} {'trainable' if train_lm else 'frozen'}: not measured ({err})", flush=True)
                 bench.close()
                 continue
             bench.close()
