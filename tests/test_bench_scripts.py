@@ -3,6 +3,7 @@
 No timing is asserted (the figures live in bench/RESULTS.md); only that each script runs, prints
 a finite ratio on its last line, and, for the memory benchmark, the facts that do not depend on
 machine load (ZeRO-3 halves the LM per rank; Adam state covers the trainable parameters only).
+Those over ~30 s on a 2-core CPU are marked slow.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def test_zero3_memory_quick_halves_the_lm_and_adam_covers_the_prefix_only():
     assert "optimizer state = Adam's for the trainable parameters, none for the LM: yes" in lines
 
 
+@pytest.mark.slow
 def test_loader_throughput_quick():
     lines = run_bench("loader_throughput.py", "--quick")
     last_ratio(lines, "loader_throughput ratio")
     assert sum(line.startswith("[") and "samples per CPU-second: ours" in line for line in lines) == 2
 
 
+@pytest.mark.slow
 def test_gpu_script_tiny_on_cpu():
     lines = run_bench("gpu.py", "--tiny")
     last_ratio(lines, "gpu frozen MFU")
