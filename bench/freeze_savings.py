@@ -7,8 +7,9 @@ LM folder and seed; the only difference is model.train_lm. Frozen: backward comp
 gradients through the LM but no weight gradients, and the optimizer holds the vision prefix only.
 Trainable: weight gradients for every LM matrix and Adam over all LM parameters. Physical
 expectation from FLOPs: (4 N_LM + prefix) / (6 N_LM + prefix) ~ 0.67 per token, before the
-optimizer step, which makes the trainable side slower still. Rounds alternate; the ratio is the
-median of per-round ratios. Each phase (forward, backward, optimizer step) is timed too.
+optimizer step, which makes the trainable side slower still. Rounds alternate (A B A B); the
+ratio is the median of per-round ratios of this process's CPU time, one torch thread (--threads),
+with the wall-clock ratio printed too. Each phase (forward, backward, optimizer step) is timed.
 Prints the ratio (frozen / trainable) last. Goal: <= 0.70.
 """
 

@@ -7,8 +7,10 @@ does (engine forward, backward, step). Baseline: the same FrozenVLM (same LM fol
 so the same initial weights), `torch.optim.AdamW` over the same trainable parameters in the same
 groups, the same gradient clipping and LR schedule, `loss.backward()`, `optimizer.step()`. Both
 consume the same batches (made once by our loader, held in memory) in the same order; rounds
-alternate between the two and the ratio is the median of per-round ratios. Both losses are
-printed: the two loops do the same math, so they track each other.
+alternate between the two (A B A B) and the ratio is the median of per-round ratios of this
+process's CPU time, one torch thread (--threads): on a shared machine wall time swings with other
+jobs, CPU time much less; the wall-clock ratio is printed too. Both losses are printed: the two
+loops do the same math, so they track each other.
 Prints the ratio (ours / hand-written) last. Goal: <= 1.05.
 """
 
