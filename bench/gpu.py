@@ -286,7 +286,8 @@ def main(argv=None) -> float:
             results.append(r)
             print(f"{size:>4} LM {n_lm / 1e6:,.1f}M {r['mode']:>9}: micro-batch {r['micro_batch']:>3}, "
                   f"{r['tokens_per_s']:>10,.0f} tokens/s, {r['achieved_tflops']:7.4g} TFLOP/s, "
-                  f"MFU {r['mfu']:.1%} of {'datasheet' if on_gpu else 'CPU'} peak, {r['mfu_measured_peak']:.1%} of measured; "
+                  f"MFU {r['mfu']:.1%} of {'datasheet' if on_gpu else 'CPU'} peak, "
+                  f"{r['mfu_measured_peak']:.1%} of measured; "
                   f"peak memory {r['peak_memory_gib']:.1f} GiB ({r['steps']} steps, {r['seconds']:.1f} s)", flush=True)
         del lm
         gc.collect()

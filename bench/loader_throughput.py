@@ -176,8 +176,8 @@ def compare(name: str, shard_dir: Path, tokenizer, image_size: int, batch_size: 
           f"{samples / median(times['ours']['wall']):.0f}, plain {samples / median(times['plain']['wall']):.0f}, "
           f"ratio {wall:.3f}")
     proto = median([1 / r for r in paired_ratios(times, "batched", "plain", "cpu")])
-    print(f"[{name}] prototype fix (batched caption tokenisation in collate): {samples / median(times['batched']['cpu']):.0f}"
-          f" samples per CPU-second, ratio to plain {proto:.3f}")
+    print(f"[{name}] prototype fix (batched caption tokenisation in collate): "
+          f"{samples / median(times['batched']['cpu']):.0f} samples per CPU-second, ratio to plain {proto:.3f}")
     return ratio
 
 
