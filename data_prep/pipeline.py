@@ -2,8 +2,9 @@
 
     manifest = run_job(source, "s3://bucket/cc3m", JobOptions(...))
 
-Ray is initialised here when it is not already (locally, or `address=` a cluster) and shut down
-again if this call started it. Committed shards are skipped, so re-running a job resumes it.
+Ray is initialised here when there is work and it is not already (a new local instance, or
+`address=` a cluster), and shut down again if this call started it. Committed shards are
+skipped, so re-running a job resumes it (and re-running a finished one starts nothing).
 A unit whose task still fails after its retries is reported (PrepIncomplete) after the manifest
 of everything committed has been written; re-running the job retries just those units.
 """
@@ -95,40 +96,41 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     mf.check_job(output_url, job, storage_options)
     mf.remove_stale_temporaries(output_url, storage_options)
     done = set(mf.committed_shards(output_url, storage_options))
-    started = _start_ray(address, num_cpus)
     failed: dict[int, str] = {}
     t0 = time.monotonic()
-    registry = None
+    started, registry, task, limit = False, None, None, 1
+    bar = _Progress(count_hint(source), progress)
+    if done and bar.bar.total is not None:
+        bar.bar.update(min(bar.bar.total, len(done) * opts.samples_per_shard))
+    pending: dict = {}
+
+    def collect(ready):
+        for ref in ready:
+            shard = pending.pop(ref)
+            try:
+                bar.update(ray.get(ref))
+            except (ray.exceptions.RayError, OSError, ValueError) as err:
+                failed[shard] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+                log.error("shard %05d failed: %s", shard, failed[shard])
+
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        # One task per CPU: more in flight makes Ray start extra worker processes for the queued
-        # tasks (a one-off cost each), while a finished task's successor is submitted at once.
-        limit = max_in_flight or max(1, cpus)
-        if opts.dedup_images and source.kind != "synthetic":
-            registry = HashRegistry.remote()
-            if done:
-                ray.get(registry.seed.remote(committed_hashes(output_url, sorted(done), storage_options)))
-        task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
-        if not started and _forwarded_env():
-            # Workers of a Ray we did not start may not share this process's storage credentials.
-            task_options["runtime_env"] = {"env_vars": _forwarded_env()}
-        task = _shard_task.options(**task_options)
-        total = count_hint(source)
-        bar = _Progress(total, progress)
-        if done and total is not None:
-            bar.bar.update(min(total, len(done) * opts.samples_per_shard))
-        pending: dict = {}
-
-        def collect(ready):
-            for ref in ready:
-                shard = pending.pop(ref)
-                try:
-                    bar.update(ray.get(ref))
-                except (ray.exceptions.RayError, OSError, ValueError) as err:
-                    failed[shard] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
-                    log.error("shard %05d failed: %s", shard, failed[shard])
-
         for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
+            if task is None:  # Ray starts only once there is work: re-running a finished job is instant
+                started = _start_ray(address, num_cpus)
+                # One task per CPU: more in flight makes Ray start extra worker processes for the
+                # queued tasks (a one-off cost each), while a finished task's successor is
+                # submitted at once.
+                limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+                if opts.dedup_images and source.kind != "synthetic":
+                    registry = HashRegistry.remote()
+                    if done:
+                        seed = committed_hashes(output_url, sorted(done), storage_options)
+                        ray.get(registry.seed.remote(seed))
+                task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
+                if not started and _forwarded_env():
+                    # Workers of a Ray we did not start may not share this process's credentials.
+                    task_options["runtime_env"] = {"env_vars": _forwarded_env()}
+                task = _shard_task.options(**task_options)
             if len(pending) >= limit:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 collect(ready)
@@ -136,8 +138,8 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             collect(ready)
-        bar.close()
     finally:
+        bar.close()
         if started:
             ray.shutdown()
         elif registry is not None:
