@@ -304,7 +304,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run-dir", default="runs/reproduce")
     parser.add_argument("--base", default="configs/tiny-cpu.yaml", help="run config the ablation starts from")
     parser.add_argument("--config", default="configs/reproduce-cpu.yaml", help="overrides laid over --base")
-    parser.add_argument("--nproc", type=int, default=1, help="DeepSpeed ranks (CPU processes) per training")
+    parser.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of "
                         + ", ".join(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds of training)")
