@@ -114,3 +114,19 @@ def test_activation_checkpointing_same_loss_and_grads_lm_stays_eval(tiny_lm_dir)
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     for g0, g1 in zip(results[0][1], results[1][1]):
         assert torch.allclose(g0, g1, atol=1e-6)
+
+
+def test_loader_collate_matches_the_generic_layout(tiny_lm_dir, tiny_shards):
+    from frozen_scale.data.loader import CaptionStream
+    from frozen_scale.data.shards import list_shards
+
+    tok = load_tokenizer(str(tiny_lm_dir))
+    ds = CaptionStream(list_shards(str(tiny_shards)), tok, k=2, image_size=16, batch_size=2, seed=0, rank=0,
+                       world_size=1, prompt="caption :", max_text_len=5)
+    items = [(torch.zeros(3, 16, 16), "a big red circle on the left", "k1"), (torch.zeros(3, 16, 16), "a small cat", "k2")]
+    fast = ds.collate(items)
+    generic = prompts.pad_batch([prompts.encode([prompts.Image(), prompts.Text("caption :"),
+                                                 prompts.Text(" " + cap, target=True)], tok, 2, max_target_tokens=5)
+                                 for _, cap, _ in items], tok.pad_token_id)
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(fast[key], generic[key]), key

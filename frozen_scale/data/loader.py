@@ -165,14 +165,18 @@ class CaptionStream(IterableDataset):
         return to_tensor(img, self.mean, self.std), caption, sample["__key__"]
 
     def collate(self, items):
-        segments = [prompts.Image()]
-        if self.prompt:
-            segments.append(prompts.Text(self.prompt))
-        encoded = [
-            prompts.encode(segments + [prompts.Text(" " + cap if self.prompt else cap, target=True)],
-                           self.tokenizer, self.k, max_target_tokens=self.max_text_len)
-            for _, cap, _ in items
-        ]
+        # [bos] [k image slots] [prompt] caption [eos]: the head is the same for every sample and
+        # the captions are tokenized in one call (same ids as prompts.encode, per sample).
+        if not hasattr(self, "_head"):
+            head = prompts.encode([prompts.Image()] + ([prompts.Text(self.prompt)] if self.prompt else []),
+                                  self.tokenizer, self.k)
+            self._head = head.input_ids
+        captions = [(" " + cap if self.prompt else cap) for _, cap, _ in items]
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        encoded = []
+        for ids in self.tokenizer(captions, add_special_tokens=False)["input_ids"]:
+            target = (ids + eos)[: self.max_text_len]
+            encoded.append(prompts.Encoded(self._head + target, [prompts.IGNORE] * len(self._head) + target, 1))
         batch = prompts.pad_batch(encoded, self.tokenizer.pad_token_id)
         batch["pixel_values"] = torch.stack([img for img, _, _ in items])
         batch["captions"] = [cap for _, cap, _ in items]

@@ -26,7 +26,8 @@ def measured_cpu_peak_tflops(n: int = 1024, seconds: float = 0.5) -> float:
 
 
 def vision_flops_per_image(model, image_size: int) -> int:
-    x = torch.zeros(1, 3, image_size, image_size, dtype=next(model.vision.parameters()).dtype)
+    ref = next(model.vision.parameters())
+    x = torch.zeros(1, 3, image_size, image_size, dtype=ref.dtype, device=ref.device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.vision(x)
     return int(counter.get_total_flops())
@@ -35,7 +36,7 @@ def vision_flops_per_image(model, image_size: int) -> int:
 class FlopsCounter:
     def __init__(self, model, counts: dict, cfg):
         n_lm = counts["lm"]
-        n_prefix = sum(p.numel() for p in model.prefix.parameters())
+        n_prefix = sum(getattr(p, "ds_numel", p.numel()) for p in model.prefix.parameters())
         self.per_token = (6 if cfg.model.train_lm else 4) * n_lm + 6 * n_prefix
         vision_trains = any(p.requires_grad for p in model.vision.parameters())
         self.per_image = vision_flops_per_image(model, cfg.model.vision.image_size) * (3 if vision_trains else 1)
