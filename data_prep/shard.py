@@ -221,16 +221,21 @@ def _dedup(batch: list[Result], registry, seen: set[str]) -> None:
             res.status, res.error, res.files = "duplicate", "duplicate_image", {}
 
 
-def _claimer(registry):
-    if registry is None:
-        return None
-    if hasattr(registry, "claim_many") and hasattr(registry.claim_many, "remote"):
-        class _Remote:
-            def claim_many(self, items):
-                import ray
+class _ActorClaims:
+    """Blocking claim_many over the dedup actor (data_prep.dedup.HashRegistry)."""
 
-                return ray.get(registry.claim_many.remote(items))
-        return _Remote()
+    def __init__(self, actor):
+        self.actor = actor
+
+    def claim_many(self, items: list[tuple[str, str]]) -> list[str]:
+        import ray
+
+        return ray.get(self.actor.claim_many.remote(items))
+
+
+def _claimer(registry):
+    if registry is not None and hasattr(getattr(registry, "claim_many", None), "remote"):
+        return _ActorClaims(registry)
     return registry
 
 
