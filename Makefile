@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 RUN_DIR ?= runs/demo
 export DS_ACCELERATOR ?= cpu
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench bench-prep install clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench: install
 	$(PY) bench/zero3_memory.py
 	$(PY) bench/loader_throughput.py
 	$(PY) bench/gpu.py --tiny
+
+# data_prep against img2dataset, which lives in its own environment (not a project dependency)
+bench/.peer-venv/bin/img2dataset:
+	$(PYTHON) -m venv bench/.peer-venv
+	bench/.peer-venv/bin/pip install -q img2dataset
+
+bench-prep: install bench/.peer-venv/bin/img2dataset
+	$(PY) bench/prep_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
