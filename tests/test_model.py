@@ -130,3 +130,17 @@ def test_loader_collate_matches_the_generic_layout(tiny_lm_dir, tiny_shards):
                                  for _, cap, _ in items], tok.pad_token_id)
     for key in ("input_ids", "labels", "attention_mask"):
         assert torch.equal(fast[key], generic[key]), key
+
+
+def test_forward_logits_do_not_depend_on_left_padding(tiny_lm_dir):
+    model = build(tiny_lm_dir).eval()
+    tok = load_tokenizer(str(tiny_lm_dir))
+    enc = [prompts.encode([prompts.Image(), prompts.Text("caption : a big red circle on the left")], tok, 2),
+           prompts.encode([prompts.Image(), prompts.Text("caption :")], tok, 2)]
+    both = prompts.pad_batch(enc, tok.pad_token_id, left=True)
+    alone = prompts.pad_batch(enc[1:], tok.pad_token_id, left=True)
+    pix = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        a = model(pix, both["input_ids"], both["attention_mask"])[1, -1]
+        b = model(pix[1:], alone["input_ids"], alone["attention_mask"])[0, -1]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

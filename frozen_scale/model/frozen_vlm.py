@@ -7,6 +7,7 @@ LM's own token embeddings. Images may be interleaved with text (few-shot prompts
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class FrozenVLM(nn.Module):
         norm = lm_embedding_norm if lm_embedding_norm is not None else embedding_norm(lm)
         self.prefix = PrefixMapper(self.vision.out_dim, cfg.prefix_length, hidden, norm)
         self.k = cfg.prefix_length
+        self._takes_position_ids = "position_ids" in inspect.signature(lm.forward).parameters
 
     # -- modes -------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -94,7 +96,10 @@ class FrozenVLM(nn.Module):
     def forward(self, pixel_values, input_ids, attention_mask, labels=None, **_):
         """Mean over samples of each sample's mean next-token loss on its target tokens."""
         embeds = self.embed(input_ids, pixel_values)
-        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        extra = {}
+        if self._takes_position_ids:  # left-padded rows start at position 0 too
+            extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, **extra)
         if labels is None:
             return out.logits
         logits = out.logits[:, :-1].float()
