@@ -16,19 +16,22 @@ from frozen_scale.data import prompts
 from frozen_scale.data.loader import to_tensor
 from frozen_scale.synthetic import text, world
 
-_OBJ = re.compile(r"a (small|big) (\w+) (circle|square|triangle)")
+_OBJ = re.compile(r"a (?:(small|big) )?(\w+) (circle|square|triangle)")
+
+
+ATTRIBUTES = ("color", "shape", "size") if len(world.SIZES) > 1 else ("color", "shape")
 
 
 def parse_caption(caption: str) -> list[dict]:
     """Objects named in a caption, in order: [{'size', 'color', 'shape'}, ...]."""
-    return [{"size": s, "color": c, "shape": h} for s, c, h in _OBJ.findall(caption)]
+    return [{"size": s or world.SIZES[-1], "color": c, "shape": h} for s, c, h in _OBJ.findall(caption)]
 
 
 def attribute_accuracy(pred: str, scene: world.Scene) -> dict[str, float]:
     """Per-attribute accuracy of one caption against the scene (objects matched by position)."""
     got = parse_caption(pred)
     out = {}
-    for attr in ("color", "shape", "size"):
+    for attr in ATTRIBUTES:
         hits = [i < len(got) and got[i][attr] == getattr(o, attr) for i, o in enumerate(scene.objects)]
         out[attr] = float(np.mean(hits))
     out["count"] = float(len(got) == len(scene.objects))
@@ -85,10 +88,10 @@ def caption_eval(model, tokenizer, *, seed: int, split: str, n: int, prompt: str
         refs = [world.caption(s) for s in scenes]
         exact = float(np.mean([normalize(p) == r for p, r in zip(preds, refs)]))
         attrs = [attribute_accuracy(normalize(p), s) for p, s in zip(preds, scenes)]
-        per_attr = {a: float(np.mean([x[a] for x in attrs])) for a in ("color", "shape", "size", "count")}
+        per_attr = {a: float(np.mean([x[a] for x in attrs])) for a in (*ATTRIBUTES, "count")}
         suffix = "_blind" if blind else ""
         result[f"caption_exact_match{suffix}"] = exact
-        result[f"caption_attribute_accuracy{suffix}"] = float(np.mean([per_attr[a] for a in ("color", "shape", "size")]))
+        result[f"caption_attribute_accuracy{suffix}"] = float(np.mean([per_attr[a] for a in ATTRIBUTES]))
         result[f"caption_per_attribute{suffix}"] = per_attr
         result[f"caption_examples{suffix}"] = [
             {"key": s.key, "reference": r, "prediction": p} for s, r, p in list(zip(scenes, refs, preds))[:8]

