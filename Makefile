@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 RUN_DIR ?= runs/demo
 export DS_ACCELERATOR ?= cpu
+# DeepSpeed JIT-compiles a small comm op on first use: build it per checkout, not in a shared cache
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
 .PHONY: demo test test-fast bench bench-prep install clean
 
