@@ -57,7 +57,9 @@ def test_blind_shards_hold_black_images_and_the_same_captions(tmp_path):
         samples = [s for shard in sorted(out.glob("*.tar")) for s in wds.WebDataset(str(shard), shardshuffle=False)]
         seen[blind] = samples
         extrema = [Image.open(io.BytesIO(s["png"])).convert("L").getextrema() for s in samples]
-        assert all(e == (0, 0) for e in extrema) if blind else all(e[1] > 100 for e in extrema)
+        # real scenes: some object brighter than the darkest object colour (blue, luminance ~88)
+        # allows and brighter than any background shade (<= 45)
+        assert all(e == (0, 0) for e in extrema) if blind else all(e[1] > 60 for e in extrema)
     assert [s["txt"] for s in seen[False]] == [s["txt"] for s in seen[True]]
     assert [s["__key__"] for s in seen[False]] == [s["__key__"] for s in seen[True]]
 
