@@ -36,10 +36,14 @@ def _free_port() -> int:
 def init_distributed() -> tuple[int, int]:
     """Initialise torch.distributed (single process too); returns (rank, world_size)."""
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a plain single process
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
         backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
+        if "RANK" not in os.environ:  # a plain single process: a file store, no port to race for
+            import tempfile
+
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            store = tempfile.NamedTemporaryFile(prefix="frozen_scale_pg_", delete=False).name
+            dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1,
+                                    timeout=datetime.timedelta(minutes=30))
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=30),
                                    verbose=False)
     if get_accelerator().device_name() != "cpu":
