@@ -40,7 +40,9 @@ def init_distributed() -> tuple[int, int]:
         if "RANK" not in os.environ:  # a plain single process: a file store, no port to race for
             import tempfile
 
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            # DeepSpeed reads LOCAL_RANK; RANK/MASTER_* stay unset so child processes do not
+            # inherit a launch environment that is not theirs
+            os.environ.setdefault("LOCAL_RANK", "0")
             store = tempfile.NamedTemporaryFile(prefix="frozen_scale_pg_", delete=False).name
             dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1,
                                     timeout=datetime.timedelta(minutes=30))
