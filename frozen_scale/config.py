@@ -217,6 +217,10 @@ class LMPretrainConfig:
     copy_fraction: float = 0.5
     """Fraction of documents that repeat their caption ('caption. caption.'), which teaches the
     LM to copy from context: the ability a prefix steers (see notes/calibration)."""
+    naming_fraction: float = 0.0
+    """Fraction of documents that are naming episodes ('a red circle . this is a dax . ...'), the
+    in-context naming the few-shot and binding evaluations probe; adds the paper's nonsense words
+    to the vocabulary. 0 (the demo) leaves the corpus and vocabulary as they were."""
 
 
 @dataclass

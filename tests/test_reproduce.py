@@ -113,3 +113,14 @@ def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
     assert rp.main(["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress",
                     "--base", str(BASE), "--config", str(OVERLAY)]) == 0
     assert json.loads((run / "ablation.json").read_text())["info"]["total_seconds"] < result["info"]["total_seconds"]
+
+
+def test_a_run_folder_refuses_another_config(tmp_path):
+    from frozen_scale.config import save_config
+
+    cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), [])
+    save_config(cfg, tmp_path / "config.yaml")
+    rp.check_same_config(tmp_path, cfg)  # the same config: stages are reused
+    other = rp.load_reproduce_config(str(BASE), str(OVERLAY), ["lm_pretrain.naming_fraction=0.1"])
+    with pytest.raises(SystemExit, match=r"lm_pretrain.naming_fraction: .* -> 0.1"):
+        rp.check_same_config(tmp_path, other)

@@ -145,7 +145,7 @@ def score(task: str, items: list[fw.Item], raw: list[str], tokenize: str = "ptb"
 
 # -- items ------------------------------------------------------------------------------------
 def world_items(task: str, meta: dict, *, seed: int, split: str, n: int, shots: int, ways: int,
-                image_size: int) -> list[fw.Item]:
+                image_size: int, language: fw.NamingLanguage = fw.STANDIN_NAMING) -> list[fw.Item]:
     if task == "caption":
         items = fw.caption_items(seed, split, n, meta.get("data", {}).get("prompt", ""), image_size)
         for it in items:
@@ -154,8 +154,8 @@ def world_items(task: str, meta: dict, *, seed: int, split: str, n: int, shots: 
     if task == "vqa":
         return fw.vqa_items(seed, split, n, shots, image_size)
     if task == "fewshot-cls":
-        return fw.classification_items(seed, n, ways, max(1, shots), image_size)
-    return fw.binding_items(seed, n, max(1, shots), image_size)
+        return fw.classification_items(seed, n, ways, max(1, shots), image_size, language)
+    return fw.binding_items(seed, n, max(1, shots), image_size, language)
 
 
 def effective_shots(task: str, shots: int) -> int:
@@ -255,7 +255,7 @@ def run_task(model, tokenizer, meta: dict, task: str, *, shots: int = 0, ways: i
     v = model.cfg.vision
     if items is None:
         items = world_items(task, meta, seed=seed, split=split, n=n, shots=shots, ways=ways,
-                            image_size=v.image_size)
+                            image_size=v.image_size, language=fw.naming_language(tokenizer))
     limit = max_new_tokens or ANSWER_TOKENS[task] or 24
     raw = generate(model, tokenizer, items, max_new_tokens=limit, num_beams=num_beams, batch_size=batch_size,
                    blind=blind, progress=progress, desc=f"{task}{' blind' if blind else ''}")

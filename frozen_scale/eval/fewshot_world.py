@@ -7,17 +7,18 @@ written in it:
 
 - captioning: [image, "caption :"] -> the canonical caption;
 - VQA, zero- and n-shot: ([image, "question : q answer :", " a ."] * n) + [image, "question : q answer :"];
-- open-ended n-way k-shot classification (miniImageNet style): support [image, "caption : a dax ."]
-  for single objects whose shape is the class, then [query image, "caption : a"] -> " dax";
+- open-ended n-way k-shot classification (miniImageNet style): support [image, "this is a dax ."]
+  for single objects whose shape is the class, then [query image, "this is a"] -> " dax";
 - fast concept binding: the same support, then a two-object query image and
   "question : what color is the dax ? answer :" -> the colour of the object whose shape was
-  named "dax" in the episode. Support colours differ from the query's, so copying a colour from
-  the support never answers it: the name must be bound to a shape and the colour read off the
-  query image.
+  named "dax" in the episode (episodes: `frozen_scale.synthetic.episodes`).
 
-Nonsense names: "dax", "blicket", ... are not in the world's vocabulary (they would all encode to
-the same <unk>). The episodes use NAME_POOL instead: vocabulary words that never name a colour,
-shape or size, shuffled per episode, so a name carries no information outside the episode.
+Names: an LM pretrained with naming documents (`lm_pretrain.naming_fraction` > 0) has the paper's
+nonsense words ("dax", "blicket", ...) and the "this is a" statement in its vocabulary, and the
+episodes use them. The demo's LM has neither (they would encode to <unk>), so its episodes fall
+back to STANDIN_NAMES — vocabulary words that never name a colour, shape or size — in the
+caption format ("caption : a what ."). Either way names are shuffled per episode, so a name
+carries no information outside it.
 """
 
 from __future__ import annotations
@@ -29,15 +30,30 @@ from PIL import Image as PILImage
 
 from frozen_scale.data.prompts import Image, Text
 from frozen_scale.eval import fewshot
-from frozen_scale.synthetic import text, world
+from frozen_scale.synthetic import episodes, text, world
 
-NAME_POOL = ("what", "how", "many", "there")
-"""Stand-ins for the paper's nonsense words: in the vocabulary, never a colour, shape or size."""
-
-SUPPORT_TEMPLATE = "caption : a {name} ."
-CLASSIFICATION_QUERY = "caption : a"
+STANDIN_NAMES = ("what", "how", "many", "there")
+"""Stand-ins for the nonsense words when the LM's vocabulary lacks them."""
 _FEWSHOT_SPLIT = "eval"
 _SHOT_OFFSET = 1_000_000  # scene indices of VQA shots: far from the query scenes
+
+
+@dataclass(frozen=True)
+class NamingLanguage:
+    """How an episode writes names: the names, a support caption and the classification query."""
+
+    names: tuple[str, ...]
+    template: str
+    query: str
+
+
+PAPER_NAMING = NamingLanguage(fewshot.NONSENSE_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
+STANDIN_NAMING = NamingLanguage(STANDIN_NAMES, "caption : a {name} .", "caption : a")
+
+
+def naming_language(tokenizer) -> NamingLanguage:
+    """The paper's nonsense words if the LM's vocabulary has them, else the stand-ins."""
+    return PAPER_NAMING if text.knows_naming(tokenizer) else STANDIN_NAMING
 
 
 @dataclass
@@ -53,17 +69,6 @@ class Item:
 def black_image(image_size: int) -> PILImage.Image:
     """What a blind model sees instead of every image."""
     return PILImage.new("RGB", (image_size, image_size), (0, 0, 0))
-
-
-def _allowed_colors(shape: str) -> list[str]:
-    return [c for c in world.COLORS if (c, shape) not in world.HELDOUT_COMBOS]
-
-
-def _scene(rng: np.random.Generator, objects: list[tuple[str, str, str]], index: int) -> world.Scene:
-    positions = ["center"] if len(objects) == 1 else ["left", "right"]
-    objs = tuple(world.Obj(c, s, z, p) for (c, s, z), p in zip(objects, positions))
-    jitter = tuple(float(x) for x in rng.uniform(-1, 1, size=2 * len(objs) + 1))
-    return world.Scene(_FEWSHOT_SPLIT, index, objs, jitter)
 
 
 def caption_items(seed: int, split: str, n: int, prompt: str, image_size: int) -> list[Item]:
@@ -98,58 +103,36 @@ def vqa_items(seed: int, split: str, n: int, shots: int, image_size: int) -> lis
     return items
 
 
-def _support(rng, shapes, names, shots, image_size, index, avoid_colors=()):
-    pairs = []
-    for _ in range(shots):
-        for shape in rng.permutation(shapes):
-            colors = [c for c in _allowed_colors(str(shape)) if c not in avoid_colors]
-            obj = (str(rng.choice(colors)), str(shape), str(rng.choice(world.SIZES)))
-            pairs.append((world.render(_scene(rng, [obj], index), image_size), names[str(shape)]))
-    return pairs
+def _render_support(ep: episodes.Episode, image_size: int) -> list:
+    return [(world.render(scene, image_size), name) for scene, name in ep.support]
 
 
 def classification_items(seed: int, n: int, ways: int, shots: int, image_size: int,
-                         names: tuple[str, ...] = NAME_POOL) -> list[Item]:
+                         language: NamingLanguage = STANDIN_NAMING) -> list[Item]:
     """Open-ended `ways`-way `shots`-shot classification of single objects by shape."""
-    if not 2 <= ways <= min(len(world.SHAPES), len(names)):
-        raise ValueError(f"ways must be between 2 and {min(len(world.SHAPES), len(names))}, got {ways}")
     items = []
     for i in range(n):
         rng = np.random.default_rng([seed, 77, ways, shots, i])
-        shapes = [str(s) for s in rng.choice(world.SHAPES, ways, replace=False)]
-        bound = fewshot.assign_nonsense_names(shapes, rng, names)
-        support = _support(rng, shapes, bound, shots, image_size, i)
-        q_shape = str(rng.choice(shapes))
-        q_obj = (str(rng.choice(_allowed_colors(q_shape))), q_shape, str(rng.choice(world.SIZES)))
-        query = world.render(_scene(rng, [q_obj], i), image_size)
-        prompt = fewshot.open_ended_classification(support, query, bound[q_shape],
-                                                   caption_template=SUPPORT_TEMPLATE,
-                                                   question=CLASSIFICATION_QUERY)
+        ep = episodes.classification(rng, ways, shots, language.names, _FEWSHOT_SPLIT, i)
+        prompt = fewshot.open_ended_classification(_render_support(ep, image_size),
+                                                   world.render(ep.query, image_size), ep.answer,
+                                                   caption_template=language.template,
+                                                   question=language.query)
         items.append(Item(f"cls-{ways}way{shots}shot-{i:06d}", list(prompt.segments), list(prompt.images),
-                          [prompt.answer], {"bound": bound}))
+                          [prompt.answer], {"bound": ep.bound}))
     return items
 
 
 def binding_items(seed: int, n: int, shots: int, image_size: int,
-                  names: tuple[str, ...] = NAME_POOL) -> list[Item]:
+                  language: NamingLanguage = STANDIN_NAMING) -> list[Item]:
     """Fast concept binding: two shapes get names in context; ask the colour of one by name."""
     items = []
     for i in range(n):
         rng = np.random.default_rng([seed, 88, shots, i])
-        shapes = [str(s) for s in rng.choice(world.SHAPES, 2, replace=False)]
-        bound = fewshot.assign_nonsense_names(shapes, rng, names)
-        q_objs = []
-        used: list[str] = []
-        for shape in rng.permutation(shapes):
-            color = str(rng.choice([c for c in _allowed_colors(str(shape)) if c not in used]))
-            used.append(color)
-            q_objs.append((color, str(shape), str(rng.choice(world.SIZES))))
-        support = _support(rng, shapes, bound, shots, image_size, i, avoid_colors=used)
-        query = world.render(_scene(rng, q_objs, i), image_size)
-        asked = q_objs[int(rng.integers(2))]
-        question = text.question_prompt(f"what color is the {bound[asked[1]]} ?")
-        prompt = fewshot.concept_binding(support, query, question, asked[0],
-                                         caption_template=SUPPORT_TEMPLATE)
+        ep = episodes.binding(rng, shots, language.names, _FEWSHOT_SPLIT, i)
+        prompt = fewshot.concept_binding(_render_support(ep, image_size), world.render(ep.query, image_size),
+                                         text.question_prompt(ep.question()), ep.answer,
+                                         caption_template=language.template)
         items.append(Item(f"bind-{shots}shot-{i:06d}", list(prompt.segments), list(prompt.images),
-                          [prompt.answer], {"bound": bound, "asked": bound[asked[1]]}))
+                          [prompt.answer], {"bound": ep.bound, "asked": ep.asked}))
     return items

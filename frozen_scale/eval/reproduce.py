@@ -127,7 +127,7 @@ def scratch_lm(run: Path, cfg: FrozenConfig) -> Path:
     if (out / "config.json").exists():
         return out
     pc = cfg.lm_pretrain
-    tok = text.build_tokenizer()
+    tok = text.build_tokenizer(naming=pc.naming_fraction > 0)
     lm_cfg = tiny_lm_config(pc.arch, len(tok), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
                             tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     torch.manual_seed(cfg.world.seed)
@@ -210,11 +210,15 @@ def write_table(run: Path, results: dict[str, dict], info: dict) -> Path:
         loss = f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
     lm = info.get("lm", {})
+    naming = ""
+    if "text_binding_accuracy" in lm:
+        naming = (f", with naming episodes written as text: 2-way 1-shot classification "
+                  f"{lm['text_classification_accuracy']:.3f}, binding {lm['text_binding_accuracy']:.3f}")
     head = [
         "# The Frozen ablation on the built-in world",
         "",
         f"LM: {lm.get('arch')} with {lm.get('parameters', 0):,} parameters, pretrained {info['lm_steps']} steps "
-        f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}). "
+        f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{naming}). "
         f"Prefix training: {info['train_steps']} steps x {info['batch']} captions on {info['nproc']} rank(s). "
         f"Evaluation: {info['num_samples']} held-out items per task, greedy decoding. "
         f"Wall time {info['total_seconds']:.0f} s.",
@@ -265,10 +269,34 @@ def plot(run: Path, results: dict[str, dict]) -> Path:
 
 
 # -- entry ------------------------------------------------------------------------------------
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_same_config(run: Path, cfg: FrozenConfig) -> None:
+    """Finished stages are reused, so a folder must not mix two configurations."""
+    from frozen_scale.config import to_dict
+
+    old_path = run / "config.yaml"
+    if not old_path.exists():
+        return
+    old, new = _flatten(yaml.safe_load(old_path.read_text()) or {}), _flatten(to_dict(cfg))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])
+        raise SystemExit(f"{run} holds a reproduce run with another config ({shown}"
+                         f"{', ...' if len(differ) > 6 else ''}); its finished stages would be reused. "
+                         f"Use another --run-dir, or delete {run} to start over.")
+
+
 def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str], progress: bool) -> dict:
     t_start = time.perf_counter()
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    check_same_config(run, cfg)
     save_config(cfg, run / "config.yaml")
     timings = {}
     t = time.perf_counter()

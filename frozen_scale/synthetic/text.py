@@ -4,6 +4,13 @@ Documents have a context sentence (a scene's caption) followed by one or two tas
 it: a caption task ("caption : <the caption> .") or a question ("question : <q> answer : <a> .").
 Prefix training replaces the written context with an image prefix, so the same tasks asked after
 an image test whether what the LM learned from text transfers to images.
+
+Naming documents (optional, `lm_pretrain.naming_fraction`): the few-shot episodes of
+`synthetic.episodes` written as text — "a red circle . this is a dax . a blue square . this is a
+blicket . a green circle . this is a dax ." or a binding question after a two-object scene — with
+the paper's nonsense words, which then join the vocabulary. They give the LM the in-context
+naming ability the paper's few-shot and binding evaluations probe (a large LM has it from web
+text; the world's LM has to see it somewhere).
 """
 
 from __future__ import annotations
@@ -14,13 +21,18 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from frozen_scale.synthetic import world
+from frozen_scale.eval.fewshot import NONSENSE_NAMES
+from frozen_scale.synthetic import episodes, world
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
 UNK = "<unk>"
 
 CAPTION_PROMPT = "caption :"
+NAMING_TEMPLATE = "this is a {name} ."
+NAMING_QUERY = "this is a"
+NAMING_WORDS = (*NONSENSE_NAMES, "this")
+"""Words only the naming documents use: in the vocabulary only when the LM is pretrained on them."""
 
 
 def question_prompt(question: str) -> str:
@@ -31,8 +43,9 @@ def context(scene: world.Scene) -> str:
     return f"{world.caption(scene)} ."
 
 
-def _all_words() -> list[str]:
-    words = {"a", "on", "the", "and", "left", "right", ".", ":", "?", "caption", "question", "answer"}
+def _all_words(naming: bool = False) -> list[str]:
+    words = set(NAMING_WORDS) if naming else set()
+    words |= {"a", "on", "the", "and", "left", "right", ".", ":", "?", "caption", "question", "answer"}
     words.update(world.COLORS, world.SHAPES, world.SIZES, world.NUMBER_WORDS.values())
     for scene_split in world.SPLITS:
         for scene in world.scenes(0, scene_split, 200):
@@ -42,12 +55,13 @@ def _all_words() -> list[str]:
     return sorted(words)
 
 
-def build_tokenizer(out_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
-    """Train a word-level tokenizer on the world's vocabulary; save it if out_dir is given."""
+def build_tokenizer(out_dir: str | Path | None = None, naming: bool = False) -> PreTrainedTokenizerFast:
+    """Train a word-level tokenizer on the world's vocabulary (with NAMING_WORDS when `naming`);
+    save it if out_dir is given."""
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     trainer = trainers.WordLevelTrainer(special_tokens=[EOS, PAD, UNK], min_frequency=1)
-    tok.train_from_iterator([" ".join(_all_words())], trainer=trainer)
+    tok.train_from_iterator([" ".join(_all_words(naming))], trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
     )
@@ -70,12 +84,59 @@ def document(scene: world.Scene, rng: np.random.Generator, copy_fraction: float)
     return " ".join(parts)
 
 
-def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5) -> list[str]:
+def knows_naming(tokenizer) -> bool:
+    """Whether a tokenizer has the naming documents' words (the LM was pretrained on them)."""
+    vocab = tokenizer.get_vocab()
+    return all(w in vocab for w in NAMING_WORDS)
+
+
+def episode_text(ep: episodes.Episode) -> str:
+    """A naming episode written as text: every scene as its caption, the names as statements."""
+    parts = [f"{context(scene)} {NAMING_TEMPLATE.format(name=name)}" for scene, name in ep.support]
+    if ep.asked is None:
+        parts.append(f"{context(ep.query)} {NAMING_TEMPLATE.format(name=ep.answer)}")
+    else:
+        parts.append(f"{context(ep.query)} {question_prompt(ep.question())} {ep.answer} .")
+    return " ".join(parts)
+
+
+# (ways, shots) of the classification documents and shots of the binding ones, longest first; a
+# document takes one that fits the pretraining sequence length (a scene and its name: 9 tokens).
+_CLASSIFICATION_SHAPES = ((3, 2), (2, 3), (2, 2), (3, 1), (2, 1))
+_BINDING_SHOTS = (2, 1)
+
+
+def _fits(scenes: int, tail: int, seq_len: int) -> bool:
+    return 2 + 9 * scenes + tail <= seq_len
+
+
+def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48) -> str:
+    """A naming episode as text: classification (several shots, so that every repeated shape's name
+    is predictable) or binding, as long as fits in `seq_len` tokens."""
+    if rng.random() < 0.5:
+        shapes = [ws for ws in _CLASSIFICATION_SHAPES if _fits(ws[0] * ws[1] + 1, 0, seq_len)]
+        if not shapes:
+            raise ValueError(f"seq_len {seq_len} is too short for naming documents")
+        ways, shots = shapes[int(rng.integers(len(shapes)))]
+        ep = episodes.classification(rng, ways, shots, NONSENSE_NAMES, split="train", index=index)
+    else:
+        shots = [k for k in _BINDING_SHOTS if _fits(2 * k, 24, seq_len)] or [1]
+        ep = episodes.binding(rng, shots[int(rng.integers(len(shots)))], NONSENSE_NAMES, split="train", index=index)
+    return episode_text(ep)
+
+
+def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
+           seq_len: int = 48) -> list[str]:
     """The LM's pretraining text. Drawn from every split: the LM knows the whole language;
-    only the image-caption pairs of prefix training avoid the held-out combinations."""
+    only the image-caption pairs of prefix training avoid the held-out combinations.
+    A `naming_fraction` of the documents are naming episodes (none by default)."""
     rng = np.random.default_rng([seed, 7])
+    naming_rng = np.random.default_rng([seed, 8])
     docs = []
     for i in range(num_documents):
+        if naming_fraction > 0 and naming_rng.random() < naming_fraction:
+            docs.append(naming_document(naming_rng, i, seq_len))
+            continue
         split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
         scene = world.make_scene(seed + 1000, split, i)
         docs.append(document(scene, rng, copy_fraction))

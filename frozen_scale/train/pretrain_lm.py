@@ -62,8 +62,10 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
 
     torch.manual_seed(seed)
     out = Path(out_dir)
-    tokenizer = text.build_tokenizer()
-    docs = text.corpus(seed, pc.num_documents, pc.copy_fraction)
+    if not 0.0 <= pc.naming_fraction < 1.0:
+        raise ValueError(f"lm_pretrain.naming_fraction must be in [0, 1), got {pc.naming_fraction}")
+    tokenizer = text.build_tokenizer(naming=pc.naming_fraction > 0)
+    docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len)
     data = encode_corpus(docs, tokenizer, pc.seq_len)
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
@@ -93,6 +95,8 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     summary = {"arch": pc.arch, "parameters": sum(p.numel() for p in model.parameters()),
                "final_loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - t0,
                "text_qa_accuracy": text_qa_accuracy(model, tokenizer, seed)}
+    if pc.naming_fraction > 0:
+        summary.update(text_naming_accuracy(model, tokenizer, seed))
     log.info("LM pretrained: %s", summary)
     return summary
 
@@ -109,6 +113,31 @@ def text_qa_accuracy(model, tokenizer, seed: int, n: int = 200) -> float:
         q, a = qa[int(rng.integers(len(qa)))]
         prompts.append(f"{text.context(scene)} {text.question_prompt(q)}")
         answers.append(a)
+    return _first_word_accuracy(model, tokenizer, prompts, answers)
+
+
+@torch.no_grad()
+def text_naming_accuracy(model, tokenizer, seed: int, n: int = 200) -> dict:
+    """Held-out naming episodes written as text, as the image evaluations ask them: 2-way 1-shot
+    classification and 1-shot binding, every scene given by its caption."""
+    from frozen_scale.eval.fewshot import NONSENSE_NAMES
+    from frozen_scale.synthetic import episodes
+
+    out = {}
+    for kind in ("classification", "binding"):
+        prompts, answers = [], []
+        for i in range(n):
+            rng = np.random.default_rng([seed, 98, i])
+            ep = (episodes.classification(rng, 2, 1, NONSENSE_NAMES, index=i) if kind == "classification"
+                  else episodes.binding(rng, 1, NONSENSE_NAMES, index=i))
+            written = text.episode_text(ep)
+            prompts.append(written[: written.rindex(f" {ep.answer} .")])
+            answers.append(ep.answer)
+        out[f"text_{kind}_accuracy"] = _first_word_accuracy(model, tokenizer, prompts, answers)
+    return out
+
+
+def _first_word_accuracy(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
     tokenizer.padding_side = "left"
     enc = tokenizer([tokenizer.bos_token + " " + p for p in prompts], return_tensors="pt", padding=True,
                     add_special_tokens=False)
@@ -123,7 +152,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("config", nargs="?", help="run config (its lm_pretrain section is used)")
     parser.add_argument("--out", required=True, help="folder to save the LM and tokenizer into")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     print(pretrain(cfg.lm_pretrain, args.out, seed=cfg.world.seed))
