@@ -221,6 +221,10 @@ class LMPretrainConfig:
     """Fraction of documents that are naming episodes ('a red circle . this is a dax . ...'), the
     in-context naming the few-shot and binding evaluations probe; adds the paper's nonsense words
     to the vocabulary. 0 (the demo) leaves the corpus and vocabulary as they were."""
+    naming_steps: int = 0
+    """A curriculum: the first naming_steps steps draw naming documents only, the rest the mixed
+    corpus. A 0.8M-parameter LM learns in-context naming this way (text-only 2-way classification
+    1.0 after ~1000 such steps) but not from a mixed corpus alone (chance after 3000 steps at 70%)."""
 
 
 @dataclass

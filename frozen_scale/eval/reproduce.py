@@ -121,13 +121,13 @@ def scratch_lm(run: Path, cfg: FrozenConfig) -> Path:
     from transformers import AutoModelForCausalLM
 
     from frozen_scale.synthetic import text
-    from frozen_scale.train.pretrain_lm import tiny_lm_config
+    from frozen_scale.train.pretrain_lm import tiny_lm_config, uses_naming
 
     out = run / "lm_scratch"
     if (out / "config.json").exists():
         return out
     pc = cfg.lm_pretrain
-    tok = text.build_tokenizer(naming=pc.naming_fraction > 0)
+    tok = text.build_tokenizer(naming=uses_naming(pc))
     lm_cfg = tiny_lm_config(pc.arch, len(tok), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
                             tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     torch.manual_seed(cfg.world.seed)

@@ -125,6 +125,12 @@ def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48) -> 
     return episode_text(ep)
 
 
+def naming_corpus(seed: int, num_documents: int, seq_len: int = 48) -> list[str]:
+    """Naming documents only (the start of the naming curriculum, `lm_pretrain.naming_steps`)."""
+    rng = np.random.default_rng([seed, 9])
+    return [naming_document(rng, i, seq_len) for i in range(num_documents)]
+
+
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
            seq_len: int = 48) -> list[str]:
     """The LM's pretraining text. Drawn from every split: the LM knows the whole language;

@@ -46,6 +46,11 @@ def tiny_lm_config(arch: str, vocab_size: int, n_layer: int, n_embd: int, n_head
     raise ValueError(f"unknown LM architecture '{arch}'")
 
 
+def uses_naming(pc: LMPretrainConfig) -> bool:
+    """Whether the LM pretrains on naming documents (and so has their words in its vocabulary)."""
+    return pc.naming_fraction > 0 or pc.naming_steps > 0
+
+
 def encode_corpus(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
     """[N, seq_len] ids: bos + document + eos, right-padded (pad masked from the loss)."""
     rows = torch.full((len(docs), seq_len), tokenizer.pad_token_id, dtype=torch.long)
@@ -64,9 +69,15 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     out = Path(out_dir)
     if not 0.0 <= pc.naming_fraction < 1.0:
         raise ValueError(f"lm_pretrain.naming_fraction must be in [0, 1), got {pc.naming_fraction}")
-    tokenizer = text.build_tokenizer(naming=pc.naming_fraction > 0)
+    if not 0 <= pc.naming_steps < pc.steps:
+        raise ValueError(f"lm_pretrain.naming_steps must be in [0, steps={pc.steps}), got {pc.naming_steps}")
+    naming = uses_naming(pc)
+    tokenizer = text.build_tokenizer(naming=naming)
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len)
     data = encode_corpus(docs, tokenizer, pc.seq_len)
+    naming_data = None
+    if pc.naming_steps:
+        naming_data = encode_corpus(text.naming_corpus(seed, pc.num_documents, pc.seq_len), tokenizer, pc.seq_len)
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
@@ -76,8 +87,8 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     model.train()
     t0, losses = time.perf_counter(), []
     for step in tqdm(range(pc.steps), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
-        idx = torch.randint(0, len(data), (pc.batch_size,), generator=gen)
-        ids = data[idx]
+        source = naming_data if step < pc.naming_steps else data
+        ids = source[torch.randint(0, len(source), (pc.batch_size,), generator=gen)]
         width = int((ids != tokenizer.pad_token_id).sum(1).max())
         ids = ids[:, :width]
         labels = ids.masked_fill(ids == tokenizer.pad_token_id, -100)
@@ -95,7 +106,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     summary = {"arch": pc.arch, "parameters": sum(p.numel() for p in model.parameters()),
                "final_loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - t0,
                "text_qa_accuracy": text_qa_accuracy(model, tokenizer, seed)}
-    if pc.naming_fraction > 0:
+    if naming:
         summary.update(text_naming_accuracy(model, tokenizer, seed))
     log.info("LM pretrained: %s", summary)
     return summary
