@@ -23,7 +23,10 @@ def test_overlay_is_laid_over_the_demo_config():
     overlay = yaml.safe_load(OVERLAY.read_text())
     assert cfg.train.steps == overlay["train"]["steps"] and cfg.checkpoint.every == overlay["checkpoint"]["every"]
     assert cfg.eval.num_samples == overlay["eval"]["num_samples"]
-    assert cfg.model == base.model and cfg.lm_pretrain == base.lm_pretrain  # untouched sections stay the demo's
+    assert cfg.model == base.model and cfg.data == base.data  # untouched sections stay the demo's
+    for key, value in vars(cfg.lm_pretrain).items():  # the LM: the demo's, but for the naming curriculum
+        assert value == overlay["lm_pretrain"].get(key, getattr(base.lm_pretrain, key)), key
+    assert cfg.lm_pretrain.naming_steps > 0 and base.lm_pretrain.naming_steps == base.lm_pretrain.naming_fraction == 0
     assert cfg.train.lr == base.train.lr and cfg.eval.batch_size == 7
     quick = rp.load_reproduce_config(str(BASE), str(OVERLAY), rp.QUICK)
     assert quick.train.steps <= 5 and quick.lm_pretrain.n_embd == 32

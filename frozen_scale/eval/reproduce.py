@@ -11,6 +11,10 @@ Each is evaluated on captioning (CIDEr, BLEU-4, exact match), zero-shot and 2-sh
 questions were never seen with images), open-ended 2-way 1-shot classification and fast
 concept binding. Writes {run}/ablation.md, ablation.json and ablation.png.
 
+The LM's text includes naming episodes (configs/reproduce-cpu.yaml: lm_pretrain.naming_steps,
+naming_fraction), so that the few-shot tasks probe an ability the LM has in text; the table's
+header gives the LM's text-only accuracy on them, the ceiling for what can transfer to images.
+
 The run config is configs/tiny-cpu.yaml with configs/reproduce-cpu.yaml laid over it (then dotted
 overrides). Finished stages are reused when the command is run again on the same folder.
 """
@@ -50,7 +54,8 @@ EVALS = (
 )
 QUICK = [
     "lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2", "lm_pretrain.steps=5",
-    "lm_pretrain.num_documents=100", "lm_pretrain.batch_size=8", "world.num_train=48",
+    "lm_pretrain.num_documents=100", "lm_pretrain.batch_size=8", "lm_pretrain.naming_steps=2",
+    "world.num_train=48",
     "world.samples_per_shard=24", "model.vision.image_size=16", "model.vision.resnet_widths=[8,16]",
     "model.prefix_length=2", "train.steps=2", "train.micro_batch_size=4", "train.log_every=1",
     "train.warmup_steps=0", "checkpoint.every=0", "data.shuffle_buffer=8", "data.num_workers=0",

@@ -1,0 +1,69 @@
+"""`frozen-scale pretrain-lm`: the naming curriculum draws naming documents first, then the
+mixed corpus; the vocabulary has the naming words exactly when naming is on; bad settings are
+refused before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from frozen_scale.config import LMPretrainConfig
+from frozen_scale.synthetic import text
+from frozen_scale.train import pretrain_lm
+
+TINY = dict(n_layer=1, n_embd=16, n_head=2, batch_size=8, num_documents=60, seq_len=72)
+
+
+def _record_batches(monkeypatch) -> list[torch.Tensor]:
+    import transformers
+
+    seen: list[torch.Tensor] = []
+    original = transformers.AutoModelForCausalLM.from_config
+
+    def from_config(cfg, **kw):
+        model = original(cfg, **kw)
+
+        def hook(_module, _args, kwargs):
+            if torch.is_grad_enabled():  # training steps, not the accuracy probes after them
+                seen.append(kwargs["input_ids"].clone())
+
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", from_config)
+    return seen
+
+
+def test_naming_curriculum_then_mixed_corpus(tmp_path, monkeypatch):
+    seen = _record_batches(monkeypatch)
+    pc = LMPretrainConfig(steps=6, naming_steps=3, naming_fraction=0.0, **TINY)
+    summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    tok = text.build_tokenizer(naming=True)
+    this = tok.convert_tokens_to_ids("this")
+    assert len(seen) == 6
+    named = [bool((ids == this).any(dim=1).all()) for ids in seen]
+    assert named[:3] == [True] * 3  # every document of the first steps names something
+    assert not any(bool((ids == this).any()) for ids in seen[3:])  # naming_fraction 0 afterwards
+    assert {"text_classification_accuracy", "text_binding_accuracy"} <= set(summary)
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
+    assert text.knows_naming(saved)
+
+
+def test_without_naming_the_vocabulary_is_the_worlds(tmp_path):
+    pc = LMPretrainConfig(steps=2, **TINY)
+    summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    from transformers import AutoTokenizer
+
+    assert not text.knows_naming(AutoTokenizer.from_pretrained(str(tmp_path / "lm")))
+    assert "text_binding_accuracy" not in summary
+
+
+@pytest.mark.parametrize("bad, match", [({"naming_steps": 6}, "naming_steps"),
+                                        ({"naming_fraction": 1.0}, "naming_fraction")])
+def test_bad_naming_settings_are_refused(tmp_path, bad, match):
+    pc = LMPretrainConfig(**{**dict(steps=6, **TINY), **bad})
+    with pytest.raises(ValueError, match=match):
+        pretrain_lm.pretrain(pc, str(tmp_path / "lm"), progress=False)
+    assert not (tmp_path / "lm").exists()
