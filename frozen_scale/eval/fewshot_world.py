@@ -13,7 +13,7 @@ written in it:
   "question : what color is the dax ? answer :" -> the colour of the object whose shape was
   named "dax" in the episode (episodes: `frozen_scale.synthetic.episodes`).
 
-Names: an LM pretrained with naming documents (`lm_pretrain.naming_fraction` > 0) has the paper's
+Names: an LM pretrained with naming documents (`lm_pretrain.naming_steps` or `naming_fraction`) has the paper's
 nonsense words ("dax", "blicket", ...) and the "this is a" statement in its vocabulary, and the
 episodes use them. The demo's LM has neither (they would encode to <unk>), so its episodes fall
 back to STANDIN_NAMES — vocabulary words that never name a colour, shape or size — in the

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from frozen_scale.eval.fewshot import assign_nonsense_names
 from frozen_scale.synthetic import world
 
 
@@ -55,13 +56,6 @@ def _scene(rng: np.random.Generator, split: str, index: int,
     return world.Scene(split, index, objs, jitter)
 
 
-def _bind(shapes: list[str], rng: np.random.Generator, names) -> dict:
-    if len(names) < len(shapes):
-        raise ValueError(f"{len(shapes)} shapes but only {len(names)} names: {list(names)}")
-    pool = [names[i] for i in rng.permutation(len(names))]
-    return dict(zip(shapes, pool))
-
-
 def _support(rng, split, index, shapes, bound, shots, avoid_colors=()):
     pairs = []
     for _ in range(shots):
@@ -79,7 +73,7 @@ def classification(rng: np.random.Generator, ways: int, shots: int, names, split
     if not 2 <= ways <= min(len(world.SHAPES), len(names)):
         raise ValueError(f"ways must be between 2 and {min(len(world.SHAPES), len(names))}, got {ways}")
     shapes = [str(s) for s in rng.choice(world.SHAPES, ways, replace=False)]
-    bound = _bind(shapes, rng, names)
+    bound = assign_nonsense_names(shapes, rng, names)
     support = _support(rng, split, index, shapes, bound, shots)
     q_shape = str(rng.choice(shapes))
     q_obj = (str(rng.choice(_allowed_colors(q_shape))), q_shape, str(rng.choice(world.SIZES)))
@@ -89,7 +83,7 @@ def classification(rng: np.random.Generator, ways: int, shots: int, names, split
 def binding(rng: np.random.Generator, shots: int, names, split: str = "eval", index: int = 0) -> Episode:
     """Two shapes get names in context; the query shows both; ask the colour of one by name."""
     shapes = [str(s) for s in rng.choice(world.SHAPES, 2, replace=False)]
-    bound = _bind(shapes, rng, names)
+    bound = assign_nonsense_names(shapes, rng, names)
     q_objs, used = [], []
     for shape in rng.permutation(shapes):
         color = str(rng.choice([c for c in _allowed_colors(str(shape)) if c not in used]))
