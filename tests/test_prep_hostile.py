@@ -30,7 +30,7 @@ CASES = [
     ("/ok.png", dict(body=PNG, content_type="image/png"), b"a drawing", "success", None),
     ("/missing.jpg", None, b"gone", "failed_to_download", "http_404"),
     ("/flaky.jpg", dict(body=make_image(100, 80, "JPEG", seed=3), fail_first=1), b"flaky", "success", None),
-    ("/slow.jpg", dict(body=make_image(90, 90, "JPEG", seed=4), delay_s=2.0), b"slow", "failed_to_download", "timeout"),
+    ("/slow.jpg", dict(body=make_image(90, 90, "JPEG", seed=4), delay_s=8.0), b"slow", "failed_to_download", "timeout"),
     ("/trunc.jpg", dict(body=JPEG[: len(JPEG) // 2]), b"cut", "failed_to_resize", "truncated_image"),
     ("/empty.jpg", dict(body=b""), b"nothing", "failed_to_download", "empty_content"),
     ("/page.jpg", dict(body=b"<html><body>hi</body></html>", content_type="image/jpeg"), b"html",
@@ -62,7 +62,8 @@ COPY_ROW = [c[0] for c in CASES].index("/copy.png")
 def job_options(**kw) -> JobOptions:
     image = ImageOptions(image_size=64, resize_mode="center_crop", encode_format="jpg", min_side=16,
                          max_aspect_ratio=4.0, max_pixels=50_000_000)
-    fetch = FetchOptions(timeout_s=0.5, retries=1, backoff_s=0.05, max_bytes=200_000)
+    # a timeout far from every fast route under load (a 2-core machine running Ray), and far below /slow.jpg
+    fetch = FetchOptions(timeout_s=2.5, retries=1, backoff_s=0.05, max_bytes=200_000)
     return JobOptions(samples_per_shard=kw.pop("samples_per_shard", 100), threads=8, fetch=fetch, image=image, **kw)
 
 
