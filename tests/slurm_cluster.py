@@ -208,6 +208,10 @@ class SlurmCluster:
         while time.time() < deadline:
             info = self.job_info(job_id)
             if info.get("JobState") == "PENDING" and int(info.get("Restarts", "0")) >= 1:
+                # slurmd revokes the old instance's credential with one-second resolution: a relaunch
+                # within that second is killed as "credential revoked" (the requeue delay exists for
+                # this), so start it a few seconds on rather than now.
+                time.sleep(3)
                 self._run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
                 return info
             if info.get("JobState") in {"COMPLETED", "FAILED", "CANCELLED"}:
