@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,25 @@ def write_shards_plain(out: Path, count: int, per_shard: int, split: str = "trai
     manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
+
+
+def truncate_shard(path: Path) -> None:
+    """Cut a tar in the middle of a member (a shard whose upload died)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 100])
+
+
+def corrupt_first_png(path: Path) -> None:
+    """Replace the first image of a tar with bytes that do not decode."""
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        done = False
+        for m, data in members:
+            if not done and m.name.endswith(".png"):
+                data, done = b"this is not an image", True
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
 
 
 def tiny_config_dict(lm_dir: Path, shards: Path, run_dir: Path, **sections) -> dict:

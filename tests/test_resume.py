@@ -3,14 +3,12 @@ object-storage data and checkpoints, bad shards, uneven shards, export, incompat
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from safetensors.torch import load_file
 from frozen_scale.config import load_config
 from frozen_scale.train.checkpoint import committed_steps, prune
 from frozen_scale.train.metrics import read_metrics
-from tests.core_fixtures import tiny_config_dict, write_shards_plain
+from tests.core_fixtures import corrupt_first_png, tiny_config_dict, truncate_shard, write_shards_plain
 from tests.dist_util import REPO, check, free_port, torchrun
 
 EXIT_REQUEUE = 75
@@ -156,23 +154,6 @@ def test_streams_shards_from_s3_and_checkpoints_to_s3(tmp_path, tiny_lm_dir, tin
     assert committed_steps(f"{bucket}/ckpt") == [6]
 
 
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2 + 100])
-
-
-def _corrupt_first_png(path: Path) -> None:
-    with tarfile.open(path) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(path, "w") as tar:
-        done = False
-        for m, data in members:
-            if not done and m.name.endswith(".png"):
-                data, done = b"this is not an image", True
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
-
-
 @pytest.mark.slow
 def test_bad_and_uneven_shards_over_two_ranks_and_two_workers(tmp_path, tiny_lm_dir):
     root = tmp_path / "uneven"
@@ -183,8 +164,8 @@ def test_bad_and_uneven_shards_over_two_ranks_and_two_workers(tmp_path, tiny_lm_
         (root).mkdir(exist_ok=True)
         os.replace(sub / "00000.tar", root / f"{i:05d}.tar")
         shards.append({"name": f"{i:05d}.tar", "num_samples": n})
-    _truncate(root / "00000.tar")
-    _corrupt_first_png(root / "00002.tar")
+    truncate_shard(root / "00000.tar")
+    corrupt_first_png(root / "00002.tar")
     (root / "manifest.json").write_text(json.dumps({"format": "frozen_scale.shards/1",
                                                     "num_samples": sum(sizes), "shards": shards}))
     cfg = write_cfg(tmp_path, "bad", tiny_lm_dir, root, train={"steps": 12, "log_every": 4, "micro_batch_size": 2},

@@ -9,16 +9,23 @@ Order policy (documented in README "Data loading"):
   the manifest's total, consumed over all ranks.
 - A shuffle buffer seeded by (seed, rank, worker) mixes samples across shards.
 - Each worker builds whole batches; DataLoader takes batch i from worker i % W.
-- Exact resume: every batch carries the number of raw samples its worker has consumed. The
-  trainer saves, per worker, that count for the last batch it used, and the batch index. On
-  resume each worker replays its stream skipping that many raw samples (reading, not
-  decoding), and workers are rotated so batch b again comes from worker b % W.
+- Exact resume: every batch carries its worker's position: the shard cursor (epoch, place in
+  the slot's shard order, samples passed in the current shard), the shuffle buffer as sample
+  references (shard, index in shard) and the buffer RNG's state. The trainer saves, per worker,
+  the position at the last batch it used, and the batch index. On resume each worker re-reads
+  only the shards its buffer refers to and the current one, then continues: the cost is
+  bounded by the buffer and a shard, not by how long the run has been going. Workers are
+  rotated so batch b again comes from worker b % W. A state without positions (or one saved
+  over other shards or buffer settings) falls back to replaying the stream by raw-sample count.
 - A truncated shard or a sample that fails to decode is skipped and counted, never fatal.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import logging
 import random
 from dataclasses import dataclass, field
 
@@ -32,6 +39,10 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from frozen_scale.data import prompts
 from frozen_scale.data.shards import Shard
 
+log = logging.getLogger(__name__)
+
+POSITION_FORMAT = 1
+
 
 @dataclass
 class StreamState:
@@ -43,15 +54,30 @@ class StreamState:
     """Logical worker -> raw samples that worker had consumed at its last consumed batch."""
     num_workers: int = 1
     world_size: int = 1
+    positions: dict[int, dict] = field(default_factory=dict)
+    """Logical worker -> its position at its last consumed batch (module docstring): resume seeks
+    there instead of replaying."""
 
     def to_dict(self) -> dict:
         return {"batches": self.batches, "raw_consumed": {str(k): v for k, v in self.raw_consumed.items()},
-                "num_workers": self.num_workers, "world_size": self.world_size}
+                "num_workers": self.num_workers, "world_size": self.world_size,
+                "positions": {str(k): v for k, v in self.positions.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StreamState":
         return cls(int(d["batches"]), {int(k): int(v) for k, v in d["raw_consumed"].items()},
-                   int(d["num_workers"]), int(d["world_size"]))
+                   int(d["num_workers"]), int(d["world_size"]),
+                   {int(k): v for k, v in d.get("positions", {}).items()})
+
+
+def _rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
 
 
 class Counter:
@@ -97,6 +123,17 @@ class CaptionStream(IterableDataset):
         self.mean, self.std = list(mean), list(std)
         self.image_keys, self.caption_key = tuple(image_keys), caption_key
         self.state = state or StreamState()
+        self.fingerprint = self._fingerprint()
+        if self.state.positions and any(p.get("stream") != self.fingerprint for p in self.state.positions.values()):
+            log.warning("the saved data position was taken over other shards or buffer settings: replaying the "
+                        "stream by sample count instead of seeking")
+            self.state.positions = {}
+
+    def _fingerprint(self) -> str:
+        """What a saved position depends on besides the seed and the slot: the shard list, the
+        buffer and the sampling mode."""
+        key = json.dumps([[s.url for s in self.shards], self.shuffle_buffer, self.resample, POSITION_FORMAT])
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     # -- raw stream ------------------------------------------------------------------------
     def _shard_samples(self, shard: Shard, counter: Counter):
@@ -118,40 +155,69 @@ class CaptionStream(IterableDataset):
         if shard.num_samples is not None and seen < shard.num_samples and counter.shard_errors == errors_before:
             counter.shard_errors += 1  # a tar cut short at a member boundary reads as a clean end
 
-    def _raw(self, slot: int, slots: int, counter: Counter):
+    def _raw(self, slot: int, slots: int, counter: Counter, cursor: dict):
+        """Endless stream of (ref, sample), ref = (shard index, sample index in that shard).
+        `cursor` is updated in place to where the stream stands after the sample last yielded;
+        a stream started from a copy of it continues exactly there."""
         n = len(self.shards)
         if self.resample:
             rng = random.Random(f"{self.seed}-resample-{slot}")
+            if "rng" in cursor:
+                rng.setstate(_rng_from_json(cursor["rng"]))
             while True:
-                yield from self._shard_samples(self.shards[rng.randrange(n)], counter)
-        epoch = 0
+                cursor["rng"] = _rng_to_json(rng.getstate())  # the state before this shard's draw
+                yield from self._from_shard(rng.randrange(n), counter, cursor)
+        epoch, start = cursor.setdefault("epoch", 0), cursor.get("pos", 0)
+        cursor.setdefault("index", 0)
         while True:
             order = list(range(n))
             random.Random(f"{self.seed}-epoch-{epoch}").shuffle(order)
-            if n >= slots:
-                for i in order[slot::slots]:
-                    yield from self._shard_samples(self.shards[i], counter)
-            else:
-                index = 0
-                for i in order:
-                    for sample in self._shard_samples(self.shards[i], counter):
-                        if index % slots == slot:
-                            yield sample
-                        index += 1
-            epoch += 1
+            mine = order[slot::slots] if n >= slots else order
+            for pos in range(start, len(mine)):
+                cursor["pos"] = pos
+                if n >= slots:
+                    yield from self._from_shard(mine[pos], counter, cursor)
+                    continue
+                for ref, sample in self._from_shard(mine[pos], counter, cursor):
+                    index = cursor["index"]
+                    cursor["index"] = index + 1
+                    if index % slots == slot:
+                        yield ref, sample
+            epoch, start = epoch + 1, 0
+            cursor.update(epoch=epoch, pos=0, index=0)
 
-    def _shuffled(self, raw, worker: int):
-        if self.shuffle_buffer <= 1:
-            yield from raw
-            return
-        rng = random.Random(f"{self.seed}-buffer-{self.rank}-{worker}")
-        buf = []
-        for sample in raw:
-            buf.append(sample)
-            if len(buf) >= self.shuffle_buffer:
-                j = rng.randrange(len(buf))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
+    def _from_shard(self, i: int, counter: Counter, cursor: dict):
+        """Shard i's samples after the first cursor['in_shard'] (read, not decoded)."""
+        passed = cursor.get("in_shard", 0)
+        for j, sample in enumerate(self._shard_samples(self.shards[i], counter)):
+            if j < passed:
+                continue
+            cursor["in_shard"] = j + 1
+            yield (i, j), sample
+        cursor["in_shard"] = 0
+
+    def _fetch(self, refs: list) -> list:
+        """The samples behind buffer references, reading each shard they name once."""
+        wanted: dict[int, set[int]] = {}
+        for i, j in refs:
+            wanted.setdefault(int(i), set()).add(int(j))
+        found = {}
+        for i in sorted(wanted):
+            last = max(wanted[i])
+            for j, sample in enumerate(self._shard_samples(self.shards[i], Counter())):
+                if j in wanted[i]:
+                    found[(i, j)] = sample
+                if j >= last:
+                    break
+        missing = [tuple(r) for r in refs if tuple(r) not in found]
+        if missing:
+            raise RuntimeError(f"resume: {len(missing)} buffered samples are no longer in their shards "
+                               f"(first: sample {missing[0][1]} of {self.shards[missing[0][0]].url})")
+        return [((int(i), int(j)), found[(int(i), int(j))]) for i, j in refs]
+
+    def _position(self, cursor: dict, buf: list, rng: random.Random) -> dict:
+        return {"stream": self.fingerprint, "cursor": dict(cursor), "buffer": [list(ref) for ref, _ in buf],
+                "buffer_rng": _rng_to_json(rng.getstate()) if self.shuffle_buffer > 1 else None}
 
     # -- decode + collate ------------------------------------------------------------------
     def _decode(self, sample):
@@ -187,23 +253,38 @@ class CaptionStream(IterableDataset):
         info = get_worker_info()
         physical, workers = (info.id, info.num_workers) if info else (0, 1)
         worker = (physical + self.state.batches) % workers  # logical worker: see module docstring
-        skip = self.state.raw_consumed.get(worker, 0)
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        rng = random.Random(f"{self.seed}-buffer-{self.rank}-{worker}")
+        position = self.state.positions.get(worker)
+        raw_count = self.state.raw_consumed.get(worker, 0)
+        if position is not None:  # seek: restore the cursor, the buffer and its RNG
+            cursor, skip = dict(position["cursor"]), 0
+            buf = self._fetch(position["buffer"])
+            if position["buffer_rng"] is not None:
+                rng.setstate(_rng_from_json(position["buffer_rng"]))
+        else:  # replay from the start, skipping what was consumed
+            cursor, buf, skip, raw_count = {}, [], raw_count, 0
         counter = Counter()
-        raw_count = 0
         items = []
-        stream = self._shuffled(self._raw(self.rank * workers + worker, self.world_size * workers, counter), worker)
-        for sample in stream:
+        for entry in self._raw(slot, slots, counter, cursor):
+            if self.shuffle_buffer > 1:
+                buf.append(entry)
+                if len(buf) < self.shuffle_buffer:
+                    continue
+                j = rng.randrange(len(buf))
+                buf[j], buf[-1] = buf[-1], buf[j]
+                entry = buf.pop()
             raw_count += 1
             if raw_count <= skip:
                 continue
             try:
-                items.append(self._decode(sample))
+                items.append(self._decode(entry[1]))
             except Exception:  # noqa: BLE001 - any undecodable sample is counted and skipped
                 counter.corrupt += 1
                 continue
             if len(items) == self.batch_size:
                 batch = self.collate(items)
-                batch.update(worker=worker, raw_consumed=raw_count,
+                batch.update(worker=worker, raw_consumed=raw_count, position=self._position(cursor, buf, rng),
                              corrupt=counter.corrupt, shard_errors=counter.shard_errors)
                 yield batch
                 items = []
@@ -236,6 +317,7 @@ class ResumableBatches:
         batch = next(self._it)
         worker = int(batch.pop("worker"))
         self.state.raw_consumed[worker] = int(batch.pop("raw_consumed"))
+        self.state.positions[worker] = batch.pop("position")
         self.state.batches += 1
         self.corrupt[worker] = int(batch.pop("corrupt"))
         self.shard_errors[worker] = int(batch.pop("shard_errors"))
