@@ -65,6 +65,12 @@ def test_loader_throughput_quick():
     assert sum(line.startswith("[") and "samples per CPU-second: ours" in line for line in lines) == 2
 
 
+def test_resume_seek_quick():
+    lines = run_bench("resume_seek.py", "--quick")
+    last_ratio(lines, "resume_seek ratio")
+    assert sum("first batch after resume" in line for line in lines) == 2  # each checked equal to the uninterrupted
+
+
 @pytest.mark.slow
 def test_gpu_script_tiny_on_cpu():
     lines = run_bench("gpu.py", "--tiny")
