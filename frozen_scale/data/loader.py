@@ -132,7 +132,8 @@ class CaptionStream(IterableDataset):
     def _fingerprint(self) -> str:
         """What a saved position depends on besides the seed and the slot: the shard list, the
         buffer and the sampling mode."""
-        key = json.dumps([[s.url for s in self.shards], self.shuffle_buffer, self.resample, POSITION_FORMAT])
+        key = json.dumps([[[s.url, s.num_samples] for s in self.shards], self.shuffle_buffer, self.resample,
+                          POSITION_FORMAT])
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     # -- raw stream ------------------------------------------------------------------------
@@ -196,8 +197,9 @@ class CaptionStream(IterableDataset):
             yield (i, j), sample
         cursor["in_shard"] = 0
 
-    def _fetch(self, refs: list) -> list:
-        """The samples behind buffer references, reading each shard they name once."""
+    def _fetch(self, refs: list) -> list | None:
+        """The samples behind buffer references, reading each shard they name once; None when
+        some are no longer there (the shards were rewritten since the checkpoint)."""
         wanted: dict[int, set[int]] = {}
         for i, j in refs:
             wanted.setdefault(int(i), set()).add(int(j))
@@ -211,8 +213,10 @@ class CaptionStream(IterableDataset):
                     break
         missing = [tuple(r) for r in refs if tuple(r) not in found]
         if missing:
-            raise RuntimeError(f"resume: {len(missing)} buffered samples are no longer in their shards "
-                               f"(first: sample {missing[0][1]} of {self.shards[missing[0][0]].url})")
+            log.warning("resume: %d buffered samples are no longer in their shards (first: sample %d of %s): "
+                        "the shards changed since the checkpoint; replaying the stream by sample count",
+                        len(missing), missing[0][1], self.shards[missing[0][0]].url)
+            return None
         return [((int(i), int(j)), found[(int(i), int(j))]) for i, j in refs]
 
     def _position(self, cursor: dict, buf: list, rng: random.Random) -> dict:
@@ -257,9 +261,9 @@ class CaptionStream(IterableDataset):
         rng = random.Random(f"{self.seed}-buffer-{self.rank}-{worker}")
         position = self.state.positions.get(worker)
         raw_count = self.state.raw_consumed.get(worker, 0)
-        if position is not None:  # seek: restore the cursor, the buffer and its RNG
+        buf = self._fetch(position["buffer"]) if position is not None else None
+        if buf is not None:  # seek: restore the cursor, the buffer and its RNG
             cursor, skip = dict(position["cursor"]), 0
-            buf = self._fetch(position["buffer"])
             if position["buffer_rng"] is not None:
                 rng.setstate(_rng_from_json(position["buffer_rng"]))
         else:  # replay from the start, skipping what was consumed
