@@ -219,9 +219,10 @@ class CaptionStream(IterableDataset):
             return None
         return [((int(i), int(j)), found[(int(i), int(j))]) for i, j in refs]
 
-    def _position(self, cursor: dict, buf: list, rng: random.Random) -> dict:
+    def _position(self, cursor: dict, buf: list, rng: random.Random, counter: Counter) -> dict:
         return {"stream": self.fingerprint, "cursor": dict(cursor), "buffer": [list(ref) for ref, _ in buf],
-                "buffer_rng": _rng_to_json(rng.getstate()) if self.shuffle_buffer > 1 else None}
+                "buffer_rng": _rng_to_json(rng.getstate()) if self.shuffle_buffer > 1 else None,
+                "skipped": [counter.corrupt, counter.shard_errors]}
 
     # -- decode + collate ------------------------------------------------------------------
     def _decode(self, sample):
@@ -261,14 +262,15 @@ class CaptionStream(IterableDataset):
         rng = random.Random(f"{self.seed}-buffer-{self.rank}-{worker}")
         position = self.state.positions.get(worker)
         raw_count = self.state.raw_consumed.get(worker, 0)
+        counter = Counter()
         buf = self._fetch(position["buffer"]) if position is not None else None
-        if buf is not None:  # seek: restore the cursor, the buffer and its RNG
+        if buf is not None:  # seek: restore the cursor, the buffer, its RNG and the skip counts
             cursor, skip = dict(position["cursor"]), 0
             if position["buffer_rng"] is not None:
                 rng.setstate(_rng_from_json(position["buffer_rng"]))
-        else:  # replay from the start, skipping what was consumed
+            counter.corrupt, counter.shard_errors = position.get("skipped", (0, 0))
+        else:  # replay from the start, skipping what was consumed (shard errors are met again)
             cursor, buf, skip, raw_count = {}, [], raw_count, 0
-        counter = Counter()
         items = []
         for entry in self._raw(slot, slots, counter, cursor):
             if self.shuffle_buffer > 1:
@@ -288,7 +290,7 @@ class CaptionStream(IterableDataset):
                 continue
             if len(items) == self.batch_size:
                 batch = self.collate(items)
-                batch.update(worker=worker, raw_consumed=raw_count, position=self._position(cursor, buf, rng),
+                batch.update(worker=worker, raw_consumed=raw_count, position=self._position(cursor, buf, rng, counter),
                              corrupt=counter.corrupt, shard_errors=counter.shard_errors)
                 yield batch
                 items = []
