@@ -32,8 +32,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _ignore_usr1() -> None:
+def _trainer_preexec() -> None:
+    """In the trainer's process before exec: SIGUSR1 ignored (a preemption notice arriving before
+    the trainer installs its handler must not kill it; the trainer's own handler replaces this),
+    and normal CPU priority: Ray starts its workers at nice 15, below every other process on
+    the node, which would starve the trainer and its data loaders of CPU. Raising the priority
+    needs CAP_SYS_NICE; without it the trainer stays at Ray's (the worker says so)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+        except PermissionError:
+            pass
 
 
 def train_worker(loop_config: dict) -> None:
@@ -59,10 +69,13 @@ def train_worker(loop_config: dict) -> None:
     print(f"rank {rank}/{world} on {socket.gethostname()} ray node {node_id}: {' '.join(argv)} (log {log_path})",
           flush=True)
     with open(log_path, "ab") as log:
-        # started with SIGUSR1 ignored: a preemption notice arriving before the trainer installs its
-        # handler must not kill it (the trainer's own handler replaces this)
-        code = subprocess.call(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               preexec_fn=_ignore_usr1)
+        proc = subprocess.Popen(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=_trainer_preexec)
+        nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
+        if nice > 0:
+            print(f"rank {rank}: the trainer runs at nice {nice} (Ray's worker priority; raising it needs "
+                  "CAP_SYS_NICE)", flush=True)
+        code = proc.wait()
     tail = log_path.read_text(errors="replace")[-2000:]
     dist.barrier()  # every rank's trainer has exited before any worker reports
     if code == PREEMPTED_EXIT:
