@@ -15,8 +15,9 @@ Order policy (documented in README "Data loading"):
   the position at the last batch it used, and the batch index. On resume each worker re-reads
   only the shards its buffer refers to and the current one, then continues: the cost is
   bounded by the buffer and a shard, not by how long the run has been going. Workers are
-  rotated so batch b again comes from worker b % W. A state without positions (or one saved
-  over other shards or buffer settings) falls back to replaying the stream by raw-sample count.
+  rotated so batch b again comes from worker b % W. A state without positions falls back to
+  replaying the stream by raw-sample count; so, with a warning, does one saved over other
+  shards, shard sizes or buffer settings, or one whose buffered samples left their shards.
 - A truncated shard or a sample that fails to decode is skipped and counted, never fatal.
 """
 
@@ -290,7 +291,8 @@ class CaptionStream(IterableDataset):
                 continue
             if len(items) == self.batch_size:
                 batch = self.collate(items)
-                batch.update(worker=worker, raw_consumed=raw_count, position=json.dumps(self._position(cursor, buf, rng, counter)),
+                position = json.dumps(self._position(cursor, buf, rng, counter))
+                batch.update(worker=worker, raw_consumed=raw_count, position=position,
                              corrupt=counter.corrupt, shard_errors=counter.shard_errors)
                 yield batch
                 items = []
