@@ -114,7 +114,7 @@ def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_r
     _, address = two_node_ray
     cfg = yaml.safe_load(Path(tiny_run_config).read_text())
     run_dir = Path(cfg["train"]["run_dir"])
-    steps = 200
+    steps = 400  # ~50 ms a step: the signal must land before the end on a fast machine too
     over = ["launcher.nodes=2", "launcher.gpus_per_node=1", "launcher.request_gpus=false",
             f"launcher.python={sys.executable}", "launcher.env={DS_ACCELERATOR: cpu, OMP_NUM_THREADS: '1'}",
             f"launcher.workdir={REPO}", "launcher.max_requeues=2", f"train.steps={steps}", "checkpoint.every=1000"]

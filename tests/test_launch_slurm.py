@@ -97,7 +97,7 @@ def test_slurm_job_trains_then_preempted_job_requeues_and_resumes(slurm, tiny_ru
     assert len(list((run_dir / "logs" / "ranks").rglob("stdout.log"))) == 2  # per-rank logs
 
     # 2. a longer run: SIGUSR1 mid-run -> checkpoint, exit 75, requeue, resume, complete
-    steps = 24
+    steps = 400  # ~50 ms a step: the signal must land before the end on a fast machine too
     over = _launcher_overrides(**{"launcher.job_name": "preempt", "launcher.master_port": _free_port()})
     long_run = run_dir.parent / "run-preempt"
     args = [str(tiny_run_config), "--launcher", "slurm", *over, f"train.steps={steps}", "checkpoint.every=100",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -50,6 +51,23 @@ def popen_torchrun(nproc: int, args: list[str], env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun, its ranks and their loader workers, as a lost node would. torchrun starts
+    each rank in a session of its own, so killing torchrun's process group alone leaves the ranks
+    running (and finishing the run)."""
+    root = psutil.Process(proc.pid)
+    procs = [root, *root.children(recursive=True)]
+    assert len(procs) >= 3, "torchrun has no ranks to kill"
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
+    proc.wait()
+
+
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, what: str = "") -> None:
     t0 = time.time()
     while not predicate():
@@ -62,7 +80,10 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, wh
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm_dir, tiny_shards):
-    """Two ranks x two loader workers; SIGKILL at a random step after a checkpoint; resume."""
+    """Two ranks x two loader workers; SIGKILL at a random moment after a checkpoint; resume.
+
+    The killed run holds after the step following its checkpoint, so a fast machine cannot
+    finish the run between the checkpoint and the kill; the kill lands in that step or the hold."""
     sections = dict(train={"steps": 12, "log_every": 2}, checkpoint={"every": 3, "keep_last": 5},
                     data={"num_workers": 2})
     env = {"FROZEN_SCALE_LOG_KEYS": "1"}
@@ -71,13 +92,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm_dir, ti
 
     kill_after = random.Random(os.getpid()).choice([3, 6, 9])
     cfg = write_cfg(tmp_path, "killed", tiny_lm_dir, tiny_shards, **sections)
-    proc = popen_torchrun(2, [str(cfg)], env)
+    proc = popen_torchrun(2, [str(cfg)], {**env, "FROZEN_SCALE_FAULT": f"hold_after@{kill_after + 1}"})
     marker = tmp_path / "killed" / "checkpoints" / f"step_{kill_after:08d}" / "COMMITTED"
     wait_for(marker.exists, 300, proc, f"checkpoint {kill_after}")
     time.sleep(random.Random(1).uniform(0.0, 0.3))
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert committed_steps(str(tmp_path / "killed" / "checkpoints"))[-1] < 12, "run finished before the kill"
+    kill_tree(proc)
+    assert committed_steps(str(tmp_path / "killed" / "checkpoints"))[-1] == kill_after
     check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.cli", env=env))
 
     diff = max_abs_diff(final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed"))

@@ -161,7 +161,7 @@ class Trainer:
         if ckpt.is_remote(url) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
             ckpt.upload(local, url)
         dist_engine.barrier()
-        if os.environ.get("FROZEN_SCALE_FAULT") == f"crash_before_commit@{step}":
+        if _fault("crash_before_commit", step):
             log.error("fault injection: crashing before the commit marker of step %s", step)
             os._exit(13)
         if self.is_main:
@@ -258,6 +258,10 @@ class Trainer:
         code = EXIT_OK
         try:
             while step < cfg.train.steps:
+                if _fault("hold_after", step):
+                    log.error("fault injection: holding after step %s until killed", step)
+                    while True:
+                        time.sleep(60)
                 skipped = False
                 for _ in range(cfg.train.grad_accum):
                     t = time.perf_counter()
@@ -265,6 +269,7 @@ class Trainer:
                     window["wait"] += time.perf_counter() - t
                     if key_log:
                         key_log.write("\n".join(batch["keys"]) + "\n")
+                        key_log.flush()  # on disk before the step's checkpoint: a kill loses nothing
                     loss = self.engine(**self._to_device(batch))
                     finite = dist_engine.all_reduce_sum(0.0 if torch.isfinite(loss) else 1.0) == 0
                     if not finite:
@@ -352,6 +357,11 @@ class Trainer:
         self.metrics.log(step, values)
         bar.set_postfix(loss=f"{loss:.4f}", sps=f"{values['samples_per_s']:.0f}")
         window.update(loss=0.0, n=0, tokens=0, samples=0, wait=0.0, t0=time.perf_counter())
+
+
+def _fault(name: str, step: int) -> bool:
+    """Test-only fault injection: FROZEN_SCALE_FAULT=<name>@<step>."""
+    return os.environ.get("FROZEN_SCALE_FAULT") == f"{name}@{step}"
 
 
 def train(cfg: FrozenConfig) -> int:
