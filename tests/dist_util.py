@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,30 @@ def torchrun(nproc: int, args: list[str], timeout: int = 300, env: dict | None =
     cmd += args
     full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
                 "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)  # the ranks too: they outlive torchrun otherwise
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def kill_tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    """SIGKILL a launcher and every process under it, as a lost node would; returns what was
+    killed. torchrun starts each rank in a session of its own, so killing torchrun's process
+    group alone leaves the ranks running."""
+    root = psutil.Process(proc.pid)
+    procs = [root, *root.children(recursive=True)]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
+    proc.wait()
+    return procs
 
 
 def check(proc: subprocess.CompletedProcess) -> None:
