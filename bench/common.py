@@ -194,3 +194,17 @@ def set_threads(n: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, n))
+
+
+def run_main(main) -> None:
+    """Run a benchmark's main; destroy the process group its Trainer made, if any, on the way out
+    (a rank that exits with a live gloo group can abort in teardown)."""
+    try:
+        main()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            from frozen_scale.distributed import engine as dist_engine
+
+            dist_engine.shutdown()

@@ -112,4 +112,4 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

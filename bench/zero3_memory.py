@@ -66,6 +66,7 @@ def worker(args) -> None:
         "loss": float(loss),
     }
     Path(f"{args.out}.rank{trainer.rank}.json").write_text(json.dumps(result))
+    dist_engine.shutdown()
 
 
 def measure(tmp: Path, quick: bool) -> dict[int, list[dict]]:

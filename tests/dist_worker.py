@@ -88,6 +88,7 @@ def main():
     }
     with open(f"{out_path}.rank{trainer.rank}.json", "w") as fh:
         json.dump(result, fh)
+    dist_engine.shutdown()
 
 
 if __name__ == "__main__":

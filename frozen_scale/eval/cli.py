@@ -67,21 +67,22 @@ def load_model(export_dir: str):
 
 # -- ranks ------------------------------------------------------------------------------------
 def rank_and_world() -> tuple[int, int]:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    if world_size > 1:
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    """(rank, world size): the launch's process group when started by torchrun with several
+    ranks (the same one training uses: NCCL on GPUs), else (0, 1) and no group at all."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from frozen_scale.distributed import engine as dist_engine  # imports DeepSpeed: only when needed
+
+        return dist_engine.init_distributed()
     return 0, 1
 
 
 def gather_predictions(local: dict[int, str], world_size: int) -> dict[int, str]:
     if world_size == 1:
         return local
-    parts: list = [None] * world_size
-    torch.distributed.all_gather_object(parts, local)
+    from frozen_scale.distributed import engine as dist_engine
+
     merged: dict[int, str] = {}
-    for part in parts:
+    for part in dist_engine.all_gather_object(local):
         merged.update(part)
     return merged
 
@@ -276,6 +277,18 @@ def default_name(args) -> str:
 
 
 def eval_main(argv: list[str]) -> int:
+    """`frozen-scale eval`; the process group of a multi-rank evaluation is destroyed on every
+    way out."""
+    try:
+        return _eval_main(argv)
+    finally:
+        if torch.distributed.is_initialized():
+            from frozen_scale.distributed import engine as dist_engine
+
+            dist_engine.shutdown()
+
+
+def _eval_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="frozen-scale eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="export folder or training run folder")

@@ -87,11 +87,13 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def local_stage(run_dir: str, url: str) -> Path:
-    """Where a checkpoint lives locally while written or read (the URL itself when local)."""
+def local_stage(run_dir: str, url: str, node: str = "node") -> Path:
+    """Where a checkpoint lives locally while written or read (the URL itself when local). One
+    folder per node: the run folder is often on a filesystem every node shares, and each node's
+    local rank 0 uploads what its own ranks wrote and downloads for its own ranks."""
     if not is_remote(url):
         return Path(url[len("file://"):] if url.startswith("file://") else url)
-    return Path(run_dir) / ".ckpt_stage" / url.rstrip("/").rsplit("/", 1)[-1]
+    return Path(run_dir) / ".ckpt_stage" / node / url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def upload(local: Path, url: str) -> None:

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,6 +40,29 @@ log = logging.getLogger("frozen_scale.train")
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+@dataclass
+class MetricWindow:
+    """What the steps since the last metrics line add up to on this rank. The loss sum stays a
+    device tensor: reading it per step would wait for the device every step."""
+
+    loss_sum: torch.Tensor
+    n: int = 0
+    tokens: int = 0
+    samples: int = 0
+    wait: float = 0.0
+    t0: float = 0.0
+
+    @classmethod
+    def start(cls, device) -> "MetricWindow":
+        return cls(torch.zeros((), dtype=torch.float64, device=device), t0=time.perf_counter())
+
+    def add(self, loss_sum: torch.Tensor, n: int, tokens: int, samples: int) -> None:
+        self.loss_sum += loss_sum.double()
+        self.n += n
+        self.tokens += tokens
+        self.samples += samples
 
 
 def fingerprint(cfg: FrozenConfig, lm_info: dict) -> dict:
@@ -82,6 +106,9 @@ class Trainer:
         self._build_model()
         self._stop_signal = None
         self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard)
+        self.window = MetricWindow.start(self.device)
+        self.nonfinite_in_row = self.nonfinite_total = 0
+        self.key_log = None
 
     # -- set-up ------------------------------------------------------------------------------
     def _build_model(self):
@@ -139,12 +166,14 @@ class Trainer:
             signal.signal(sig, self._on_signal)
 
     def _stop_requested(self) -> bool:
+        """The hot loop's one control-plane collective per optimizer step: did any rank get a
+        stop signal? (Non-finite steps need none: DeepSpeed's overflow check agrees over ranks.)"""
         return dist_engine.all_reduce_sum(1.0 if self._stop_signal is not None else 0.0) > 0
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, step: int, samples: int, stream: StreamState) -> str:
         url = f"{self.cfg.checkpoint_dir.rstrip('/')}/{ckpt.step_name(step)}"
-        local = ckpt.local_stage(str(self.run_dir), url)
+        local = self._stage(url)
         self.engine.save_checkpoint(str(local / "ds"), tag="state", client_state={"step": step},
                                     save_latest=False, exclude_frozen_parameters=not self.cfg.model.train_lm)
         self._save_weights(local)
@@ -184,7 +213,7 @@ class Trainer:
                 save_file(state, str(local / "weights.safetensors"))
 
     def _stage(self, url: str) -> Path:
-        return ckpt.local_stage(str(self.run_dir), url)
+        return ckpt.local_stage(str(self.run_dir), url, dist_engine.node_name())
 
     def _fetch_resume_state(self) -> dict:
         """Download a remote checkpoint (node-local rank 0), read and check its trainer state."""
@@ -252,9 +281,8 @@ class Trainer:
         self.engine.train()
         bar = tqdm(total=cfg.train.steps, initial=step, disable=not (self.is_main and cfg.train.progress),
                    desc="train", dynamic_ncols=True)
-        nonfinite_in_row = nonfinite_total = 0
-        window = {"loss": 0.0, "n": 0, "tokens": 0, "samples": 0, "wait": 0.0, "t0": time.perf_counter()}
-        key_log = self._open_key_log(batches.state.batches) if self._log_keys() else None
+        self.window = MetricWindow.start(self.device)
+        self.key_log = self._open_key_log(batches.state.batches) if self._log_keys() else None
         code = EXIT_OK
         try:
             while step < cfg.train.steps:
@@ -262,41 +290,13 @@ class Trainer:
                     log.error("fault injection: holding after step %s until killed", step)
                     while True:
                         time.sleep(60)
-                skipped = False
-                for _ in range(cfg.train.grad_accum):
-                    t = time.perf_counter()
-                    batch = next(batches)
-                    window["wait"] += time.perf_counter() - t
-                    if key_log:
-                        key_log.write("\n".join(batch["keys"]) + "\n")
-                        key_log.flush()  # on disk before the step's checkpoint: a kill loses nothing
-                    loss = self.engine(**self._to_device(batch))
-                    finite = dist_engine.all_reduce_sum(0.0 if torch.isfinite(loss) else 1.0) == 0
-                    if not finite:
-                        skipped = True
-                        break
-                    self.engine.backward(loss)
-                    self.engine.step()
-                    window["loss"] += float(loss.detach())
-                    window["n"] += 1
-                    window["tokens"] += int(batch["attention_mask"].sum())
-                    window["samples"] += len(batch["keys"])
-                if skipped:
-                    nonfinite_in_row += 1
-                    nonfinite_total += 1
-                    log.warning("non-finite loss at step %s: step skipped (%s in a row)", step, nonfinite_in_row)
-                    if nonfinite_in_row >= cfg.train.max_nonfinite_steps:
-                        raise NonFiniteLossError(
-                            f"{nonfinite_in_row} non-finite losses in a row at step {step}: stopping. "
-                            "Lower train.lr, use fp32, or check the data."
-                        )
+                if not self.train_step(batches):
                     continue
-                nonfinite_in_row = 0
                 step += 1
                 samples += cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                    self._log(step, samples, window, batches, nonfinite_total, bar)
+                    self._log(step, samples, batches, bar)
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
                     self.save(step, samples, batches.state)
                 if self._stop_requested():
@@ -308,10 +308,56 @@ class Trainer:
                 self.save(step, samples, batches.state)
         finally:
             bar.close()
-            if key_log:
-                key_log.close()
+            if self.key_log:
+                self.key_log.close()
             self.metrics.close()
         return code
+
+    def train_step(self, batches) -> bool:
+        """One optimizer step over `train.grad_accum` micro-batches; False when it was skipped.
+
+        A non-finite loss anywhere in the window makes the rest of the window's losses NaN, so
+        the accumulated gradients are non-finite on every rank (they are reduced over the
+        ranks); DeepSpeed's overflow check then discards the whole window: no weight or Adam
+        update, no lr-scheduler step, gradients cleared, its micro-step count still in line with
+        the window (see `dist_engine.SkipNonFiniteAdamW` for ZeRO stage 0). Nothing here waits
+        for the device: the loss stays on it, and whether the step was applied is DeepSpeed's
+        own answer after its step.
+        """
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        losses = torch.zeros((), dtype=torch.float32, device=self.device)
+        tokens = n_samples = 0
+        for _ in range(self.cfg.train.grad_accum):
+            t = time.perf_counter()
+            batch = next(batches)
+            self.window.wait += time.perf_counter() - t
+            if self.key_log:
+                self.key_log.write("\n".join(batch["keys"]) + "\n")
+                self.key_log.flush()  # on disk before the step's checkpoint: a kill loses nothing
+            loss = self.engine(**self._to_device(batch))
+            bad = bad | ~torch.isfinite(loss.detach())
+            self.engine.backward(loss * torch.where(bad, math.nan, 1.0).to(loss.dtype))
+            self.engine.step()
+            losses = losses + loss.detach().float()
+            tokens += int(batch["attention_mask"].sum())
+            n_samples += len(batch["keys"])
+        if not self.engine.was_step_applied():
+            self._count_nonfinite()
+            return False
+        self.nonfinite_in_row = 0
+        self.window.add(losses, self.cfg.train.grad_accum, tokens, n_samples)
+        return True
+
+    def _count_nonfinite(self) -> None:
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        log.warning("non-finite loss or gradients: step skipped, accumulation window discarded (%s in a row)",
+                    self.nonfinite_in_row)
+        if self.nonfinite_in_row >= self.cfg.train.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_row} non-finite steps in a row: stopping. "
+                "Lower train.lr, use fp32, or check the data."
+            )
 
     def _log_keys(self) -> bool:
         return bool(os.environ.get("FROZEN_SCALE_LOG_KEYS"))
@@ -331,32 +377,37 @@ class Trainer:
             out["pixel_values"] = out["pixel_values"].to(torch.bfloat16)
         return out
 
-    def _log(self, step, samples, window, batches, nonfinite_total, bar):
-        elapsed = time.perf_counter() - window["t0"]
-        loss = dist_engine.all_reduce_sum(window["loss"]) / max(1, dist_engine.all_reduce_sum(window["n"]))
-        tokens = dist_engine.all_reduce_sum(window["tokens"])
-        n_samples = dist_engine.all_reduce_sum(window["samples"])
-        wait = dist_engine.all_reduce_sum(window["wait"]) / self.world_size
+    def _log(self, step, samples, batches, bar):
+        """One metrics line: every summed quantity reduced over the ranks in one collective."""
+        w = self.window
+        elapsed = time.perf_counter() - w.t0
+        with_opt_bytes = step == self.cfg.train.log_every or step == self.cfg.train.steps
+        skipped = dict(batches.skipped)
+        local = [float(w.loss_sum), w.n, w.tokens, w.samples, w.wait, *skipped.values()]
+        if with_opt_bytes:
+            local.append(dist_engine.optimizer_state_bytes(self.optimizer))
+        summed = dist_engine.all_reduce_sum(local)
+        loss_sum, n, tokens, n_samples, wait = summed[:5]
         grad_norm = self.engine.get_global_grad_norm()
+        loss = loss_sum / max(1.0, n)
         values = {
             "loss": loss,
             "lr": self.engine.get_lr()[0],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "samples_per_s": n_samples / elapsed,
             "tokens_per_s": tokens / elapsed,
-            "data_wait_fraction": wait / elapsed,
+            "data_wait_fraction": wait / self.world_size / elapsed,
             "mfu": self.flops.mfu(tokens, n_samples, elapsed, self.world_size),
             "samples": samples,
             "epoch": samples / self.epoch_samples if self.epoch_samples else None,
-            "nonfinite_skipped": nonfinite_total,
-            **{k: dist_engine.all_reduce_sum(v) for k, v in batches.skipped.items()},
+            "nonfinite_skipped": self.nonfinite_total,
+            **dict(zip(skipped, summed[5:5 + len(skipped)])),
         }
-        if step == self.cfg.train.log_every or step == self.cfg.train.steps:
-            values["optimizer_state_bytes"] = dist_engine.all_reduce_sum(
-                dist_engine.optimizer_state_bytes(self.optimizer))
+        if with_opt_bytes:
+            values["optimizer_state_bytes"] = summed[-1]
         self.metrics.log(step, values)
         bar.set_postfix(loss=f"{loss:.4f}", sps=f"{values['samples_per_s']:.0f}")
-        window.update(loss=0.0, n=0, tokens=0, samples=0, wait=0.0, t0=time.perf_counter())
+        self.window = MetricWindow.start(self.device)
 
 
 def _fault(name: str, step: int) -> bool:
@@ -365,12 +416,15 @@ def _fault(name: str, step: int) -> bool:
 
 
 def train(cfg: FrozenConfig) -> int:
-    trainer = Trainer(cfg)
+    """`frozen-scale train` on one rank: 0 finished, 75 preempted, 3 non-finite; the process
+    group is destroyed on every way out."""
     try:
-        return trainer.fit()
+        return Trainer(cfg).fit()
     except NonFiniteLossError as err:
         log.error("%s", err)
         return EXIT_NONFINITE
+    finally:
+        dist_engine.shutdown()
 
 
 def finite_or_none(x: float) -> float | None:
