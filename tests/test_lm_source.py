@@ -201,6 +201,12 @@ def test_missing_hub_model_offline_says_where_it_looked(offline_hub):
         load_lm("tiny-org/tiny-lm@v9")
 
 
+def test_plan_reads_a_hub_config_offline(offline_hub, tiny_lm_dir):
+    from launchers import plan
+
+    assert plan.lm_shape(f"tiny-org/tiny-lm@{COMMIT}") == plan.lm_shape(str(tiny_lm_dir))
+
+
 def write_run_config(tmp_path: Path, name: str, lm_path: str, shards, **sections) -> Path:
     path = tmp_path / f"{name}.yaml"
     cfg = tiny_config_dict(Path("unused"), shards, tmp_path / name, **sections)
