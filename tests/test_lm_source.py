@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import yaml
 from frozen_scale.model import lm_identity, lm_source
 from frozen_scale.model.lm import lm_summary, load_lm, load_tokenizer
 from tests.core_fixtures import save_tiny_lm, tiny_config_dict
-from tests.dist_util import REPO, check, torchrun
+from tests.dist_util import REPO, check, free_port, kill_tree, torchrun
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -127,12 +128,22 @@ def test_remote_lm_is_copied_once_into_the_node_cache(tmp_path, tiny_lm_dir, s3_
 
 
 def test_two_processes_fill_the_node_cache_once(tmp_path, tiny_lm_dir, s3_server):
-    url = put_lm(s3_server, tiny_lm_dir)
+    url = put_lm(s3_server, tiny_lm_dir, {"large.json": b"0" * (8 << 20)})  # a fill that takes a while
     s3_server.reset_counts()
-    code = ("import sys; from frozen_scale.model.lm_source import local_copy; "
+    # both processes import first, say so, then start together when the go file appears
+    code = ("import sys, time, pathlib, fsspec; from frozen_scale.model.lm_source import local_copy; "
+            "fsspec.core.url_to_fs(sys.argv[1])[0].ls(sys.argv[1]); "
+            "pathlib.Path(sys.argv[3]).touch(); go = pathlib.Path(sys.argv[4])\n"
+            "while not go.exists(): time.sleep(0.001)\n"
             "print(local_copy(sys.argv[1], sys.argv[2]))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(tmp_path / "cache")], cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url, str(tmp_path / "cache"), str(tmp_path / f"ready{i}"),
+                               str(go)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.time() < deadline:
+        time.sleep(0.01)
+    go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0] == outs[1][0]
@@ -280,3 +291,31 @@ def test_two_ranks_stop_together_with_one_message_on_a_missing_lm(tmp_path, tiny
     out = run.stdout + run.stderr
     assert out.count("model folder not found") == 1, out[-4000:]
     assert "frozen_scale/" not in out, out[-4000:]  # no traceback through our code on any rank
+
+
+@pytest.mark.slow
+def test_two_nodes_sharing_a_cache_fetch_the_lm_once(tmp_path, tiny_lm_dir, tiny_shards, s3_server):
+    """Two single-rank "nodes" (two torchrun launches, node ranks 0 and 1) whose node cache is one
+    folder, as on a shared filesystem: each node leader lists the store, one fetches under the
+    lock, the other finds the copy complete."""
+    url = put_lm(s3_server, tiny_lm_dir)
+    cfg = write_run_config(tmp_path, "nodes", url, tiny_shards, train={"steps": 1, "log_every": 1},
+                           checkpoint={"every": 0})
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "FROZEN_SCALE_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    port = free_port()
+    s3_server.reset_counts()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "frozen_scale.cli", "train", str(cfg)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                kill_tree(p)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    requests = s3_server.requests()
+    assert gets(s3_server, url, "model.safetensors") == 1, requests
+    assert requests[("GET", url[5:].split("/")[0])] == 2, requests  # one listing per node
