@@ -118,13 +118,19 @@ def test_remote_lm_is_copied_once_into_the_node_cache(tmp_path, tiny_lm_dir, s3_
     assert not list(cache.glob("models/*.tmp-*"))
 
     (Path(first) / ".complete").unlink()  # a copy whose marker never got written is not trusted
+    stale = Path(first + ".tmp-otherhost-123")  # what a killed fill leaves
+    stale.mkdir()
     assert lm_source.local_copy(url, str(cache)) == first
     assert gets(s3_server, url, "model.safetensors") == 2
+    assert not stale.exists()
 
     s3fs_for(s3_server).pipe(f"{url[5:]}/generation_config.json", b"{}")  # the store changed
     lm_source.local_copy(url, str(cache))
     assert (Path(first) / "generation_config.json").read_text() == "{}"
     assert gets(s3_server, url, "model.safetensors") == 3
+
+    with pytest.raises(lm_source.ModelNotFoundError, match="model folder not found"):
+        lm_source.local_copy(url + "-missing", str(cache))
 
 
 def test_two_processes_fill_the_node_cache_once(tmp_path, tiny_lm_dir, s3_server):

@@ -53,7 +53,7 @@ def lm_identity(path: str) -> dict:
     config = json.loads(fs.cat_file(f"{root}/config.json"))
     for key in IGNORED_CONFIG_KEYS:
         config.pop(key, None)
-    weights = [n for n in wanted_files(names) if n.endswith((".safetensors", ".bin")) and "index" not in n]
+    weights = [n for n in wanted_files(names) if n.endswith((".safetensors", ".bin"))]
     if not weights:
         raise FileNotFoundError(f"no weight files (.safetensors or .bin) in {path}")
     if weights[0].endswith(".safetensors"):

@@ -121,8 +121,9 @@ def _remote_copy(url: str, cache: Path) -> str:
     target = cache / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
     fs, root = fsspec.core.url_to_fs(url)
     listing = _remote_listing(fs, root)
-    if "config.json" not in listing:
-        raise ModelNotFoundError(f"model not found: no config.json under {url}")
+    if not listing:
+        raise ModelNotFoundError(f"model folder not found: {url} (no such folder, or no config, tokenizer "
+                                 "or weight files directly in it)")
     if _complete_listing(target) == listing:
         return str(target)
     from filelock import FileLock
@@ -133,15 +134,14 @@ def _remote_copy(url: str, cache: Path) -> str:
     with _acquire(lock, f"another process is filling the node cache for {url}"):
         if _complete_listing(target) == listing:  # filled while we waited
             return str(target)
+        for stale in target.parent.glob(f"{target.name}.tmp-*"):  # left by a killed fill
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = target.with_name(f"{target.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        names = sorted(listing)
-        fs.get([f"{root}/{n}" for n in names], [str(tmp / n) for n in names])
-        for n in names:
-            got = (tmp / n).stat().st_size
-            if got != listing[n][0]:
-                raise OSError(f"download of {url}/{n} is incomplete: {got} of {listing[n][0]} bytes")
+        try:
+            _download(fs, root, url, listing, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if target.exists():  # an older or interrupted copy: replaced whole
             old = target.with_name(f"{target.name}.old-{os.getpid()}")
             target.rename(old)
@@ -150,6 +150,16 @@ def _remote_copy(url: str, cache: Path) -> str:
         (target / COMPLETE).write_text(json.dumps({"url": url, "files": listing}))  # last
     log.info("fetched %s into the node cache %s (%d files, %.1fs)", url, target, len(listing), time.monotonic() - t0)
     return str(target)
+
+
+def _download(fs, root: str, url: str, listing: dict, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    names = sorted(listing)
+    fs.get([f"{root}/{n}" for n in names], [str(folder / n) for n in names])
+    for n in names:
+        got = (folder / n).stat().st_size
+        if got != listing[n][0]:
+            raise OSError(f"download of {url}/{n} is incomplete: {got} of {listing[n][0]} bytes")
 
 
 def _complete_listing(target: Path) -> dict | None:
@@ -217,8 +227,6 @@ def _hub_snapshot(source: Source) -> str:
             f"it once with network access (same HF_HOME), or point model.lm_path at a folder "
             f"({_first_line(err)})"
         ) from None
-    if not (Path(folder) / "config.json").exists():
-        raise ModelNotFoundError(f"Hub model {name} has no config.json in {folder}")
     return folder
 
 
