@@ -35,7 +35,8 @@ COMPLETE = ".complete"
 # Files a model folder needs besides its weights: configs, tokenizers, chat templates.
 SIDE_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".jinja")
 NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<rev>[A-Za-z0-9._/-]+))?$")
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_HUB_ID = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[A-Za-z0-9._/-]+))?$")  # org/name[@revision]
 _LOCK_WAIT_LOG_S = 10.0
 
 
