@@ -69,9 +69,14 @@ class LMShape:
 def _read_hf_config(path: str):
     from transformers import AutoConfig
 
+    from frozen_scale.model.lm_source import parse_source
+
     local = Path(path)
     if local.exists():
         return AutoConfig.from_pretrained(str(local))
+    source = parse_source(path)
+    if source.kind == "hub":  # config.json alone, through the Hub cache (HF_HUB_OFFLINE honoured)
+        return AutoConfig.from_pretrained(source.location, revision=source.revision)
     import json
 
     import fsspec
@@ -83,7 +88,7 @@ def _read_hf_config(path: str):
 
 
 def lm_shape(path: str) -> LMShape:
-    """Read an LM's HF config (local folder or fsspec URL; weights not needed) and count params."""
+    """Read an LM's HF config (local folder, fsspec URL or Hub id; weights not needed) and count params."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -6,6 +6,6 @@ except ImportError:  # pragma: no cover
     from s3_server import s3_server  # noqa: F401
 
 try:
-    from tests.core_fixtures import tiny_lm_dir, tiny_run_config, tiny_shards  # noqa: F401
+    from tests.core_fixtures import node_cache, tiny_lm_dir, tiny_run_config, tiny_shards  # noqa: F401
 except ImportError:  # pragma: no cover
-    from core_fixtures import tiny_lm_dir, tiny_run_config, tiny_shards  # noqa: F401
+    from core_fixtures import node_cache, tiny_lm_dir, tiny_run_config, tiny_shards  # noqa: F401

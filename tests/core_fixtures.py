@@ -99,6 +99,19 @@ def tiny_config_dict(lm_dir: Path, shards: Path, run_dir: Path, **sections) -> d
     return cfg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def node_cache(tmp_path_factory):
+    """FROZEN_SCALE_CACHE (node cache of fetched models, LM hash records) in a temp folder, so no
+    test writes to the home folder; child processes inherit it."""
+    saved = os.environ.get("FROZEN_SCALE_CACHE")
+    os.environ["FROZEN_SCALE_CACHE"] = str(tmp_path_factory.mktemp("node_cache"))
+    yield Path(os.environ["FROZEN_SCALE_CACHE"])
+    if saved is None:
+        os.environ.pop("FROZEN_SCALE_CACHE", None)
+    else:
+        os.environ["FROZEN_SCALE_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory) -> Path:
     return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))

@@ -6,6 +6,10 @@
         url = s3_server.new_bucket()                 # "s3://bucket-<n>"
         fsspec.open(url + "/a", "wb", **s3_server.storage_options)
 
+Requests are counted at the server, per (method, "bucket/key"), across every process that uses
+it (ranks under torchrun too): `s3_server.requests()` is a Counter of them, `s3_server.bytes_sent()`
+a Counter of response-body bytes, `s3_server.reset_counts()` starts afresh.
+
 The endpoint is set the standard ways: `storage_options={"client_kwargs": {"endpoint_url": ...}}`
 and the AWS_ENDPOINT_URL environment variable (honoured by botocore, so by s3fs and by child
 processes started after the fixture); dummy credentials come from AWS_* environment variables.
@@ -15,6 +19,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+from collections import Counter
+from urllib.parse import unquote
 
 import pytest
 
@@ -22,11 +29,56 @@ DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
              "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+class RequestCounter:
+    """WSGI middleware: counts requests and response-body bytes per (method, "bucket/key")."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.requests: Counter = Counter()
+        self.bytes: Counter = Counter()
+
+    def __call__(self, environ, start_response):
+        key = (environ["REQUEST_METHOD"], unquote(environ.get("PATH_INFO", "")).lstrip("/"))
+        with self.lock:
+            self.requests[key] += 1
+        return self._counted(self.app(environ, start_response), key)
+
+    def _counted(self, body, key):
+        try:
+            for chunk in body:
+                with self.lock:
+                    self.bytes[key] += len(chunk)
+                yield chunk
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.bytes.clear()
+
+
 class S3Server:
-    def __init__(self, endpoint_url: str):
+    def __init__(self, endpoint_url: str, counter: RequestCounter | None = None):
         self.endpoint_url = endpoint_url
         self.storage_options = {"client_kwargs": {"endpoint_url": endpoint_url}}
         self._ids = itertools.count()
+        self._counter = counter
+
+    def requests(self) -> Counter:
+        """(method, "bucket/key") -> number of requests since the last reset."""
+        with self._counter.lock:
+            return Counter(self._counter.requests)
+
+    def bytes_sent(self) -> Counter:
+        """(method, "bucket/key") -> response-body bytes since the last reset."""
+        with self._counter.lock:
+            return Counter(self._counter.bytes)
+
+    def reset_counts(self) -> None:
+        self._counter.reset()
 
     def new_bucket(self, name: str | None = None) -> str:
         import fsspec
@@ -44,11 +96,14 @@ def s3_server():
     saved = {k: os.environ.get(k) for k in [*DUMMY_ENV, "AWS_ENDPOINT_URL"]}
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    # werkzeug's server hands each request to its `app`: put the counter in front of moto's
+    counter = RequestCounter(server._server.app)
+    server._server.app = counter
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     os.environ.update(DUMMY_ENV, AWS_ENDPOINT_URL=endpoint)
     try:
-        yield S3Server(endpoint)
+        yield S3Server(endpoint, counter)
     finally:
         server.stop()
         for k, v in saved.items():

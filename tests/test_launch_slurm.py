@@ -64,7 +64,8 @@ def _metrics_steps(run_dir: Path) -> list[int]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["step"] for r in records if "event" not in r]  # event records (start-up) are no steps
 
 
 def _committed(run_dir: Path) -> list[int]:

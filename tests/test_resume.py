@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from frozen_scale.config import load_config
 from frozen_scale.train.checkpoint import committed_steps, prune
 from frozen_scale.train.metrics import read_metrics
-from tests.core_fixtures import corrupt_first_png, tiny_config_dict, truncate_shard, write_shards_plain
+from frozen_scale.model.lm_identity import lm_identity
+from tests.core_fixtures import corrupt_first_png, save_tiny_lm, tiny_config_dict, truncate_shard, write_shards_plain
 from tests.dist_util import REPO, check, free_port, kill_tree, torchrun
 
 EXIT_REQUEUE = 75
@@ -199,7 +200,17 @@ def test_export_generates_the_same_captions_as_the_trained_model(tmp_path, tiny_
     assert [e["prediction"] for e in trained["caption_examples"]] == [e["prediction"] for e in again["caption_examples"]]
     meta = json.loads((Path(out) / "frozen_vlm.json").read_text())
     assert meta["lm"]["path"] == str(tiny_lm_dir) and len(meta["lm"]["sha256"]) == 64
+    assert meta["lm"]["identity"] == lm_identity(str(tiny_lm_dir))
     assert not any(k.startswith("lm.") for k in load_file(str(Path(out) / "prefix.safetensors")))
+    other = save_tiny_lm(tmp_path / "other_lm", seed=1)  # same shapes, other weights
+    with pytest.raises(ValueError, match="not the one this export was trained against.*weight values differ"):
+        FrozenVLM.from_pretrained(out, lm_path=str(other))
+    FrozenVLM.from_pretrained(out, lm_path=str(other), check_lm=False)
+    meta["lm"].pop("identity")  # an export from before the identity: the full sha256 decides
+    (Path(out) / "frozen_vlm.json").write_text(json.dumps(meta))
+    FrozenVLM.from_pretrained(out)
+    with pytest.raises(ValueError, match="sha256 differs"):
+        FrozenVLM.from_pretrained(out, lm_path=str(other))
 
 
 @pytest.mark.slow
@@ -228,6 +239,22 @@ def test_incompatible_checkpoint_is_refused_with_what_differs(tmp_path, tiny_lm_
                                  model={"prefix_length": 3}))
     with pytest.raises(ValueError, match=r"incompatible.*prefix_length: checkpoint has 2, this run has 3"):
         Trainer(cfg2)
+    other = save_tiny_lm(tmp_path / "other_lm", seed=1)  # same shapes, other weights
+    cfg3 = load_config(write_cfg(tmp_path, "inc", other, tiny_shards, train={"steps": 2, "resume": "auto"}))
+    with pytest.raises(ValueError, match=r"incompatible.*lm_identity.values: checkpoint has"):
+        Trainer(cfg3)
+
+    # a checkpoint from before the cheap identity names its LM by the full sha256
+    state_path = tmp_path / "inc" / "checkpoints" / "step_00000001" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    del state["fingerprint"]["lm_identity"]
+    state["fingerprint"]["lm_sha256"] = state["lm"]["sha256"]
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"incompatible.*lm_sha256: checkpoint has"):
+        Trainer(cfg3)
+    resumed = Trainer(load_config(write_cfg(tmp_path, "inc", tiny_lm_dir, tiny_shards,
+                                            train={"steps": 2, "resume": "auto"})))
+    assert resumed.resume_state["step"] == 1
 
 
 def test_prune_keeps_the_newest_committed_and_drops_stale_partials(tmp_path):

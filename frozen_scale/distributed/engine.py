@@ -6,6 +6,9 @@
   `from_pretrained` builds the LM already partitioned (no rank ever holds it whole).
 - `build_engine(...)`: DeepSpeed engine whose optimizer holds the trainable parameters only.
 - gathering helpers for ZeRO-3 partitioned parameters.
+- start-up coordination: `node_leader_first(fn)` (once per node, result shared with the node's
+  other ranks), `on_rank_zero(fn)` (once per job, result shared with all) and
+  `broadcast_object(obj)`.
 """
 
 from __future__ import annotations
@@ -71,6 +74,75 @@ def device() -> torch.device:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def local_rank() -> int:
+    """This process's rank on its node (LOCAL_RANK, set by torchrun, deepspeed and our launchers)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def broadcast_object(obj, src: int = 0):
+    """A small picklable object from rank `src` to every rank (the value passed elsewhere is ignored)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def node_leader_first(fn):
+    """Run `fn()` on local rank 0 of each node only and return its result on every rank of that
+    node (e.g. a local path it fetched). One collective. A failure on any node raises on every
+    rank (the same exception where it pickles), so no rank is left waiting on one that failed."""
+    leader = local_rank() == 0
+    outcome = _attempt(fn) if leader else None
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return _result(outcome) if leader else fn()
+    entries = [None] * dist.get_world_size()
+    dist.all_gather_object(entries, (socket.gethostname(), local_rank(), outcome))
+    if leader and outcome[0] == "error":
+        raise outcome[1]
+    for _, _, other in entries:
+        if other is not None and other[0] == "error":
+            raise other[1]
+    if leader:
+        return outcome[1]
+    host, rank = socket.gethostname(), dist.get_rank()
+    leaders = {r: e for r, e in enumerate(entries) if e[0] == host and e[1] == 0}
+    mine = leaders.get(rank - local_rank()) or next(iter(leaders.values()), None)
+    if mine is None:  # no leader on this host (LOCAL_RANK not set by the launcher): do it here
+        return fn()
+    return mine[2][1]
+
+
+def on_rank_zero(fn):
+    """`fn()` on rank 0 only, its result (a small picklable object) on every rank; a failure on
+    rank 0 raises on every rank."""
+    outcome = _attempt(fn) if not dist.is_initialized() or dist.get_rank() == 0 else None
+    return _result(broadcast_object(outcome))
+
+
+def _attempt(fn) -> tuple:
+    try:
+        return ("ok", fn())
+    except Exception as err:  # noqa: BLE001  (handed to every rank, re-raised there)
+        return ("error", _portable(err))
+
+
+def _portable(err: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001  (an exception that does not survive pickling)
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def _result(outcome: tuple):
+    if outcome[0] == "error":
+        raise outcome[1]
+    return outcome[1]
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

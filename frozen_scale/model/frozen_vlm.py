@@ -18,6 +18,7 @@ from torch import nn
 from frozen_scale.config import ModelConfig, VisionConfig, from_dict
 from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
 from frozen_scale.model import lm as lm_lib
+from frozen_scale.model import lm_identity
 from frozen_scale.model.prefix import PrefixMapper
 from frozen_scale.model.vision import build_vision_encoder
 
@@ -141,8 +142,10 @@ class FrozenVLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, export_dir: str, lm_path: str | None = None, dtype=torch.float32,
-                        check_hash: bool = True) -> "FrozenVLM":
-        """Load an export (`frozen-scale export`) next to its LM on one machine, no DeepSpeed."""
+                        check_lm: bool = True) -> "FrozenVLM":
+        """Load an export (`frozen-scale export`) next to its LM on one machine, no DeepSpeed.
+        `lm_path` (folder, URL or Hub id) overrides the recorded one; the LM must match the
+        export's record (its cheap identity) unless `check_lm=False`."""
         from safetensors.torch import load_file
 
         export = Path(lm_lib.local_copy(export_dir))
@@ -150,14 +153,10 @@ class FrozenVLM(nn.Module):
         model_cfg = from_dict(ModelConfig, meta["model"])
         model_cfg.vision = from_dict(VisionConfig, meta["model"]["vision"])
         path = lm_path or meta["lm"]["path"]
-        if check_hash and meta["lm"].get("sha256"):
-            actual = lm_lib.content_hash(path)
-            if actual != meta["lm"]["sha256"]:
-                raise ValueError(
-                    f"LM at {path} does not match the export: sha256 {actual[:12]}... != "
-                    f"{meta['lm']['sha256'][:12]}... (pass check_hash=False to override)"
-                )
-        lm = lm_lib.load_lm(path, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
+        local = lm_lib.local_copy(path)
+        if check_lm:
+            _check_lm(path, local, meta["lm"])
+        lm = lm_lib.load_lm(local, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
         model = cls(model_cfg, lm, lm_embedding_norm=1.0)
         state = load_file(str(export / "prefix.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -167,3 +166,19 @@ class FrozenVLM(nn.Module):
         if missing or unexpected:
             raise ValueError(f"export does not fit the model: missing {missing}, unexpected {unexpected}")
         return model.eval()
+
+
+def _check_lm(path: str, local: str, recorded: dict) -> None:
+    """Refuse an LM other than the one an export was trained against (by its cheap identity;
+    exports that predate it recorded only the full sha256, which is then computed once)."""
+    if recorded.get("identity"):
+        differs = lm_identity.identity_mismatch(recorded["identity"], lm_identity.lm_identity(local))
+    elif recorded.get("sha256"):
+        differs = ["its sha256 differs"] if lm_lib.content_hash(local) != recorded["sha256"] else []
+    else:
+        differs = []
+    if differs:
+        raise ValueError(
+            f"the LM at {path} is not the one this export was trained against ({recorded.get('path')}): "
+            + "; ".join(differs) + ". Pass the right LM (lm_path=...), or check_lm=False to load anyway"
+        )

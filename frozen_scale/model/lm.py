@@ -1,52 +1,22 @@
 """Loading the language model (any transformers causal LM) and freezing it.
 
-The LM and tokenizer come from a local folder or any fsspec URL (s3://, gs://, ...; copied once
-into a local cache). Under ZeRO-3 the caller keeps a `HfDeepSpeedConfig` alive while calling
-`load_lm`, so transformers builds the model already partitioned (see frozen_scale.distributed).
+The LM and tokenizer come from a local folder, any fsspec URL (s3://, gs://, ...; copied once
+into the node cache) or a Hugging Face Hub id (org/name[@revision]); see lm_source. What a
+checkpoint records about the LM is `lm_summary`: its path and cheap identity (see lm_identity).
+Under ZeRO-3 the caller keeps a `HfDeepSpeedConfig` alive while calling `load_lm`, so
+transformers builds the model already partitioned (see frozen_scale.distributed).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
-import fsspec
 import torch
 from torch import nn
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def local_copy(url: str, cache_dir: str | None = None) -> str:
-    """A local folder with the contents of `url` (the path itself when already local)."""
-    if not url:
-        raise ValueError("no model path given (model.lm_path is empty)")
-    if _is_local(url):
-        path = url[len("file://"):] if url.startswith("file://") else url
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"model folder not found: {path}")
-        return path
-    cache = Path(cache_dir or os.environ.get("FROZEN_SCALE_CACHE", Path.home() / ".cache" / "frozen_scale"))
-    target = cache / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    done = target / ".complete"
-    if not done.exists():
-        fs, root = fsspec.core.url_to_fs(url)
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        fs.get(root.rstrip("/") + "/", str(tmp), recursive=True)
-        if target.exists():  # another process finished first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.rename(target)
-        done.touch()
-    return str(target)
+from frozen_scale.model.lm_identity import content_hash, lm_identity  # noqa: F401  (re-exported)
+from frozen_scale.model.lm_source import ModelNotFoundError, local_copy  # noqa: F401  (re-exported)
 
 
 def load_tokenizer(path: str):
@@ -77,27 +47,14 @@ def freeze(lm: nn.Module) -> nn.Module:
     return lm
 
 
-def content_hash(path: str) -> str:
-    """sha256 over the LM's config and weight files (names and bytes): identifies the frozen LM."""
-    fs, root = fsspec.core.url_to_fs(path)
-    files = sorted(
-        f for f in fs.find(root) if f.endswith(WEIGHT_SUFFIXES) or f.endswith("config.json")
-    )
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(os.path.relpath(f, root).encode())
-        with fs.open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def lm_summary(path: str) -> dict:
-    """What a checkpoint or export records about the LM it was trained against."""
-    cfg = json.loads(Path(local_copy(path), "config.json").read_text())
+def lm_summary(path: str, local_dir: str | None = None) -> dict:
+    """What a checkpoint or export records about the LM it was trained against: the path as
+    given, the cheap identity (read from `local_dir`, the local copy, when given) and its shape."""
+    local = local_dir or local_copy(path)
+    cfg = json.loads(Path(local, "config.json").read_text())
     return {
         "path": path,
-        "sha256": content_hash(path),
+        "identity": lm_identity(local),
         "model_type": cfg.get("model_type"),
         "hidden_size": cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model"),
         "vocab_size": cfg.get("vocab_size"),

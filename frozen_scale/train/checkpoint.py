@@ -4,7 +4,7 @@ Layout of one checkpoint:  {checkpoint_dir}/step_00000100/
     ds/...                    DeepSpeed engine state (trainable weights, optimizer, scheduler);
                               frozen LM parameters excluded: the LM is referenced, not copied
     rank_00000.json           per-rank state: data stream position, RNG states
-    trainer_state.json        step, samples seen, LM reference (path + sha256), model fingerprint
+    trainer_state.json        step, samples seen, LM reference (path, identity, sha256), fingerprint
     COMMITTED                 commit marker, written last by rank 0 after every rank is done
 
 Remote URLs (s3://, ...) are staged in a local folder and uploaded by each node's local rank 0,

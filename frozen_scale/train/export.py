@@ -1,8 +1,9 @@
 """`frozen-scale export RUN`: the trained prefix for inference next to the untouched LM.
 
 Writes {out}/prefix.safetensors (vision encoder + prefix mapper), {out}/frozen_vlm.json
-(model config and the LM reference: path + sha256) and the tokenizer. Load it with
-`FrozenVLM.from_pretrained(out)` on one machine, no DeepSpeed needed.
+(model config and the LM reference: path, cheap identity, full sha256) and the tokenizer. Load it
+with `FrozenVLM.from_pretrained(out)` on one machine, no DeepSpeed needed; loading refuses an LM
+whose identity differs from the recorded one.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """One metrics path: rank 0 writes JSONL always, TensorBoard when asked, W&B if installed and
-asked for via FROZEN_SCALE_WANDB=1 (imported lazily)."""
+asked for via FROZEN_SCALE_WANDB=1 (imported lazily).
+
+metrics.jsonl holds step records ({"step", "time", values...}) and, apart from them, event
+records ({"event": name, "time", values...}, e.g. the `startup` breakdown); `read_metrics`
+returns the step records unless asked for an event."""
 
 from __future__ import annotations
 
@@ -43,6 +47,13 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
+    def event(self, name: str, values: dict) -> None:
+        """A record that is not a training step (JSONL only)."""
+        if not self.enabled:
+            return
+        self._fh.write(json.dumps({"event": name, "time": time.time(), **values}) + "\n")
+        self._fh.flush()
+
     def close(self) -> None:
         if not self.enabled:
             return
@@ -53,8 +64,10 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def read_metrics(run_dir: str) -> list[dict]:
+def read_metrics(run_dir: str, event: str | None = None) -> list[dict]:
+    """The step records of a run, or its `event` records when one is named."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("event") == event]

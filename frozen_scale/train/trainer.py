@@ -27,6 +27,7 @@ from frozen_scale.distributed import safe_load
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model.frozen_vlm import FrozenVLM, embedding_norm
 from frozen_scale.train import checkpoint as ckpt
+from frozen_scale.train import lm_setup
 from frozen_scale.train.flops import FlopsCounter
 from frozen_scale.train.metrics import MetricsLogger
 from frozen_scale.train.schedule import warmup_cosine
@@ -66,9 +67,10 @@ class MetricWindow:
 
 
 def fingerprint(cfg: FrozenConfig, lm_info: dict) -> dict:
-    """What must match for a checkpoint to be resumable into this run."""
+    """What must match for a checkpoint to be resumable into this run (the LM by its cheap
+    identity, see frozen_scale.model.lm_identity)."""
     return {
-        "lm_sha256": lm_info["sha256"],
+        "lm_identity": lm_info["identity"],
         "lm_hidden_size": lm_info["hidden_size"],
         "prefix_length": cfg.model.prefix_length,
         "vision": to_dict(cfg.model.vision),
@@ -89,6 +91,7 @@ def describe_mismatch(saved: dict, current: dict) -> list[str]:
 
 class Trainer:
     def __init__(self, cfg: FrozenConfig):
+        self.startup = lm_setup.StartupClock()
         self.cfg = cfg
         self.rank, self.world_size = dist_engine.init_distributed()
         self.is_main = self.rank == 0
@@ -101,28 +104,37 @@ class Trainer:
         self.ds = dist_engine.ds_config(cfg, self.world_size)
         if self.is_main:
             ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
+        with self.startup.phase("download"):  # local rank 0 of each node; the others wait
+            self.model_dirs = lm_setup.fetch_models(cfg)
+        with self.startup.phase("identity"):  # rank 0, from its local copy
+            self.lm_info = lm_setup.identify_lm(cfg, self.model_dirs)
+        self.lm_hash = lm_setup.BackgroundHash(self.model_dirs[cfg.model.lm_path]) if self.is_main else None
         self.resume_url = ckpt.resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
         self.resume_state = self._fetch_resume_state() if self.resume_url else None
         self._build_model()
+        if self.lm_hash:
+            with self.startup.phase("sha256 wait"):
+                self.lm_info["sha256"] = self.lm_hash.result()
         self._stop_signal = None
         self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard)
         self.window = MetricWindow.start(self.device)
         self.nonfinite_in_row = self.nonfinite_total = 0
         self.key_log = None
+        self.startup.setup_finished()
 
     # -- set-up ------------------------------------------------------------------------------
     def _build_model(self):
         cfg = self.cfg
-        self.tokenizer = lm_lib.load_tokenizer(cfg.model.tokenizer_path or cfg.model.lm_path)
+        self.tokenizer = lm_lib.load_tokenizer(self.model_dirs[cfg.model.tokenizer_path or cfg.model.lm_path])
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
-        with dist_engine.lm_loading_context(self.ds):
-            lm = lm_lib.load_lm(cfg.model.lm_path, dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+        with self.startup.phase("partitioned load"), dist_engine.lm_loading_context(self.ds):
+            lm = lm_lib.load_lm(self.model_dirs[cfg.model.lm_path], dtype=dtype,
+                                attn_implementation=cfg.model.attn_implementation)
         emb = lm.get_input_embeddings().weight
         with dist_engine.gathered([emb]):
             norm = embedding_norm(lm)
-        self.lm_info = lm_lib.lm_summary(cfg.model.lm_path)
         torch.manual_seed(cfg.train.seed)  # LM loading may draw random numbers; the prefix must not depend on it
-        self.model = FrozenVLM(cfg.model, lm, lm_embedding_norm=norm)
+        self.model = FrozenVLM(lm_setup.with_local_paths(cfg.model, self.model_dirs), lm, lm_embedding_norm=norm)
         if dtype != torch.float32:
             self.model.vision.to(dtype)
             self.model.prefix.to(dtype)
@@ -131,7 +143,8 @@ class Trainer:
         counts = self.model.parameter_counts()
         self.lm_local_numel = sum(dist_engine.local_numel(p) for p in lm.parameters())
         schedule = warmup_cosine(cfg.train.warmup_steps, cfg.train.steps, cfg.train.min_lr_ratio)
-        self.engine, self.optimizer = dist_engine.build_engine(self.model, cfg, self.ds, schedule)
+        with self.startup.phase("engine build"):
+            self.engine, self.optimizer = dist_engine.build_engine(self.model, cfg, self.ds, schedule)
         safe_load.install(self.engine)
         self.device = self.engine.device
         self.flops = FlopsCounter(self.model, counts, cfg)
@@ -224,8 +237,11 @@ class Trainer:
                 ckpt.download(url, local)
             dist_engine.barrier()
         state = ckpt.read_json(str(local / "trainer_state.json"))
-        self.lm_info_for_check = lm_lib.lm_summary(self.cfg.model.lm_path)
-        diffs = describe_mismatch(state["fingerprint"], fingerprint(self.cfg, self.lm_info_for_check))
+        saved, current = state["fingerprint"], fingerprint(self.cfg, self.lm_info)
+        if "lm_sha256" in saved:  # a checkpoint from before the cheap identity: the full hash decides
+            current.pop("lm_identity")
+            current["lm_sha256"] = dist_engine.broadcast_object(self.lm_hash.result() if self.lm_hash else None)
+        diffs = describe_mismatch(saved, current)
         if diffs:
             raise ValueError(f"checkpoint {url} was made under an incompatible config: " + "; ".join(diffs))
         return state
@@ -293,6 +309,7 @@ class Trainer:
                 if not self.train_step(batches):
                     continue
                 step += 1
+                self.note_first_step()
                 samples += cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
@@ -358,6 +375,16 @@ class Trainer:
                 f"{self.nonfinite_in_row} non-finite steps in a row: stopping. "
                 "Lower train.lr, use fp32, or check the data."
             )
+
+    def note_first_step(self, seconds: float | None = None) -> None:
+        """After the first optimizer step (default duration: since set-up finished): rank 0 logs the
+        start-up breakdown once and writes it as the `startup` record of metrics.jsonl."""
+        if self.startup.done:
+            return
+        self.startup.first_step(seconds)
+        if self.is_main:
+            log.info("%s", self.startup.line())
+            self.metrics.event("startup", self.startup.record())
 
     def _log_keys(self) -> bool:
         return bool(os.environ.get("FROZEN_SCALE_LOG_KEYS"))
