@@ -23,6 +23,7 @@ from data_prep.dedup import HashRegistry, committed_hashes
 from data_prep.options import JobOptions
 from data_prep.shard import write_shard
 from data_prep.sources import count_hint, units
+from frozen_scale.constants import SHARDS_FORMAT
 
 log = logging.getLogger(__name__)
 FORWARDED_ENV = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
@@ -92,7 +93,7 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
             address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
             max_retries: int = 3, progress: bool = True) -> dict:
     """Prepare `source` into shards under `output_url`; returns the manifest written there."""
-    job = {"format": mf.FORMAT, "source": source.describe(), "options": opts.fingerprint()}
+    job = {"format": SHARDS_FORMAT, "source": source.describe(), "options": opts.fingerprint()}
     mf.check_job(output_url, job, storage_options)
     mf.remove_stale_temporaries(output_url, storage_options)
     done = set(mf.committed_shards(output_url, storage_options))

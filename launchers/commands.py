@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from frozen_scale.config import LauncherConfig
 
 TRAIN_MODULE = "frozen_scale.cli"
-PREEMPTED_EXIT = 75
-"""The trainer's exit code after committing a checkpoint on SIGTERM/SIGUSR1: requeue me."""
 
 
 def train_args(config_path: str, overrides: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PREEMPTED_EXIT = 75
+from frozen_scale.constants import EXIT_REQUEUE
 
 
 def _free_port() -> int:
@@ -78,7 +78,7 @@ def train_worker(loop_config: dict) -> None:
         code = proc.wait()
     tail = log_path.read_text(errors="replace")[-2000:]
     dist.barrier()  # every rank's trainer has exited before any worker reports
-    if code == PREEMPTED_EXIT:
+    if code == EXIT_REQUEUE:
         raise RuntimeError(f"rank {rank}: preempted (checkpoint committed); restarting to resume")
     if code != 0:
         raise RuntimeError(f"rank {rank}: training exited {code}; last output:\n{tail}")

@@ -146,7 +146,7 @@ def test_image_episode_is_the_text_episode_with_scenes_as_images(kind):
     same episodes: replace every image by its scene's caption and the prompt is the document."""
     import numpy as np
 
-    from frozen_scale.eval.fewshot import NONSENSE_NAMES
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
     from frozen_scale.synthetic import episodes
 
     for i in range(20):
@@ -330,7 +330,7 @@ def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
 
 
 def test_fewshot_classification_from_labelled_shards(tiny_run, tmp_path):
-    from frozen_scale.eval.fewshot import NONSENSE_NAMES
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
 
     keys = [f"img{i:03d}" for i in range(12)]
     shards = _write_keyed_shards(tmp_path / "shards", keys)

@@ -33,6 +33,7 @@ from frozen_scale.data.loader import to_tensor
 from frozen_scale.eval import fewshot, metrics
 from frozen_scale.eval import fewshot_world as fw
 from frozen_scale.synthetic import world
+from frozen_scale.synthetic.names import assign_nonsense_names
 
 TASKS = ("caption", "vqa", "fewshot-cls", "binding")
 ANSWER_TOKENS = {"caption": None, "vqa": 4, "fewshot-cls": 3, "binding": 3}
@@ -237,7 +238,7 @@ def _shard_classification(args, image_size: int) -> list[fw.Item]:
     for i in range(args.num_samples):
         rng = np.random.default_rng([args.seed, 77, ways, shots, i])
         chosen = [classes[j] for j in rng.choice(len(classes), ways, replace=False)]
-        names = fewshot.assign_nonsense_names(chosen, rng)
+        names = assign_nonsense_names(chosen, rng)
         picks = {c: [by_label[c][j] for j in rng.choice(len(by_label[c]), shots + 1, replace=False)] for c in chosen}
         support = [(picks[str(c)][s], names[str(c)]) for s in range(shots) for c in rng.permutation(chosen)]
         query_class = chosen[int(rng.integers(ways))]

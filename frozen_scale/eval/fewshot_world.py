@@ -31,6 +31,7 @@ from PIL import Image as PILImage
 from frozen_scale.data.prompts import Image, Text
 from frozen_scale.eval import fewshot
 from frozen_scale.synthetic import episodes, text, world
+from frozen_scale.synthetic.names import NONSENSE_NAMES
 
 STANDIN_NAMES = ("what", "how", "many", "there")
 """Stand-ins for the nonsense words when the LM's vocabulary lacks them."""
@@ -47,7 +48,7 @@ class NamingLanguage:
     query: str
 
 
-PAPER_NAMING = NamingLanguage(fewshot.NONSENSE_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
+PAPER_NAMING = NamingLanguage(NONSENSE_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
 STANDIN_NAMING = NamingLanguage(STANDIN_NAMES, "caption : a {name} .", "caption : a")
 
 
