@@ -376,7 +376,7 @@ def test_two_ranks_give_the_one_rank_predictions(tiny_run, tmp_path):
     assert cli.eval_main([str(tiny_run), *common, "--out", str(one)]) == 0
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "frozen_scale.cli", "eval", str(tiny_run / "export"), *common, "--out", str(two)]
+           "-m", "frozen_scale.app.cli", "eval", str(tiny_run / "export"), *common, "--out", str(two)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _result(one), _result(two)

@@ -11,32 +11,15 @@ import argparse
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from frozen_scale.config import FrozenConfig, load_config, save_config
+from launchers.local import launch_training
 
-log = logging.getLogger("frozen_scale.demo")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_training(config_path: Path, nproc: int, overrides: list[str] = (), env: dict | None = None) -> int:
-    """Run `frozen-scale train` on `nproc` local ranks through torchrun (gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "frozen_scale.cli", "train", str(config_path), *overrides]
-    full_env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-                "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc)), **(env or {})}
-    return subprocess.call(cmd, env=full_env)
+log = logging.getLogger("frozen_scale.app.demo")
 
 
 def prepare(cfg: FrozenConfig, run_dir: Path, progress: bool = True) -> dict:

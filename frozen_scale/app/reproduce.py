@@ -32,9 +32,10 @@ from pathlib import Path
 
 import yaml
 
-from frozen_scale.config import FrozenConfig, apply_overrides, from_dict, save_config
+from frozen_scale.config import FrozenConfig, apply_overrides, deep_merge, from_dict, save_config
+from launchers.local import launch_training
 
-log = logging.getLogger("frozen_scale.reproduce")
+log = logging.getLogger("frozen_scale.app.reproduce")
 
 VARIANTS = {
     "frozen": {"lm": "pretrained", "train_lm": False, "blind": False},
@@ -63,18 +64,11 @@ QUICK = [
 ]
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_reproduce_config(base: str | None, overlay: str | None, overrides: list[str]) -> FrozenConfig:
     data: dict = {}
     for path in (base, overlay):
         if path:
-            data = _deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
+            data = deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
     return from_dict(FrozenConfig, apply_overrides(data, list(overrides)))
 
 
@@ -173,7 +167,6 @@ def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: 
 
 def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: Path, nproc: int,
                 progress: bool) -> dict:
-    from frozen_scale.demo import launch_training
     from frozen_scale.train.export import export
 
     done = run / name / "results.json"
