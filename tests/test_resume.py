@@ -190,8 +190,7 @@ def test_export_generates_the_same_captions_as_the_trained_model(tmp_path, tiny_
     trainer = Trainer(cfg)
     assert trainer.fit() == 0
     tok = load_tokenizer(str(tiny_lm_dir))
-    kw = dict(seed=5, split="eval", n=8, prompt=cfg.data.prompt, image_size=cfg.model.vision.image_size,
-              mean=cfg.model.vision.mean, std=cfg.model.vision.std, max_new_tokens=8, progress=False)
+    kw = dict(seed=5, split="eval", n=8, prompt=cfg.data.prompt, max_new_tokens=8, progress=False)
     trained = caption_eval(trainer.engine.module, tok, **kw)
     out = export(str(tmp_path / "exp"))
     loaded = FrozenVLM.from_pretrained(out)

@@ -2,7 +2,8 @@
 
 world -> shards (data_prep) -> LM pretraining (the paper's step 1) -> freeze -> prefix training
 with DeepSpeed ZeRO-2 on two CPU ranks -> export -> evaluation (captioning and zero-shot VQA,
-each against a blind baseline) -> report.md, metrics.json, loss_curve.png in the run folder.
+each against the blind baseline: every image black) -> report.md, metrics.json, loss_curve.png in
+the run folder.
 """
 
 from __future__ import annotations
@@ -44,15 +45,13 @@ def prepare(cfg: FrozenConfig, run_dir: Path, progress: bool = True) -> dict:
 
 
 def evaluate(export_dir: str, cfg: FrozenConfig, progress: bool = True) -> dict:
+    """Captioning (held-out scenes and held-out colour/shape combinations) and zero-shot VQA, each
+    with the image and blind, through the task runner of `frozen-scale eval`."""
+    from frozen_scale.eval.tasks import load_model
     from frozen_scale.eval.world import caption_eval, vqa_eval
-    from frozen_scale.model.frozen_vlm import FrozenVLM
-    from frozen_scale.model.lm import load_tokenizer
 
-    model = FrozenVLM.from_pretrained(export_dir)
-    tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer"))
-    v = cfg.model.vision
-    common = dict(seed=cfg.world.seed, image_size=v.image_size, mean=v.mean, std=v.std,
-                  batch_size=cfg.eval.batch_size, progress=progress)
+    model, tokenizer, _ = load_model(export_dir)
+    common = dict(seed=cfg.world.seed, batch_size=cfg.eval.batch_size, progress=progress)
     metrics = caption_eval(model, tokenizer, split="eval", n=cfg.eval.num_samples, prompt=cfg.data.prompt,
                            max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams, **common)
     held = caption_eval(model, tokenizer, split="heldout_combos", n=min(200, cfg.eval.num_samples),

@@ -43,7 +43,7 @@ VARIANTS = {
     "scratch": {"lm": "scratch", "train_lm": True, "blind": False},
     "blind": {"lm": "pretrained", "train_lm": False, "blind": True},
 }
-# (column, task, keyword arguments of cli.run_task, metric)
+# (column, task, keyword arguments of eval.tasks.run_task, metric)
 EVALS = (
     ("caption_cider", "caption", {}, "cider"),
     ("caption_bleu4", "caption", {}, "bleu4"),
@@ -149,15 +149,15 @@ def variant_config(cfg: FrozenConfig, run: Path, name: str, lm_dir: Path, shards
 
 
 def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: bool) -> dict:
-    from frozen_scale.eval import cli
+    from frozen_scale.eval import tasks
 
-    model, tokenizer, meta = cli.load_model(export_dir)
+    model, tokenizer, meta = tasks.load_model(export_dir)
     scores, details, cache = {}, {}, {}
     for column, task, kwargs, metric in EVALS:
         key = (task, tuple(sorted(kwargs.items())))
         if key not in cache:
             limit = cfg.eval.max_new_tokens if task == "caption" else None
-            cache[key] = cli.run_task(model, tokenizer, meta, task, n=cfg.eval.num_samples, seed=cfg.world.seed,
+            cache[key] = tasks.run_task(model, tokenizer, meta, task, n=cfg.eval.num_samples, seed=cfg.world.seed,
                                       blind=blind, max_new_tokens=limit, batch_size=cfg.eval.batch_size,
                                       progress=progress, **kwargs)
             details["-".join([task, *(f"{k}{v}" for k, v in sorted(kwargs.items()))])] = cache[key]

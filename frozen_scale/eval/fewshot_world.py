@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image as PILImage
 
 from frozen_scale.data.prompts import Image, Text
 from frozen_scale.eval import fewshot
@@ -65,11 +64,6 @@ class Item:
     answers: list[str]
     """Accepted answers (captioning: the reference captions)."""
     meta: dict = field(default_factory=dict)
-
-
-def black_image(image_size: int) -> PILImage.Image:
-    """What a blind model sees instead of every image."""
-    return PILImage.new("RGB", (image_size, image_size), (0, 0, 0))
 
 
 def caption_items(seed: int, split: str, n: int, prompt: str, image_size: int) -> list[Item]:
