@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import logging
 import os
@@ -74,32 +73,13 @@ def load_reproduce_config(base: str | None, overlay: str | None, overrides: list
 
 # -- inputs -----------------------------------------------------------------------------------
 def write_shards(out: Path, cfg: FrozenConfig, blind: bool) -> Path:
-    """The world's training scenes as webdataset shards (black images when blind)."""
-    import webdataset as wds
+    """The world's training scenes as shards (black images when blind), written in this process;
+    a finished folder is kept as it is."""
+    from data_prep.synthetic import write_world_shards
 
-    from frozen_scale.eval.fewshot_world import black_image
-    from frozen_scale.synthetic import world
-
-    if (out / "manifest.json").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    size, per, count = cfg.model.vision.image_size, cfg.world.samples_per_shard, cfg.world.num_train
-    black = io.BytesIO()
-    black_image(size).save(black, "PNG")
-    shards = []
-    for start in range(0, count, per):
-        name = f"{start // per:05d}.tar"
-        with wds.TarWriter(str(out / name)) as sink:
-            for i in range(start, min(count, start + per)):
-                scene = world.make_scene(cfg.world.seed, "train", i)
-                buf = black
-                if not blind:
-                    buf = io.BytesIO()
-                    world.render(scene, size).save(buf, "PNG")
-                sink.write({"__key__": scene.key, "png": buf.getvalue(), "txt": world.caption(scene)})
-        shards.append({"name": name, "num_samples": min(count, start + per) - start})
-    manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_world_shards(str(out), seed=cfg.world.seed, split="train", count=cfg.world.num_train,
+                       samples_per_shard=cfg.world.samples_per_shard, image_size=cfg.model.vision.image_size,
+                       blind=blind, num_workers=0)
     return out
 
 
