@@ -19,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from frozen_scale.config import load_config
+from frozen_scale.constants import SHARDS_FORMAT
 from frozen_scale.train.checkpoint import committed_steps, prune
 from frozen_scale.train.metrics import read_metrics
 from tests.core_fixtures import corrupt_first_png, tiny_config_dict, truncate_shard, write_shards_plain
@@ -168,7 +169,7 @@ def test_bad_and_uneven_shards_over_two_ranks_and_two_workers(tmp_path, tiny_lm_
         shards.append({"name": f"{i:05d}.tar", "num_samples": n})
     truncate_shard(root / "00000.tar")
     corrupt_first_png(root / "00002.tar")
-    (root / "manifest.json").write_text(json.dumps({"format": "frozen_scale.shards/1",
+    (root / "manifest.json").write_text(json.dumps({"format": SHARDS_FORMAT,
                                                     "num_samples": sum(sizes), "shards": shards}))
     cfg = write_cfg(tmp_path, "bad", tiny_lm_dir, root, train={"steps": 12, "log_every": 4, "micro_batch_size": 2},
                     data={"num_workers": 2, "shuffle_buffer": 4}, checkpoint={"every": 0})
