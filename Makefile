@@ -1,6 +1,6 @@
 # frozen_scale: two commands do all set-up on a fresh machine.
 #   make demo   - create .venv, install, run the main job on the built-in world
-#   make test   - create .venv, install, run the test suite
+#   make test   - create .venv, install, check the import layers, run the test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +10,7 @@ export DS_ACCELERATOR ?= cpu
 # DeepSpeed JIT-compiles a small comm op on first use: build it per checkout, not in a shared cache
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: demo test test-fast bench bench-prep install clean
+.PHONY: demo test test-fast lint-imports bench bench-prep install clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/frozen-scale demo --run-dir $(RUN_DIR)
 
-test: install
+# the layers of DESIGN.md: nothing imports upward (contracts in pyproject.toml)
+lint-imports: install
+	$(VENV)/bin/lint-imports
+
+test: lint-imports
 	$(PY) -m pytest -q tests
 
-test-fast: install
+test-fast: lint-imports
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: install

@@ -51,28 +51,11 @@ def save_lm(out: Path, arch: str, n_layer: int, n_embd: int, n_head: int, n_posi
 
 def write_world_shards(out: Path, count: int, per_shard: int, image_size: int, image_format: str = "png",
                        seed: int = 0) -> Path:
-    """Shards of the built-in world written with webdataset's TarWriter, plus a manifest."""
-    import webdataset as wds
+    """Shards of the built-in world, plus a manifest: data_prep's world shard writer, in this process."""
+    from data_prep.synthetic import write_world_shards as write
 
-    from frozen_scale.synthetic import world
-
-    ext = {"png": "png", "jpeg": "jpg"}[image_format]
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for start in range(0, count, per_shard):
-        name = f"{start // per_shard:05d}.tar"
-        n = 0
-        with wds.TarWriter(str(out / name)) as sink:
-            for i in range(start, min(count, start + per_shard)):
-                scene = world.make_scene(seed, "train", i)
-                buf = io.BytesIO()
-                world.render(scene, image_size).save(buf, image_format.upper(), **(
-                    {"quality": 95} if image_format == "jpeg" else {}))
-                sink.write({"__key__": scene.key, ext: buf.getvalue(), "txt": world.caption(scene)})
-                n += 1
-        shards.append({"name": name, "num_samples": n, "stats": f"{name[:-4]}_stats.json"})
-    manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write(str(out), seed=seed, split="train", count=count, samples_per_shard=per_shard, image_size=image_size,
+          image_format=image_format, num_workers=0)
     return out
 
 

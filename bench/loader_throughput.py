@@ -184,7 +184,7 @@ def compare(name: str, shard_dir: Path, tokenizer, image_size: int, batch_size: 
 def demo_data_wait(tmp: Path, steps: int, log_every: int, samples: int) -> list[float]:
     """data_wait_fraction of each logged window of a short run with the demo's config on 2 ranks."""
     from frozen_scale.config import load_config
-    from frozen_scale.demo import launch_training
+    from launchers.local import launch_training
     from frozen_scale.train.metrics import read_metrics
 
     config = REPO_CONFIG

@@ -6,7 +6,9 @@
     shard.py      one work unit -> NNNNN.tar + NNNNN.parquet + NNNNN_stats.json (commit marker)
     dedup.py      job-wide exact dedup of image content (a Ray actor)
     pipeline.py   the Ray job: bounded in flight, retries, resume, progress, manifest.json
+                  (or, in_process, the same job without Ray)
     manifest.py   committed shards and the job manifest the trainer reads
-    synthetic.py  write_world_shards: the built-in world through the same pipeline
+    synthetic.py  write_world_shards: the built-in world through the same pipeline, the one world
+                  shard writer (demo, reproduce, benchmarks, tests; blind: black images)
     cli.py        `frozen-scale prep ...`
 """

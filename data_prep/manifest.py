@@ -1,7 +1,8 @@
 """Committed shards and the job manifest the trainer reads.
 
 A shard is committed when its `NNNNN_stats.json` exists (written after its tar and status table).
-`manifest.json` at the output root lists committed shards only, in shard order:
+`manifest.json` at the output root lists committed shards only, in shard order (the format name
+and the file name are `frozen_scale.constants.SHARDS_FORMAT` and `SHARDS_MANIFEST`):
 
     {"format": "frozen_scale.shards/1", "num_samples": N,
      "shards": [{"name": "00000.tar", "num_samples": n, "stats": "00000_stats.json"}, ...]}
@@ -13,9 +14,8 @@ import json
 import re
 
 from frozen_scale import storage
+from frozen_scale.constants import SHARDS_FORMAT, SHARDS_MANIFEST
 
-FORMAT = "frozen_scale.shards/1"
-MANIFEST = "manifest.json"
 JOB_FILE = "job.json"
 STATS_RE = re.compile(r"^(\d{5,})_stats\.json$")
 
@@ -53,24 +53,24 @@ def build_manifest(output_url: str, storage_options=None, extra: dict | None = N
     stats = read_stats(output_url, committed_shards(output_url, storage_options), storage_options)
     shards = [{"name": st["tar"], "num_samples": st["num_samples"], "stats": f"{s:05d}_stats.json",
                "rows": st["count"]} for s, st in sorted(stats.items())]
-    manifest = {"format": FORMAT, "num_samples": sum(s["num_samples"] for s in shards),
+    manifest = {"format": SHARDS_FORMAT, "num_samples": sum(s["num_samples"] for s in shards),
                 "num_rows": sum(s["rows"] for s in shards), "shards": shards}
     manifest.update(extra or {})
     return manifest
 
 
 def write_manifest(output_url: str, manifest: dict, storage_options=None) -> None:
-    storage.atomic_write_bytes(storage.join(output_url, MANIFEST),
+    storage.atomic_write_bytes(storage.join(output_url, SHARDS_MANIFEST),
                                json.dumps(manifest, indent=1).encode(), storage_options)
 
 
 def read_manifest(url: str, storage_options=None) -> dict:
     """Manifest at `url` (the file, or the folder holding manifest.json)."""
     if not url.rstrip("/").endswith(".json"):
-        url = storage.join(url, MANIFEST)
+        url = storage.join(url, SHARDS_MANIFEST)
     manifest = json.loads(storage.read_bytes(url, storage_options))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{url}: not a {FORMAT} manifest (format={manifest.get('format')!r})")
+    if manifest.get("format") != SHARDS_FORMAT:
+        raise ValueError(f"{url}: not a {SHARDS_FORMAT} manifest (format={manifest.get('format')!r})")
     return manifest
 
 

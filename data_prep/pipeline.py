@@ -3,7 +3,8 @@
     manifest = run_job(source, "s3://bucket/cc3m", JobOptions(...))
 
 Ray is initialised here when there is work and it is not already (a new local instance, or
-`address=` a cluster), and shut down again if this call started it. Committed shards are
+`address=` a cluster), and shut down again if this call started it; `in_process=True` writes the
+shards one after another in this process instead, without Ray (small jobs: tests, benchmarks). Committed shards are
 skipped, so re-running a job resumes it (and re-running a finished one starts nothing).
 A unit whose task still fails after its retries is reported (PrepIncomplete) after the manifest
 of everything committed has been written; re-running the job retries just those units.
@@ -21,8 +22,9 @@ from tqdm import tqdm
 from data_prep import manifest as mf
 from data_prep.dedup import HashRegistry, committed_hashes
 from data_prep.options import JobOptions
-from data_prep.shard import write_shard
+from data_prep.shard import LocalRegistry, write_shard
 from data_prep.sources import count_hint, units
+from frozen_scale.constants import SHARDS_FORMAT
 
 log = logging.getLogger(__name__)
 FORWARDED_ENV = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
@@ -88,11 +90,44 @@ class _Progress:
         self.bar.close()
 
 
+def _failure(err: BaseException) -> str:
+    """A failed shard's reason: the error's type and the last line of its message."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
+
+
+def _write_units_here(source, output_url: str, opts: JobOptions, storage_options, done: set[int],
+                      max_retries: int, bar: _Progress) -> dict[int, str]:
+    """Every pending unit written by this process, in order, with the retries Ray would give a
+    task (OSError, TimeoutError); returns the units that still failed, with their error."""
+    registry = None
+    if opts.dedup_images and source.kind != "synthetic":
+        registry = LocalRegistry()
+        if done:
+            registry.seed(committed_hashes(output_url, sorted(done), storage_options))
+    failed: dict[int, str] = {}
+    for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
+        for attempt in range(max_retries + 1):
+            try:
+                bar.update(write_shard(unit, output_url, opts, storage_options, registry))
+                break
+            except (OSError, TimeoutError) as err:
+                if attempt == max_retries:
+                    failed[unit.shard] = _failure(err)
+            except ValueError as err:
+                failed[unit.shard] = _failure(err)
+                break
+        if unit.shard in failed:
+            log.error("shard %05d failed: %s", unit.shard, failed[unit.shard])
+    return failed
+
+
 def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict | None = None,
             address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
-            max_retries: int = 3, progress: bool = True) -> dict:
-    """Prepare `source` into shards under `output_url`; returns the manifest written there."""
-    job = {"format": mf.FORMAT, "source": source.describe(), "options": opts.fingerprint()}
+            max_retries: int = 3, progress: bool = True, in_process: bool = False) -> dict:
+    """Prepare `source` into shards under `output_url`; returns the manifest written there.
+    in_process: no Ray; this process writes the shards one after another."""
+    job = {"format": SHARDS_FORMAT, "source": source.describe(), "options": opts.fingerprint()}
     mf.check_job(output_url, job, storage_options)
     mf.remove_stale_temporaries(output_url, storage_options)
     done = set(mf.committed_shards(output_url, storage_options))
@@ -110,34 +145,37 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
             try:
                 bar.update(ray.get(ref))
             except (ray.exceptions.RayError, OSError, ValueError) as err:
-                failed[shard] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+                failed[shard] = _failure(err)
                 log.error("shard %05d failed: %s", shard, failed[shard])
 
     try:
-        for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
-            if task is None:  # Ray starts only once there is work: re-running a finished job is instant
-                started = _start_ray(address, num_cpus)
-                # One task per CPU: more in flight makes Ray start extra worker processes for the
-                # queued tasks (a one-off cost each), while a finished task's successor is
-                # submitted at once.
-                limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-                if opts.dedup_images and source.kind != "synthetic":
-                    registry = HashRegistry.remote()
-                    if done:
-                        seed = committed_hashes(output_url, sorted(done), storage_options)
-                        ray.get(registry.seed.remote(seed))
-                task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
-                if not started and _forwarded_env():
-                    # Workers of a Ray we did not start may not share this process's credentials.
-                    task_options["runtime_env"] = {"env_vars": _forwarded_env()}
-                task = _shard_task.options(**task_options)
-            if len(pending) >= limit:
+        if in_process:
+            failed.update(_write_units_here(source, output_url, opts, storage_options, done, max_retries, bar))
+        else:
+            for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
+                if task is None:  # Ray starts only once there is work: re-running a finished job is instant
+                    started = _start_ray(address, num_cpus)
+                    # One task per CPU: more in flight makes Ray start extra worker processes for the
+                    # queued tasks (a one-off cost each), while a finished task's successor is
+                    # submitted at once.
+                    limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+                    if opts.dedup_images and source.kind != "synthetic":
+                        registry = HashRegistry.remote()
+                        if done:
+                            seed = committed_hashes(output_url, sorted(done), storage_options)
+                            ray.get(registry.seed.remote(seed))
+                    task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
+                    if not started and _forwarded_env():
+                        # Workers of a Ray we did not start may not share this process's credentials.
+                        task_options["runtime_env"] = {"env_vars": _forwarded_env()}
+                    task = _shard_task.options(**task_options)
+                if len(pending) >= limit:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    collect(ready)
+                pending[task.remote(unit, output_url, opts, storage_options, registry)] = unit.shard
+            while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 collect(ready)
-            pending[task.remote(unit, output_url, opts, storage_options, registry)] = unit.shard
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            collect(ready)
     finally:
         bar.close()
         if started:

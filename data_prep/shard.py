@@ -66,6 +66,11 @@ class LocalRegistry:
     def __init__(self):
         self.owner: dict[str, str] = {}
 
+    def seed(self, items: list[tuple[str, str]]) -> int:
+        for h, k in items:
+            self.owner.setdefault(h, k)
+        return len(self.owner)
+
     def claim_many(self, items: list[tuple[str, str]]) -> list[str]:
         return [self.owner.setdefault(h, k) for h, k in items]
 
@@ -79,10 +84,12 @@ def _caption_problem(caption: str | None, opts: JobOptions) -> str | None:
 
 
 def _synthetic_sample(row: dict, opts: JobOptions) -> Result:
+    from frozen_scale.data.blind import black_image
     from frozen_scale.synthetic import world
 
     scene = world.make_scene(row["seed"], row["split"], row["index"])
-    img = world.render(scene, opts.image.image_size)
+    size = opts.image.image_size
+    img = black_image(size) if row.get("blind") else world.render(scene, size)
     meta = dict(scene.to_json(), questions=[list(qa) for qa in world.questions(scene)])
     res = Result(row, scene.key, meta=meta)
     res.files = {opts.image.encode_format: encode(img, opts.image.encode_format, opts.image.encode_quality),

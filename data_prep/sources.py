@@ -324,25 +324,27 @@ class CocoCaptions:
 
 
 class SyntheticWorld:
-    """Scenes of the built-in shapes world (frozen_scale.synthetic.world)."""
+    """Scenes of the built-in shapes world (frozen_scale.synthetic.world); blind: every image black
+    (`frozen_scale.data.blind`), captions and scene json unchanged."""
 
     kind = "synthetic"
 
-    def __init__(self, *, seed: int, split: str, count: int):
+    def __init__(self, *, seed: int, split: str, count: int, blind: bool = False):
         from frozen_scale.synthetic import world
 
         world.make_scene(seed, split, 0)  # validates the split name
         if count < 0:
             raise SourceError(f"count must be >= 0, got {count}")
-        self.seed, self.split, self.count = seed, split, count
+        self.seed, self.split, self.count, self.blind = seed, split, count, blind
 
     def describe(self) -> dict:
-        return {"type": "synthetic", "seed": self.seed, "split": self.split, "count": self.count}
+        out = {"type": "synthetic", "seed": self.seed, "split": self.split, "count": self.count}
+        return {**out, "blind": True} if self.blind else out
 
     def rows(self) -> Iterator[dict]:
         for i in range(self.count):
             yield {"row": i, "key": None, "kind": "synthetic", "seed": self.seed, "split": self.split,
-                   "index": i}
+                   "index": i, "blind": self.blind}
 
 
 def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int] = frozenset()

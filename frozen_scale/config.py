@@ -1,7 +1,7 @@
 """Typed run configuration: nested dataclasses, loaded from YAML with dotted overrides.
 
 One file describes a run. The DeepSpeed JSON is derived from it
-(`frozen_scale.distributed.ds_config`), never written by hand beside it.
+(`frozen_scale.distributed.engine.ds_config`), never written by hand beside it.
 
     cfg = load_config("configs/tiny-cpu.yaml", ["train.lr=3e-4"])
 
@@ -10,6 +10,7 @@ Unknown keys and wrong types raise `ConfigError` naming the key and the nearest 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -419,6 +420,18 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """A copy of `base` with `over` laid on top: nested mappings merge key by key, anything else
+    in `over` replaces what `base` holds."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

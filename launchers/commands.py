@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 from frozen_scale.config import LauncherConfig
 
-TRAIN_MODULE = "frozen_scale.cli"
-PREEMPTED_EXIT = 75
-"""The trainer's exit code after committing a checkpoint on SIGTERM/SIGUSR1: requeue me."""
+TRAIN_MODULE = "frozen_scale.app.cli"
+"""The module every launcher runs on every rank: `python -m frozen_scale.app.cli train ...`."""
 
 
 def train_args(config_path: str, overrides: list[str]) -> list[str]:
-    """Arguments after `-m frozen_scale.cli`: resume is always 'auto' so a requeue continues."""
+    """Arguments after `-m TRAIN_MODULE`: resume is always 'auto' so a requeue continues."""
     extra = [o for o in overrides if not o.startswith("train.resume=")]
     return ["train", config_path, *extra, "train.resume=auto"]
 

@@ -5,11 +5,11 @@ Submitted by `frozen-scale submit --launcher ray` through the Ray Jobs API; runs
     python -m launchers.ray_driver CONFIG [overrides] --num-workers 8 [--use-gpu] ...
 
 Ray Train's TorchTrainer places the workers (SPREAD over nodes) and sets up a process group; each
-worker then runs the same training entry as torchrun would (`python -m frozen_scale.cli train`)
+worker then runs the same training entry as torchrun would (`python -m frozen_scale.app.cli train`)
 as a child process with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR set, so the trainer, its DeepSpeed
 engine and its signal handling are exactly those of every other launcher. Rank 0 picks a fresh
-rendezvous port and shares it over Ray Train's group. A preempted trainer (exit 75, checkpoint
-committed) fails the attempt; Ray Train restarts the worker group (FailureConfig.max_failures)
+rendezvous port and shares it over Ray Train's group. A preempted trainer (exit EXIT_REQUEUE = 75,
+checkpoint committed) fails the attempt; Ray Train restarts the worker group (FailureConfig.max_failures)
 and `train.resume=auto` continues from the checkpoint.
 """
 
@@ -23,7 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PREEMPTED_EXIT = 75
+from frozen_scale.constants import EXIT_REQUEUE
+from launchers.commands import TRAIN_MODULE, train_args
 
 
 def _free_port() -> int:
@@ -64,7 +65,7 @@ def train_worker(loop_config: dict) -> None:
     log_dir = Path(loop_config["log_dir"])
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ray-rank{rank}.log"
-    argv = [sys.executable, "-m", "frozen_scale.cli", *loop_config["train_args"]]
+    argv = [sys.executable, "-m", TRAIN_MODULE, *loop_config["train_args"]]
     node_id = ray.get_runtime_context().get_node_id()
     print(f"rank {rank}/{world} on {socket.gethostname()} ray node {node_id}: {' '.join(argv)} (log {log_path})",
           flush=True)
@@ -78,7 +79,7 @@ def train_worker(loop_config: dict) -> None:
         code = proc.wait()
     tail = log_path.read_text(errors="replace")[-2000:]
     dist.barrier()  # every rank's trainer has exited before any worker reports
-    if code == PREEMPTED_EXIT:
+    if code == EXIT_REQUEUE:
         raise RuntimeError(f"rank {rank}: preempted (checkpoint committed); restarting to resume")
     if code != 0:
         raise RuntimeError(f"rank {rank}: training exited {code}; last output:\n{tail}")
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
-
-    from launchers.commands import train_args
 
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     env = dict(item.split("=", 1) for item in args.env)

@@ -16,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 from frozen_scale.config import FrozenConfig
-
-from launchers.commands import PREEMPTED_EXIT, NodeSpec, node_command, shell_join, train_args
+from frozen_scale.constants import EXIT_REQUEUE
+from launchers.commands import NodeSpec, node_command, shell_join, train_args
 
 # Runs once per node under srun. torchrun starts with SIGUSR1 ignored so that the signal, which
 # Slurm delivers to every process of the step, cannot kill it; the trainers install their own
@@ -94,12 +94,12 @@ def render_sbatch(cfg: FrozenConfig, config_path: str, overrides: list[str], wor
         "trap 'echo \"batch shell: signal received; the nodes handle it\"' USR1",
         f'node_script="{log_dir}/node-$SLURM_JOB_ID.sh"',
         "cat > \"$node_script\" <<'NODE_EOF'",
-        NODE_WRAPPER.format(command=command, preempted_exit=PREEMPTED_EXIT).rstrip("\n"),
+        NODE_WRAPPER.format(command=command, preempted_exit=EXIT_REQUEUE).rstrip("\n"),
         "NODE_EOF",
         f'{shell_join(srun)} bash "$node_script"',
         "rc=$?",
         f'echo "srun exited $rc"',
-        f"if [ $rc -eq {PREEMPTED_EXIT} ]; then",
+        f"if [ $rc -eq {EXIT_REQUEUE} ]; then",
         f"  if [ \"$attempt\" -lt {lc.max_requeues} ]; then",
         '    echo "preempted: checkpoint committed; requeueing job $SLURM_JOB_ID"',
         '    scontrol requeue "$SLURM_JOB_ID"',

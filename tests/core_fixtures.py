@@ -7,7 +7,6 @@ downloaded.
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -40,27 +39,11 @@ def save_tiny_lm(out: Path, arch: str = "gpt2", seed: int = 0) -> Path:
 
 def write_shards_plain(out: Path, count: int, per_shard: int, split: str = "train", seed: int = 0,
                        image_size: int = 16) -> Path:
-    """World shards written with webdataset's TarWriter directly (no Ray), plus a manifest."""
-    import webdataset as wds
+    """World shards written by data_prep's world shard writer in this process (no Ray), plus a manifest."""
+    from data_prep.synthetic import write_world_shards
 
-    from frozen_scale.synthetic import world
-
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for start in range(0, count, per_shard):
-        name = f"{start // per_shard:05d}.tar"
-        n = 0
-        with wds.TarWriter(str(out / name)) as sink:
-            for i in range(start, min(count, start + per_shard)):
-                scene = world.make_scene(seed, split, i)
-                buf = io.BytesIO()
-                world.render(scene, image_size).save(buf, "PNG")
-                sink.write({"__key__": scene.key, "png": buf.getvalue(), "txt": world.caption(scene),
-                            "json": json.dumps(scene.to_json()).encode()})
-                n += 1
-        shards.append({"name": name, "num_samples": n, "stats": f"{name[:-4]}_stats.json"})
-    manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_world_shards(str(out), seed=seed, split=split, count=count, samples_per_shard=per_shard,
+                       image_size=image_size, num_workers=0)
     return out
 
 

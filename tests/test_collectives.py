@@ -82,12 +82,12 @@ def test_repeated_two_rank_train_and_eval_runs_exit_cleanly(tmp_path, tiny_lm_di
                   train={"steps": 2, "log_every": 1, "micro_batch_size": 2}, checkpoint={"every": 0},
                   data={"num_workers": 0})
     for i in range(runs):
-        check(torchrun(2, ["train", str(cfg), f"train.run_dir={tmp_path / f'run{i}'}"], module="frozen_scale.cli"))
+        check(torchrun(2, ["train", str(cfg), f"train.run_dir={tmp_path / f'run{i}'}"], module="frozen_scale.app.cli"))
     from frozen_scale.train.export import export as export_run
 
     export = export_run(str(tmp_path / "run0"))
     for i in range(runs):
         proc = torchrun(2, ["eval", str(export), "--task", "vqa", "--num-samples", "6", "--no-progress",
-                            "--batch-size", "2", "--out", str(tmp_path / f"eval{i}.json")], module="frozen_scale.cli")
+                            "--batch-size", "2", "--out", str(tmp_path / f"eval{i}.json")], module="frozen_scale.app.cli")
         check(proc)
         assert "terminate called" not in proc.stderr

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from frozen_scale.data.prompts import IMAGE_TOKEN, Image, Text, encode, pad_batch
-from frozen_scale.eval import cli, fewshot
+from frozen_scale.eval import cli, fewshot, tasks
 from frozen_scale.eval import fewshot_world as fw
 from frozen_scale.synthetic import text, world
 from tests.core_fixtures import tiny_config_dict
@@ -146,7 +146,7 @@ def test_image_episode_is_the_text_episode_with_scenes_as_images(kind):
     same episodes: replace every image by its scene's caption and the prompt is the document."""
     import numpy as np
 
-    from frozen_scale.eval.fewshot import NONSENSE_NAMES
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
     from frozen_scale.synthetic import episodes
 
     for i in range(20):
@@ -189,15 +189,15 @@ def test_nshot_vqa_world_layout():
 
 def test_score_wiring():
     items = [fw.Item("a", [], [], ["red"]), fw.Item("b", [], [], ["two"]), fw.Item("c", [], [], ["blue"])]
-    res = cli.score("vqa", items, ["red . question", "2 .", "green ."], tokenize="simple")
+    res = tasks.score("vqa", items, ["red . question", "2 .", "green ."], tokenize="simple")
     assert res["vqa_accuracy"] == pytest.approx(2 / 3)  # "2" matches "two" after VQA normalisation
-    res = cli.score("binding", items, ["red .", "two", "blue green"], tokenize="simple")
+    res = tasks.score("binding", items, ["red .", "two", "blue green"], tokenize="simple")
     assert res["accuracy"] == pytest.approx(1.0)
-    res = cli.score("binding", items, ["reddish", "", "."], tokenize="simple")
+    res = tasks.score("binding", items, ["reddish", "", "."], tokenize="simple")
     assert res["accuracy"] == 0.0
     caps = [fw.Item("x", [], [], ["a big red circle"], {"canonical": True}),
             fw.Item("y", [], [], ["a small blue square"], {"canonical": True})]
-    res = cli.score("caption", caps, ["a big red circle . caption : a", "a small red square"], tokenize="simple")
+    res = tasks.score("caption", caps, ["a big red circle . caption : a", "a small red square"], tokenize="simple")
     assert res["exact_match"] == 0.5 and 0 < res["bleu4"] < 1 and res["cider"] > 0
 
 
@@ -236,7 +236,7 @@ def test_every_task_runs_on_the_world(tiny_run, tmp_path, task, extra, metric):
 
 
 def test_blind_changes_what_the_model_sees(tiny_run):
-    model, tok, meta = cli.load_model(str(tiny_run / "export"))
+    model, tok, meta = tasks.load_model(str(tiny_run / "export"))
     items = fw.caption_items(0, "eval", 4, "caption :", model.cfg.vision.image_size)
     seen = []
     original = model.generate
@@ -246,8 +246,8 @@ def test_blind_changes_what_the_model_sees(tiny_run):
         return original(pixel_values, *a, **kw)
 
     model.generate = spy
-    cli.generate(model, tok, items, max_new_tokens=2, progress=False)
-    cli.generate(model, tok, items, max_new_tokens=2, progress=False, blind=True)
+    tasks.generate(model, tok, items, max_new_tokens=2, progress=False)
+    tasks.generate(model, tok, items, max_new_tokens=2, progress=False, blind=True)
     assert seen[0].std(dim=(1, 2, 3)).min() > 0  # real images
     assert torch.equal(seen[1], seen[1][:1].expand_as(seen[1]))  # one constant black image
     assert not torch.equal(seen[0], seen[1])
@@ -313,7 +313,7 @@ def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
     assert res["n"] == 3 and res["vqa_accuracy"] == 0.0
     from frozen_scale.eval.metrics import normalize_vqa_answer
 
-    preds = [normalize_vqa_answer(cli.first_sentence(e["prediction"])) for e in res["examples"]]
+    preds = [normalize_vqa_answer(tasks.first_sentence(e["prediction"])) for e in res["examples"]]
     # 10-choose-9 subsets: 3 humans agreeing with the model score (3*2/3 + 7*1)/10 = 0.9,
     # 2 humans (2*1/3 + 8*2/3)/10 = 0.6
     annotate([[preds[0]] * 3 + ["zzz"] * 7, [preds[1]] * 2 + ["zzz"] * 8, ["zzz"] * 10])
@@ -322,7 +322,7 @@ def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
     # 1-shot: the shot comes from another image and is written in the paper's format
     ns = argparse.Namespace(shards=str(shards), questions=str(qpath), annotations=str(apath), seed=0,
                             shots=1, num_samples=3)
-    items = cli.shard_items("vqa", {}, ns, 16)
+    items = tasks.shard_items("vqa", {}, ns, 16)
     for item in items:
         assert [type(s).__name__ for s in item.segments] == ["Image", "Text", "Text", "Image", "Text"]
         assert item.segments[1] == Text("Question: what color is it ? Answer:")
@@ -330,13 +330,13 @@ def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
 
 
 def test_fewshot_classification_from_labelled_shards(tiny_run, tmp_path):
-    from frozen_scale.eval.fewshot import NONSENSE_NAMES
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
 
     keys = [f"img{i:03d}" for i in range(12)]
     shards = _write_keyed_shards(tmp_path / "shards", keys)
     ns = argparse.Namespace(shards=str(shards), seed=0, shots=1, ways=2, num_samples=6, label_key="json:shape",
                             task_induction=True)
-    items = cli.shard_items("fewshot-cls", {}, ns, 16)
+    items = tasks.shard_items("fewshot-cls", {}, ns, 16)
     assert len(items) == 6
     for item in items:
         names = set(item.meta["bound"])
@@ -351,7 +351,7 @@ def test_fewshot_classification_from_labelled_shards(tiny_run, tmp_path):
     assert _result(out)["n"] == 4 and _result(out)["shots"] == 1
     ns.ways = 5
     with pytest.raises(ValueError, match="5-way"):
-        cli.shard_items("fewshot-cls", {}, ns, 16)
+        tasks.shard_items("fewshot-cls", {}, ns, 16)
 
 
 def test_user_errors_are_messages(tiny_run, tmp_path, capsys):
@@ -376,7 +376,7 @@ def test_two_ranks_give_the_one_rank_predictions(tiny_run, tmp_path):
     assert cli.eval_main([str(tiny_run), *common, "--out", str(one)]) == 0
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "frozen_scale.cli", "eval", str(tiny_run / "export"), *common, "--out", str(two)]
+           "-m", "frozen_scale.app.cli", "eval", str(tiny_run / "export"), *common, "--out", str(two)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = _result(one), _result(two)

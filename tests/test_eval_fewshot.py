@@ -8,13 +8,12 @@ from transformers import PreTrainedTokenizerFast
 
 from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN, Image, Text, encode, pad_batch
 from frozen_scale.eval.fewshot import (
-    NONSENSE_NAMES,
-    assign_nonsense_names,
     concept_binding,
     nshot_vqa,
     open_ended_classification,
     task_induction_text,
 )
+from frozen_scale.synthetic.names import NONSENSE_NAMES, assign_nonsense_names
 from frozen_scale.synthetic.text import question_prompt
 
 K = 2

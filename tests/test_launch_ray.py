@@ -89,7 +89,7 @@ def _trainer_pids(config_path: str) -> list[int]:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"frozen_scale.cli" in argv and config_path.encode() in argv:
+            if b"frozen_scale.app.cli" in argv and config_path.encode() in argv:
                 pids.append(int(proc.name))
 
     def parent(pid: int) -> int:

@@ -241,7 +241,7 @@ def test_train_cli_takes_a_hub_id_offline_and_refuses_a_missing_one_without_trac
     env.pop("HF_HUB_CACHE", None)
     cfg = write_run_config(tmp_path, "hub", f"tiny-org/tiny-lm@{COMMIT}", tiny_shards,
                            train={"steps": 2, "log_every": 1}, checkpoint={"every": 0})
-    cli = [sys.executable, "-m", "frozen_scale.cli", "train", str(cfg)]
+    cli = [sys.executable, "-m", "frozen_scale.app.cli", "train", str(cfg)]
     done = subprocess.run(cli, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     state = json.loads((tmp_path / "hub" / "checkpoints" / "step_00000002" / "trainer_state.json").read_text())
@@ -266,7 +266,7 @@ def test_two_rank_start_fetches_the_lm_once_per_node_and_never_rereads_it(tmp_pa
     cfg = write_run_config(tmp_path, "s3lm", url, tiny_shards, train={"steps": 2, "log_every": 1},
                            checkpoint={"every": 0})
     s3_server.reset_counts()
-    run = torchrun(2, ["train", str(cfg)], module="frozen_scale.cli", env=env)
+    run = torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli", env=env)
     check(run)
     for name in ["model.safetensors", "config.json", "tokenizer.json"]:
         assert gets(s3_server, url, name) == 1, (name, s3_server.requests())  # one node: one fetch
@@ -283,7 +283,7 @@ def test_two_rank_start_fetches_the_lm_once_per_node_and_never_rereads_it(tmp_pa
     assert [r["step"] for r in read_metrics(str(tmp_path / "s3lm"))] == [1, 2]
 
     # resume: the node cache answers, the store is listed but no weight byte is read again
-    resumed = torchrun(2, ["train", str(cfg), "train.resume=auto", "train.steps=3"], module="frozen_scale.cli",
+    resumed = torchrun(2, ["train", str(cfg), "train.resume=auto", "train.steps=3"], module="frozen_scale.app.cli",
                        env=env)
     check(resumed)
     assert gets(s3_server, url, "model.safetensors") == 1
@@ -292,7 +292,7 @@ def test_two_rank_start_fetches_the_lm_once_per_node_and_never_rereads_it(tmp_pa
 @pytest.mark.slow
 def test_two_ranks_stop_together_with_one_message_on_a_missing_lm(tmp_path, tiny_shards):
     cfg = write_run_config(tmp_path, "nolm", str(tmp_path / "no-such-lm"), tiny_shards)
-    run = torchrun(2, ["train", str(cfg)], module="frozen_scale.cli", timeout=300)
+    run = torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli", timeout=300)
     assert run.returncode != 0
     out = run.stdout + run.stderr
     assert out.count("model folder not found") == 1, out[-4000:]
@@ -313,7 +313,7 @@ def test_two_nodes_sharing_a_cache_fetch_the_lm_once(tmp_path, tiny_lm_dir, tiny
     s3_server.reset_counts()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
-         "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "frozen_scale.cli", "train", str(cfg)],
+         "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "frozen_scale.app.cli", "train", str(cfg)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
     try:
         outs = [p.communicate(timeout=400)[0] for p in procs]

@@ -35,3 +35,18 @@ def test_write_world_shards_contract(tmp_path):
         assert meta == dict(scene.to_json(), questions=[list(q) for q in world.questions(scene)])
         img = Image.open(io.BytesIO(s["png"]))
         assert img.format == "PNG" and img.convert("RGB").tobytes() == world.render(scene, 24).tobytes()
+
+
+def test_in_process_and_ray_write_the_same_shards(tmp_path):
+    """num_workers=0 (no Ray: tests, benchmarks, reproduce) and the Ray pipeline give the same bytes."""
+    from data_prep.synthetic import write_world_shards
+
+    kw = dict(seed=1, split="train", count=30, samples_per_shard=12, image_size=16)
+    here = write_world_shards(str(tmp_path / "here"), num_workers=0, **kw)
+    ray_ = write_world_shards(str(tmp_path / "ray"), num_workers=1, **kw)
+    assert here["shards"] == ray_["shards"] and here["num_samples"] == 30
+    for s in here["shards"]:
+        assert (tmp_path / "here" / s["name"]).read_bytes() == (tmp_path / "ray" / s["name"]).read_bytes()
+    # resuming a finished folder keeps it as it is
+    again = write_world_shards(str(tmp_path / "here"), num_workers=0, **kw)
+    assert again["shards"] == here["shards"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from frozen_scale.eval import reproduce as rp
+from frozen_scale.app import reproduce as rp
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE, OVERLAY = ROOT / "configs" / "tiny-cpu.yaml", ROOT / "configs" / "reproduce-cpu.yaml"

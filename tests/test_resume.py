@@ -19,6 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from frozen_scale.config import load_config
+from frozen_scale.constants import SHARDS_FORMAT
 from frozen_scale.train.checkpoint import committed_steps, prune
 from frozen_scale.train.metrics import read_metrics
 from frozen_scale.model.lm_identity import lm_identity
@@ -46,7 +47,7 @@ def max_abs_diff(a: dict, b: dict) -> float:
 
 def popen_torchrun(nproc: int, args: list[str], env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={free_port()}", "-m", "frozen_scale.cli", "train", *args]
+           f"--master_port={free_port()}", "-m", "frozen_scale.app.cli", "train", *args]
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
@@ -71,7 +72,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm_dir, ti
                     data={"num_workers": 2})
     env = {"FROZEN_SCALE_LOG_KEYS": "1"}
     ref_cfg = write_cfg(tmp_path, "ref", tiny_lm_dir, tiny_shards, **sections)
-    check(torchrun(2, ["train", str(ref_cfg)], module="frozen_scale.cli", env=env))
+    check(torchrun(2, ["train", str(ref_cfg)], module="frozen_scale.app.cli", env=env))
 
     kill_after = random.Random(os.getpid()).choice([3, 6, 9])
     cfg = write_cfg(tmp_path, "killed", tiny_lm_dir, tiny_shards, **sections)
@@ -81,7 +82,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm_dir, ti
     time.sleep(random.Random(1).uniform(0.0, 0.3))
     assert len(kill_tree(proc)) >= 3, "torchrun had no ranks to kill"
     assert committed_steps(str(tmp_path / "killed" / "checkpoints"))[-1] == kill_after
-    check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.cli", env=env))
+    check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.app.cli", env=env))
 
     diff = max_abs_diff(final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed"))
     assert diff <= 1e-6, f"killed after step {kill_after}: max abs diff {diff}"
@@ -107,14 +108,14 @@ def test_sigterm_commits_a_checkpoint_and_exits_with_the_requeue_code(tmp_path, 
     steps = committed_steps(str(tmp_path / "term" / "checkpoints"))
     assert len(steps) == 1 and steps[0] >= 2
     stopped = steps[0]
-    check(torchrun(2, ["train", str(cfg), "train.resume=auto", f"train.steps={stopped + 2}"], module="frozen_scale.cli"))
+    check(torchrun(2, ["train", str(cfg), "train.resume=auto", f"train.steps={stopped + 2}"], module="frozen_scale.app.cli"))
     assert committed_steps(str(tmp_path / "term" / "checkpoints"))[-1] == stopped + 2
 
 
 def test_sigterm_single_process_exit_code(tmp_path, tiny_lm_dir, tiny_shards):
     cfg = write_cfg(tmp_path, "term1", tiny_lm_dir, tiny_shards, train={"steps": 100000, "log_every": 1},
                     checkpoint={"every": 0})
-    proc = subprocess.Popen([sys.executable, "-m", "frozen_scale.cli", "train", str(cfg)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "frozen_scale.app.cli", "train", str(cfg)], cwd=REPO,
                             env={**os.environ, "DS_ACCELERATOR": "cpu"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: len(read_metrics(str(tmp_path / "term1"))) >= 1, 300, proc, "a logged step")
@@ -127,13 +128,13 @@ def test_sigterm_single_process_exit_code(tmp_path, tiny_lm_dir, tiny_shards):
 @pytest.mark.slow
 def test_crash_before_commit_marker_leaves_previous_checkpoint(tmp_path, tiny_lm_dir, tiny_shards):
     cfg = write_cfg(tmp_path, "crash", tiny_lm_dir, tiny_shards, train={"steps": 6}, checkpoint={"every": 2})
-    proc = torchrun(2, ["train", str(cfg)], module="frozen_scale.cli",
+    proc = torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli",
                     env={"FROZEN_SCALE_FAULT": "crash_before_commit@4"})
     assert proc.returncode != 0
     ckpts = tmp_path / "crash" / "checkpoints"
     assert committed_steps(str(ckpts)) == [2]
     assert (ckpts / "step_00000004" / "weights.safetensors").exists()  # files written, never committed
-    resumed = torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.cli")
+    resumed = torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.app.cli")
     check(resumed)
     assert "resumed from" in resumed.stderr + resumed.stdout and "step_00000002" in resumed.stderr + resumed.stdout
     assert committed_steps(str(ckpts))[-1] == 6
@@ -149,10 +150,10 @@ def test_streams_shards_from_s3_and_checkpoints_to_s3(tmp_path, tiny_lm_dir, tin
     fs.put(str(tiny_shards) + "/", f"{bucket[5:]}/shards/", recursive=True)
     cfg = write_cfg(tmp_path, "s3run", tiny_lm_dir, f"{bucket}/shards", train={"steps": 4},
                     checkpoint={"every": 2, "dir": f"{bucket}/ckpt", "keep_last": 1})
-    check(torchrun(2, ["train", str(cfg)], module="frozen_scale.cli"))
+    check(torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli"))
     assert committed_steps(f"{bucket}/ckpt") == [4]  # keep_last=1 pruned step 2
     assert fs.exists(f"{bucket[5:]}/ckpt/step_00000004/ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt")
-    resumed = torchrun(2, ["train", str(cfg), "train.resume=auto", "train.steps=6"], module="frozen_scale.cli")
+    resumed = torchrun(2, ["train", str(cfg), "train.resume=auto", "train.steps=6"], module="frozen_scale.app.cli")
     check(resumed)
     assert committed_steps(f"{bucket}/ckpt") == [6]
 
@@ -169,11 +170,11 @@ def test_bad_and_uneven_shards_over_two_ranks_and_two_workers(tmp_path, tiny_lm_
         shards.append({"name": f"{i:05d}.tar", "num_samples": n})
     truncate_shard(root / "00000.tar")
     corrupt_first_png(root / "00002.tar")
-    (root / "manifest.json").write_text(json.dumps({"format": "frozen_scale.shards/1",
+    (root / "manifest.json").write_text(json.dumps({"format": SHARDS_FORMAT,
                                                     "num_samples": sum(sizes), "shards": shards}))
     cfg = write_cfg(tmp_path, "bad", tiny_lm_dir, root, train={"steps": 12, "log_every": 4, "micro_batch_size": 2},
                     data={"num_workers": 2, "shuffle_buffer": 4}, checkpoint={"every": 0})
-    check(torchrun(2, ["train", str(cfg)], module="frozen_scale.cli", timeout=400))
+    check(torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli", timeout=400))
     last = read_metrics(str(tmp_path / "bad"))[-1]
     assert last["step"] == 12
     assert last["corrupt_samples"] >= 1
@@ -191,8 +192,7 @@ def test_export_generates_the_same_captions_as_the_trained_model(tmp_path, tiny_
     trainer = Trainer(cfg)
     assert trainer.fit() == 0
     tok = load_tokenizer(str(tiny_lm_dir))
-    kw = dict(seed=5, split="eval", n=8, prompt=cfg.data.prompt, image_size=cfg.model.vision.image_size,
-              mean=cfg.model.vision.mean, std=cfg.model.vision.std, max_new_tokens=8, progress=False)
+    kw = dict(seed=5, split="eval", n=8, prompt=cfg.data.prompt, max_new_tokens=8, progress=False)
     trained = caption_eval(trainer.engine.module, tok, **kw)
     out = export(str(tmp_path / "exp"))
     loaded = FrozenVLM.from_pretrained(out)
@@ -219,12 +219,12 @@ def test_zero3_export_gathers_partitions_and_world_size_change_policy(tmp_path, 
     resumes on 1 rank with its weights restored (documented elastic policy)."""
     z3 = write_cfg(tmp_path, "z3", tiny_lm_dir, tiny_shards, train={"steps": 3}, deepspeed={"stage": 3})
     z2 = write_cfg(tmp_path, "z2", tiny_lm_dir, tiny_shards, train={"steps": 3}, deepspeed={"stage": 2})
-    check(torchrun(2, ["train", str(z3)], module="frozen_scale.cli"))
-    check(torchrun(2, ["train", str(z2)], module="frozen_scale.cli"))
+    check(torchrun(2, ["train", str(z3)], module="frozen_scale.app.cli"))
+    check(torchrun(2, ["train", str(z2)], module="frozen_scale.app.cli"))
     w3, w2 = final_weights(tmp_path / "z3"), final_weights(tmp_path / "z2")
     assert all(v.numel() > 0 for v in w3.values())
     assert max_abs_diff(w3, w2) < 1e-5
-    one = torchrun(1, ["train", str(z2), "train.resume=auto", "train.steps=5"], module="frozen_scale.cli")
+    one = torchrun(1, ["train", str(z2), "train.resume=auto", "train.steps=5"], module="frozen_scale.app.cli")
     check(one)
     assert "optimizer moments restart" in one.stderr + one.stdout
     assert committed_steps(str(tmp_path / "z2" / "checkpoints"))[-1] == 5

@@ -33,7 +33,7 @@ EXIT_REQUEUE = 75
 def launch_node(node_rank: int, port: int, cfg: Path, overrides: list[str], cache: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node_rank}",
            "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
-           "-m", "frozen_scale.cli", "train", str(cfg), *overrides]
+           "-m", "frozen_scale.app.cli", "train", str(cfg), *overrides]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "FROZEN_SCALE_CACHE": str(cache),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

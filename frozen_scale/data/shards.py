@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import fsspec
 from webdataset.shardlists import expand_urls
 
+from frozen_scale.constants import SHARDS_MANIFEST
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -26,7 +28,7 @@ def list_shards(spec: str) -> list[Shard]:
         raise ValueError("data.train_shards is empty: give a shard folder with manifest.json or a pattern")
     if "{" in spec:
         return [Shard(u, None) for u in expand_urls(spec)]
-    manifest_url = spec if spec.endswith(".json") else spec.rstrip("/") + "/manifest.json"
+    manifest_url = spec if spec.endswith(".json") else f"{spec.rstrip('/')}/{SHARDS_MANIFEST}"
     root = manifest_url.rsplit("/", 1)[0]
     try:
         with fsspec.open(manifest_url, "r") as fh:

@@ -22,7 +22,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from frozen_scale.config import FrozenConfig
+from frozen_scale.config import FrozenConfig, deep_merge
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
 
@@ -143,16 +143,6 @@ def _result(outcome: tuple):
     if outcome[0] == "error":
         raise outcome[1]
     return outcome[1]
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def ds_config(cfg: FrozenConfig, world_size: int) -> dict:

@@ -12,7 +12,8 @@ Three layouts (Tsimpoukelli et al., 2021, section 4):
 
 Every builder returns a `FewShotPrompt`: the prompt segments (ending where the model should go
 on), the images in slot order, and the expected answer. Segments are tokenized one by one, so the
-text that continues a previous segment carries its own leading space (" dax").
+text that continues a previous segment carries its own leading space (" dax"). The nonsense
+names, and binding an episode's categories to them, are `frozen_scale.synthetic.names`.
 """
 
 from __future__ import annotations
@@ -21,12 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from frozen_scale.data.prompts import Image, Text
-
-# The nonsense words of the paper's fast-binding tasks, in the order it introduces them.
-NONSENSE_NAMES = ("dax", "blicket", "slation", "perpo", "shously")
 
 CAPTION_TEMPLATE = "This is a {name}."
 CLASSIFICATION_QUESTION = "Q: What is this? A: This is a"
@@ -54,18 +50,6 @@ def task_induction_text(names: Sequence[str]) -> str:
     if len(names) < 2:
         raise ValueError(f"task induction needs at least two distinct names, got {names}")
     return f"Answer with {', '.join(names[:-1])} or {names[-1]}."
-
-
-def assign_nonsense_names(categories: Sequence[str], rng: np.random.Generator | None = None,
-                          names: Sequence[str] = NONSENSE_NAMES) -> dict[str, str]:
-    """Bind each distinct category of an episode to a nonsense name (shuffled when rng is given)."""
-    distinct = list(dict.fromkeys(categories))
-    if len(distinct) > len(names):
-        raise ValueError(f"{len(distinct)} categories but only {len(names)} names: {list(names)}")
-    pool = list(names)
-    if rng is not None:
-        pool = [pool[i] for i in rng.permutation(len(pool))]
-    return dict(zip(distinct, pool))
 
 
 def concept_binding(support: Sequence[tuple[Any, str]], query_image: Any, query_text: str,

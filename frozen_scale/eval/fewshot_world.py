@@ -26,11 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image as PILImage
 
 from frozen_scale.data.prompts import Image, Text
 from frozen_scale.eval import fewshot
 from frozen_scale.synthetic import episodes, text, world
+from frozen_scale.synthetic.names import NONSENSE_NAMES
 
 STANDIN_NAMES = ("what", "how", "many", "there")
 """Stand-ins for the nonsense words when the LM's vocabulary lacks them."""
@@ -47,7 +47,7 @@ class NamingLanguage:
     query: str
 
 
-PAPER_NAMING = NamingLanguage(fewshot.NONSENSE_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
+PAPER_NAMING = NamingLanguage(NONSENSE_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
 STANDIN_NAMING = NamingLanguage(STANDIN_NAMES, "caption : a {name} .", "caption : a")
 
 
@@ -64,11 +64,6 @@ class Item:
     answers: list[str]
     """Accepted answers (captioning: the reference captions)."""
     meta: dict = field(default_factory=dict)
-
-
-def black_image(image_size: int) -> PILImage.Image:
-    """What a blind model sees instead of every image."""
-    return PILImage.new("RGB", (image_size, image_size), (0, 0, 0))
 
 
 def caption_items(seed: int, split: str, n: int, prompt: str, image_size: int) -> list[Item]:

@@ -44,7 +44,7 @@ def write_report(run: Path, m: dict, cfg) -> Path:
         f"Prefix: {cfg.model.vision.kind} encoder, k={cfg.model.prefix_length}, {m['train_steps']} steps, "
         f"DeepSpeed ZeRO-{m['zero_stage']} on {m['world_size']} ranks.",
         "",
-        "| metric | with image | blind (no image) |",
+        "| metric | with image | blind (black image) |",
         "|---|---|---|",
         f"| caption exact match (held-out scenes) | {_fmt(m['caption_exact_match'])} | {_fmt(m['caption_exact_match_blind'])} |",
         f"| caption attribute accuracy | {_fmt(m['caption_attribute_accuracy'])} | {_fmt(m['caption_attribute_accuracy_blind'])} |",

@@ -1,7 +1,11 @@
-"""Evaluation on the built-in world: captioning and zero-shot VQA, each next to a blind baseline.
+"""The demo's evaluation on the built-in world: captioning and zero-shot VQA, each next to the
+blind baseline, through the task runner of `frozen-scale eval` (`eval.tasks`).
 
-Images are rendered straight from held-out scenes (no shards needed). Blind = the same prompt
-with no image, so the gap to it is what the image contributes.
+Items are held-out scenes rendered on the fly (`eval.fewshot_world`), the same items as
+`frozen-scale eval --task caption` and `--task vqa --shots 0` with the same seed. Blind is the
+runner's: every image replaced by a black one (`frozen_scale.data.blind`), the prompt unchanged,
+so the gap to it is what the image contributes. Captions are scored the world's way: exact match
+after normalisation and per-attribute accuracy (objects matched by position).
 """
 
 from __future__ import annotations
@@ -9,12 +13,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from frozen_scale.data import prompts
-from frozen_scale.data.loader import to_tensor
-from frozen_scale.synthetic import text, world
+from frozen_scale.eval import fewshot_world as fw
+from frozen_scale.eval import tasks
+from frozen_scale.synthetic import world
 
 _OBJ = re.compile(r"a (?:(small|big) )?(\w+) (circle|square|triangle)")
 
@@ -44,48 +46,17 @@ def normalize(caption: str) -> str:
     return caption.split(".", 1)[0].strip()
 
 
-@torch.no_grad()
-def generate_texts(model, tokenizer, sequences: list[list], images: list[torch.Tensor | None], *,
-                   max_new_tokens: int, num_beams: int = 1, batch_size: int = 64, desc: str = "generate",
-                   progress: bool = True) -> list[str]:
-    """Greedy/beam generation for prompts given as segment lists (images in slot order)."""
-    model.eval()
-    out: list[str] = []
-    dev = next(model.prefix.parameters()).device
-    for start in tqdm(range(0, len(sequences), batch_size), desc=desc, disable=not progress, dynamic_ncols=True):
-        chunk = sequences[start:start + batch_size]
-        enc = [prompts.encode(seq, tokenizer, model.k) for seq in chunk]
-        batch = prompts.pad_batch(enc, tokenizer.pad_token_id, left=True)
-        imgs = [img for img in images[start:start + batch_size] if img is not None]
-        pixel = torch.stack(imgs).to(dev) if imgs else None
-        new = model.generate(pixel, batch["input_ids"].to(dev), batch["attention_mask"].to(dev),
-                             max_new_tokens=max_new_tokens, num_beams=num_beams,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        out += [s.strip() for s in tokenizer.batch_decode(new, skip_special_tokens=True)]
-    return out
-
-
-def _images(scenes, image_size, mean, std):
-    return [to_tensor(world.render(s, image_size), mean, std) for s in scenes]
-
-
-def _segments(blind: bool, prompt_text: str) -> list:
-    segs = [] if blind else [prompts.Image()]
-    return segs + ([prompts.Text(prompt_text)] if prompt_text else [])
-
-
-def caption_eval(model, tokenizer, *, seed: int, split: str, n: int, prompt: str, image_size: int,
-                 mean, std, max_new_tokens: int = 24, num_beams: int = 1, batch_size: int = 64,
-                 progress: bool = True) -> dict:
+def caption_eval(model, tokenizer, *, seed: int, split: str, n: int, prompt: str, max_new_tokens: int = 24,
+                 num_beams: int = 1, batch_size: int = 64, progress: bool = True) -> dict:
+    """Captions of `n` scenes of `split`, with the image and blind: exact match, attribute accuracy
+    (mean and per attribute) and the first examples."""
     scenes = list(world.scenes(seed, split, n))
-    images = _images(scenes, image_size, mean, std)
+    items = fw.caption_items(seed, split, n, prompt, model.cfg.vision.image_size)
+    refs = [it.answers[0] for it in items]
     result = {}
     for blind in (False, True):
-        seqs = [_segments(blind, prompt) for _ in scenes]
-        preds = generate_texts(model, tokenizer, seqs, [None if blind else im for im in images],
-                               max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=batch_size,
-                               desc=f"caption{' blind' if blind else ''} ({split})", progress=progress)
-        refs = [world.caption(s) for s in scenes]
+        preds = tasks.predict(model, tokenizer, "caption", items, blind=blind, num_beams=num_beams,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         exact = float(np.mean([normalize(p) == r for p, r in zip(preds, refs)]))
         attrs = [attribute_accuracy(normalize(p), s) for p, s in zip(preds, scenes)]
         per_attr = {a: float(np.mean([x[a] for x in attrs])) for a in (*ATTRIBUTES, "count")}
@@ -99,26 +70,18 @@ def caption_eval(model, tokenizer, *, seed: int, split: str, n: int, prompt: str
     return result
 
 
-def vqa_eval(model, tokenizer, *, seed: int, split: str, n: int, image_size: int, mean, std,
-             batch_size: int = 64, progress: bool = True) -> dict:
-    """Zero-shot VQA: image prefix + a question (never seen with images in prefix training)."""
-    scenes = list(world.scenes(seed, split, n))
-    images = _images(scenes, image_size, mean, std)
-    rng = np.random.default_rng([seed, 4242])
-    qa = []
-    for s in scenes:
-        pairs = world.questions(s)
-        qa.append(pairs[int(rng.integers(len(pairs)))])
+def vqa_eval(model, tokenizer, *, seed: int, split: str, n: int, batch_size: int = 64,
+             progress: bool = True) -> dict:
+    """Zero-shot VQA (`frozen-scale eval --task vqa --shots 0`): image prefix + a question never
+    seen with images in prefix training, with the image and blind."""
     result = {}
     for blind in (False, True):
-        seqs = [_segments(blind, text.question_prompt(q)) for q, _ in qa]
-        preds = generate_texts(model, tokenizer, seqs, [None if blind else im for im in images],
-                               max_new_tokens=3, batch_size=batch_size,
-                               desc=f"vqa{' blind' if blind else ''} ({split})", progress=progress)
-        hits = [p.split()[:1] == [a] for p, (_, a) in zip(preds, qa)]
+        r = tasks.run_task(model, tokenizer, {}, "vqa", shots=0, n=n, split=split, seed=seed, blind=blind,
+                           batch_size=batch_size, progress=progress)
         suffix = "_blind" if blind else ""
-        result[f"vqa_zero_shot_accuracy{suffix}"] = float(np.mean(hits))
+        result[f"vqa_zero_shot_accuracy{suffix}"] = r["vqa_accuracy"]
         result[f"vqa_examples{suffix}"] = [
-            {"question": q, "answer": a, "prediction": p} for (q, a), p in list(zip(qa, preds))[:8]
+            {"question": e["question"], "answer": e["answers"][0], "prediction": e["prediction"]}
+            for e in r["examples"]
         ]
     return result

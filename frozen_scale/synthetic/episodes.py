@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from frozen_scale.eval.fewshot import assign_nonsense_names
 from frozen_scale.synthetic import world
+from frozen_scale.synthetic.names import assign_nonsense_names
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from frozen_scale.eval.fewshot import NONSENSE_NAMES
 from frozen_scale.synthetic import episodes, world
+from frozen_scale.synthetic.names import NONSENSE_NAMES
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"

@@ -131,8 +131,8 @@ def text_qa_accuracy(model, tokenizer, seed: int, n: int = 200) -> float:
 def text_naming_accuracy(model, tokenizer, seed: int, n: int = 200) -> dict:
     """Held-out naming episodes written as text, as the image evaluations ask them: 2-way 1-shot
     classification and 1-shot binding, every scene given by its caption."""
-    from frozen_scale.eval.fewshot import NONSENSE_NAMES
     from frozen_scale.synthetic import episodes
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
 
     out = {}
     for kind in ("classification", "binding"):

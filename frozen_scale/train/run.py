@@ -8,7 +8,7 @@ import sys
 
 from frozen_scale.config import load_config
 
-EXIT_CONFIG = 2  # as for a configuration error (see frozen_scale.cli)
+EXIT_CONFIG = 2  # as for a configuration error (see frozen_scale.app.cli)
 
 
 def main(argv: list[str]) -> int:

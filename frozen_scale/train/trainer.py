@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from frozen_scale.config import FrozenConfig, save_config, to_dict
+from frozen_scale.constants import EXIT_NONFINITE, EXIT_OK, EXIT_REQUEUE
 from frozen_scale.data.loader import CaptionStream, ResumableBatches, StreamState
 from frozen_scale.data.shards import list_shards, total_samples
 from frozen_scale.distributed import engine as dist_engine
@@ -32,9 +33,6 @@ from frozen_scale.train.flops import FlopsCounter
 from frozen_scale.train.metrics import MetricsLogger
 from frozen_scale.train.schedule import warmup_cosine
 
-EXIT_OK = 0
-EXIT_NONFINITE = 3
-EXIT_REQUEUE = 75
 
 log = logging.getLogger("frozen_scale.train")
 

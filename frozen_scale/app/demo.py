@@ -2,7 +2,8 @@
 
 world -> shards (data_prep) -> LM pretraining (the paper's step 1) -> freeze -> prefix training
 with DeepSpeed ZeRO-2 on two CPU ranks -> export -> evaluation (captioning and zero-shot VQA,
-each against a blind baseline) -> report.md, metrics.json, loss_curve.png in the run folder.
+each against the blind baseline: every image black) -> report.md, metrics.json, loss_curve.png in
+the run folder.
 """
 
 from __future__ import annotations
@@ -11,32 +12,15 @@ import argparse
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from frozen_scale.config import FrozenConfig, load_config, save_config
+from launchers.local import launch_training
 
-log = logging.getLogger("frozen_scale.demo")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_training(config_path: Path, nproc: int, overrides: list[str] = (), env: dict | None = None) -> int:
-    """Run `frozen-scale train` on `nproc` local ranks through torchrun (gloo on CPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "frozen_scale.cli", "train", str(config_path), *overrides]
-    full_env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-                "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // nproc)), **(env or {})}
-    return subprocess.call(cmd, env=full_env)
+log = logging.getLogger("frozen_scale.app.demo")
 
 
 def prepare(cfg: FrozenConfig, run_dir: Path, progress: bool = True) -> dict:
@@ -61,15 +45,13 @@ def prepare(cfg: FrozenConfig, run_dir: Path, progress: bool = True) -> dict:
 
 
 def evaluate(export_dir: str, cfg: FrozenConfig, progress: bool = True) -> dict:
+    """Captioning (held-out scenes and held-out colour/shape combinations) and zero-shot VQA, each
+    with the image and blind, through the task runner of `frozen-scale eval`."""
+    from frozen_scale.eval.tasks import load_model
     from frozen_scale.eval.world import caption_eval, vqa_eval
-    from frozen_scale.model.frozen_vlm import FrozenVLM
-    from frozen_scale.model.lm import load_tokenizer
 
-    model = FrozenVLM.from_pretrained(export_dir)
-    tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer"))
-    v = cfg.model.vision
-    common = dict(seed=cfg.world.seed, image_size=v.image_size, mean=v.mean, std=v.std,
-                  batch_size=cfg.eval.batch_size, progress=progress)
+    model, tokenizer, _ = load_model(export_dir)
+    common = dict(seed=cfg.world.seed, batch_size=cfg.eval.batch_size, progress=progress)
     metrics = caption_eval(model, tokenizer, split="eval", n=cfg.eval.num_samples, prompt=cfg.data.prompt,
                            max_new_tokens=cfg.eval.max_new_tokens, num_beams=cfg.eval.num_beams, **common)
     held = caption_eval(model, tokenizer, split="heldout_combos", n=min(200, cfg.eval.num_samples),

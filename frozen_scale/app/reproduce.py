@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import logging
 import os
@@ -32,9 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from frozen_scale.config import FrozenConfig, apply_overrides, from_dict, save_config
+from frozen_scale.config import FrozenConfig, apply_overrides, deep_merge, from_dict, save_config
+from launchers.local import launch_training
 
-log = logging.getLogger("frozen_scale.reproduce")
+log = logging.getLogger("frozen_scale.app.reproduce")
 
 VARIANTS = {
     "frozen": {"lm": "pretrained", "train_lm": False, "blind": False},
@@ -42,7 +42,7 @@ VARIANTS = {
     "scratch": {"lm": "scratch", "train_lm": True, "blind": False},
     "blind": {"lm": "pretrained", "train_lm": False, "blind": True},
 }
-# (column, task, keyword arguments of cli.run_task, metric)
+# (column, task, keyword arguments of eval.tasks.run_task, metric)
 EVALS = (
     ("caption_cider", "caption", {}, "cider"),
     ("caption_bleu4", "caption", {}, "bleu4"),
@@ -63,49 +63,23 @@ QUICK = [
 ]
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def load_reproduce_config(base: str | None, overlay: str | None, overrides: list[str]) -> FrozenConfig:
     data: dict = {}
     for path in (base, overlay):
         if path:
-            data = _deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
+            data = deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
     return from_dict(FrozenConfig, apply_overrides(data, list(overrides)))
 
 
 # -- inputs -----------------------------------------------------------------------------------
 def write_shards(out: Path, cfg: FrozenConfig, blind: bool) -> Path:
-    """The world's training scenes as webdataset shards (black images when blind)."""
-    import webdataset as wds
+    """The world's training scenes as shards (black images when blind), written in this process;
+    a finished folder is kept as it is."""
+    from data_prep.synthetic import write_world_shards
 
-    from frozen_scale.eval.fewshot_world import black_image
-    from frozen_scale.synthetic import world
-
-    if (out / "manifest.json").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    size, per, count = cfg.model.vision.image_size, cfg.world.samples_per_shard, cfg.world.num_train
-    black = io.BytesIO()
-    black_image(size).save(black, "PNG")
-    shards = []
-    for start in range(0, count, per):
-        name = f"{start // per:05d}.tar"
-        with wds.TarWriter(str(out / name)) as sink:
-            for i in range(start, min(count, start + per)):
-                scene = world.make_scene(cfg.world.seed, "train", i)
-                buf = black
-                if not blind:
-                    buf = io.BytesIO()
-                    world.render(scene, size).save(buf, "PNG")
-                sink.write({"__key__": scene.key, "png": buf.getvalue(), "txt": world.caption(scene)})
-        shards.append({"name": name, "num_samples": min(count, start + per) - start})
-    manifest = {"format": "frozen_scale.shards/1", "num_samples": count, "shards": shards}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_world_shards(str(out), seed=cfg.world.seed, split="train", count=cfg.world.num_train,
+                       samples_per_shard=cfg.world.samples_per_shard, image_size=cfg.model.vision.image_size,
+                       blind=blind, num_workers=0)
     return out
 
 
@@ -155,15 +129,15 @@ def variant_config(cfg: FrozenConfig, run: Path, name: str, lm_dir: Path, shards
 
 
 def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: bool) -> dict:
-    from frozen_scale.eval import cli
+    from frozen_scale.eval import tasks
 
-    model, tokenizer, meta = cli.load_model(export_dir)
+    model, tokenizer, meta = tasks.load_model(export_dir)
     scores, details, cache = {}, {}, {}
     for column, task, kwargs, metric in EVALS:
         key = (task, tuple(sorted(kwargs.items())))
         if key not in cache:
             limit = cfg.eval.max_new_tokens if task == "caption" else None
-            cache[key] = cli.run_task(model, tokenizer, meta, task, n=cfg.eval.num_samples, seed=cfg.world.seed,
+            cache[key] = tasks.run_task(model, tokenizer, meta, task, n=cfg.eval.num_samples, seed=cfg.world.seed,
                                       blind=blind, max_new_tokens=limit, batch_size=cfg.eval.batch_size,
                                       progress=progress, **kwargs)
             details["-".join([task, *(f"{k}{v}" for k, v in sorted(kwargs.items()))])] = cache[key]
@@ -173,7 +147,6 @@ def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: 
 
 def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: Path, nproc: int,
                 progress: bool) -> dict:
-    from frozen_scale.demo import launch_training
     from frozen_scale.train.export import export
 
     done = run / name / "results.json"

@@ -18,12 +18,12 @@ import sys
 
 # subcommand -> (module, function taking argv); imported lazily so `--help` stays fast.
 COMMANDS = {
-    "demo": ("frozen_scale.demo", "main"),
+    "demo": ("frozen_scale.app.demo", "main"),
     "pretrain-lm": ("frozen_scale.train.pretrain_lm", "main"),
     "train": ("frozen_scale.train.run", "main"),
     "export": ("frozen_scale.train.export", "main"),
     "eval": ("frozen_scale.eval.cli", "eval_main"),
-    "reproduce": ("frozen_scale.eval.reproduce", "main"),
+    "reproduce": ("frozen_scale.app.reproduce", "main"),
     "prep": ("data_prep.cli", "main"),
     "submit": ("launchers.cli", "submit_main"),
     "plan": ("launchers.cli", "plan_main"),
