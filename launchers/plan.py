@@ -24,7 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from frozen_scale.model.shape import LMShape, lm_shape
 
 GIB = 2**30
 # DeepSpeed's defaults for the buffers we count (zero_optimization.*), overridable by deepspeed.extra.
@@ -36,83 +37,6 @@ ZERO_DEFAULTS = {
 }
 CUDA_CONTEXT_BYTES = 1 * GIB
 """CUDA context, cuBLAS/NCCL workspaces and allocator slack we hold back on every GPU."""
-
-
-@dataclass
-class LMShape:
-    """What the plan needs from a causal LM's HF config; counts from a meta-device build."""
-
-    model_type: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    gated_mlp: bool
-    rms_norm: bool
-    total_params: int
-    largest_layer_params: int
-    """Largest single module's own parameters (DeepSpeed's 'largest layer')."""
-    block_params: int
-    """Parameters of one decoder block."""
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-
-def _read_hf_config(path: str):
-    from transformers import AutoConfig
-
-    local = Path(path)
-    if local.exists():
-        return AutoConfig.from_pretrained(str(local))
-    import json
-
-    import fsspec
-
-    with fsspec.open(path.rstrip("/") + "/config.json", "r") as handle:
-        data = json.load(handle)
-    model_type = data.pop("model_type")
-    return AutoConfig.for_model(model_type, **data)
-
-
-def lm_shape(path: str) -> LMShape:
-    """Read an LM's HF config (local folder or fsspec URL; weights not needed) and count params."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    hf = _read_hf_config(path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf)
-    total = sum(p.numel() for p in model.parameters())
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
-    block = max(blocks, key=lambda m: sum(p.numel() for p in m.parameters()))[0] if blocks else model
-    hidden = hf.hidden_size
-    heads = hf.num_attention_heads
-    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
-    intermediate = getattr(hf, "intermediate_size", None) or getattr(hf, "n_inner", None) or 4 * hidden
-    names = {type(m).__name__.lower() for m in block.modules()}
-    return LMShape(
-        model_type=hf.model_type,
-        hidden=hidden,
-        layers=hf.num_hidden_layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        vocab=hf.vocab_size,
-        gated_mlp=any(hasattr(m, "gate_proj") for m in block.modules()),
-        rms_norm=any("rmsnorm" in n for n in names),
-        total_params=total,
-        largest_layer_params=largest,
-        block_params=sum(p.numel() for p in block.parameters()),
-    )
 
 
 def prefix_param_counts(cfg, lm_hidden: int) -> tuple[int, int, int]:
