@@ -25,6 +25,7 @@ from frozen_scale.distributed import engine as dist_engine
 from frozen_scale.distributed import safe_load
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model.frozen_vlm import FrozenVLM, embedding_norm
+from frozen_scale.model.shape import lm_shape
 from frozen_scale.train import checkpoint as ckpt
 from frozen_scale.train.flops import FlopsCounter
 from frozen_scale.train.metrics import MetricsLogger
@@ -74,7 +75,8 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.ds = dist_engine.ds_config(cfg, self.world_size)
+        shape = lm_shape(cfg.model.lm_path) if cfg.deepspeed.stage == 3 else None  # sizes ZeRO-3's window
+        self.ds = dist_engine.ds_config(cfg, self.world_size, shape)
         if self.is_main:
             ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
         self.resume_url = ckpt.resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
