@@ -380,15 +380,14 @@ def format_plan(inputs: PlanInputs, cfg_stage: int, cfg_micro_batch: int, cfg_ck
     if cfg_stage == 3:
         window = gathered_window_params(lm, inputs.zero)
         z = inputs.zero
-        lines.append(
-            f"ZeRO-3 window: up to {window / 1e6:.0f}M LM params gathered at once ({g(inputs.param_bytes * window)} "
-            f"GiB; live {z['stage3_max_live_parameters']:.3g}, reuse distance {z['stage3_max_reuse_distance']:.3g}, "
-            f"prefetch {z['stage3_prefetch_bucket_size']:.3g}, persistence threshold "
-            f"{z['stage3_param_persistence_threshold']:.3g})")
-        lines.append(
-            f"loading (ZeRO-3, rank 0): {g(loading_peak(inputs, 3))} GiB on the GPU, plus one checkpoint shard "
-            f"mapped in host memory ({g(checkpoint_shard_bytes(inputs))} GiB"
-            f"{'' if lm.largest_shard_bytes else ': no weights beside the config, the whole LM assumed'})")
+        lines.append(f"ZeRO-3 window: up to {window / 1e6:.0f}M LM params gathered at once "
+                     f"({inputs.param_bytes * window / GIB:.2f} GiB): live {z['stage3_max_live_parameters']:.3g}, "
+                     f"reuse distance {z['stage3_max_reuse_distance']:.3g},")
+        lines.append(f"  prefetch {z['stage3_prefetch_bucket_size']:.3g}, persistence threshold "
+                     f"{z['stage3_param_persistence_threshold']:.3g} (sized from the LM unless deepspeed.extra sets them)")
+        lines.append(f"loading, rank 0: {loading_peak(inputs, 3) / GIB:.2f} GiB on the GPU, plus one checkpoint "
+                     f"shard mapped in host memory ({checkpoint_shard_bytes(inputs) / GIB:.2f} GiB"
+                     f"{'' if lm.largest_shard_bytes else ': no weights here, so the whole LM'})")
     lines.append("")
     if rec["fits"]:
         lines.append(
