@@ -15,11 +15,15 @@ absolute numbers of parameters, blind to the model:
   partitioned (every rank holds them whole).
 
 `zero3_window(...)` derives them from the LM's shape: a unit of the larger of one decoder block
-and the largest single layer (the token embedding, often); prefetch one unit ahead, keep at most
-two units live, reuse within one unit (enough for activation checkpointing, whose recomputed
-block is used again right away). So a rank holds its partition plus about two units: a window
-that scales with the LM's widest part, not its depth. Vectors (norm weights, biases up to the
-hidden size) persist whole; every matrix is partitioned, however small the LM.
+and the largest single layer (the token embedding, often); live parameters, reuse distance and
+prefetch all one unit. What a rank holds gathered beyond the module running now lies within the
+next max(live, reuse distance) parameters of the step, so it holds its partition plus about one
+unit and the running module: a window that scales with the LM's widest part, not its depth, and
+still lets the next block's gathers overlap this one's compute. (Under activation checkpointing a
+block's first modules are gathered again between their recomputation and their backward; a
+run that would rather trade memory for that traffic raises the reuse distance in
+deepspeed.extra.) Vectors (norm weights, biases up to the hidden size) persist whole; every
+matrix is partitioned, however small the LM.
 
 No DeepSpeed import here: `frozen-scale plan` reads the same numbers on machines without it.
 """
@@ -34,7 +38,7 @@ DEEPSPEED_DEFAULTS = {
     "stage3_prefetch_bucket_size": 5 * 10**7,
     "stage3_param_persistence_threshold": 10**5,
 }
-LIVE_UNITS = 2
+LIVE_UNITS = 1
 """Most gathered parameters prefetching may bring the window to, in units."""
 
 
