@@ -13,9 +13,8 @@ How memory is measured: every rank samples its own private memory (USS: private 
 dirty pages, from /proc/self/smaps_rollup) every 0.2 s in a background thread and at each phase
 boundary, minus the same process's USS just after its imports (torch, DeepSpeed, transformers,
 frozen_scale). The ranks run with MALLOC_ARENA_MAX=1 and MALLOC_TRIM_THRESHOLD_=0 (glibc hands
-freed memory back to the system instead of keeping it in per-thread arenas: without them
-fragmentation adds up to ~2 GB a rank and the figures say more about malloc than about ZeRO) and
-data.num_workers=0 (a forked loader worker shares the rank's pages, which then leave its USS).
+freed memory back to the system instead of keeping it in per-thread arenas, so the figures say
+what the tensors need rather than how malloc fragments) and data.num_workers=0 (a forked loader worker shares the rank's pages, which then leave its USS).
 USS counts the pages of a memory-mapped safetensors shard that this rank has touched (they are
 private to it while no other process maps them; file-backed, so the kernel could drop them
 under pressure, but they are resident): the anonymous share (`anon`, what only swap could free)
