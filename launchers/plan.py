@@ -384,7 +384,8 @@ def format_plan(inputs: PlanInputs, cfg_stage: int, cfg_micro_batch: int, cfg_ck
                      f"({inputs.param_bytes * window / GIB:.2f} GiB): live {z['stage3_max_live_parameters']:.3g}, "
                      f"reuse distance {z['stage3_max_reuse_distance']:.3g},")
         lines.append(f"  prefetch {z['stage3_prefetch_bucket_size']:.3g}, persistence threshold "
-                     f"{z['stage3_param_persistence_threshold']:.3g} (sized from the LM unless deepspeed.extra sets them)")
+                     f"{z['stage3_param_persistence_threshold']:.3g} "
+                     "(sized from the LM unless deepspeed.extra sets them)")
         lines.append(f"loading, rank 0: {loading_peak(inputs, 3) / GIB:.2f} GiB on the GPU, plus one checkpoint "
                      f"shard mapped in host memory ({checkpoint_shard_bytes(inputs) / GIB:.2f} GiB"
                      f"{'' if lm.largest_shard_bytes else ': no weights here, so the whole LM'})")
