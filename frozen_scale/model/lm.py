@@ -128,8 +128,8 @@ def _load_zero3_by_shard(local: str, dtype: torch.dtype, attn_implementation: st
         state = load_state_dict(file, map_location="cpu" if on_rank0 else "meta")  # mapped, not read
         errors, _ = _load_state_dict_into_zero3_model(model, state)
         del state  # unmaps the shard
-        if errors:
-            raise ValueError(f"loading {file} into the partitioned LM: {'; '.join(errors)}")
+        if errors:  # not a ValueError: load_lm retries those with eager attention
+            raise RuntimeError(f"loading {file} into the partitioned LM: {'; '.join(errors)}")
     model.tie_weights()
     try:
         from transformers import GenerationConfig
