@@ -45,6 +45,7 @@ bench: install
 	$(PY) bench/zero3_memory.py
 	$(PY) bench/loader_throughput.py
 	$(PY) bench/gpu.py --tiny
+	$(PY) bench/big_lm.py
 
 # data_prep against img2dataset, which lives in its own environment (not a project dependency)
 bench/.peer-venv/bin/img2dataset:

@@ -147,9 +147,9 @@ def quiet_logs() -> None:
         pass
 
 
-def torchrun(nproc: int, script: Path, args: list[str], timeout: int = 900):
+def torchrun(nproc: int, script: Path, args: list[str], timeout: int = 900, env: dict | None = None):
     """Run `script` under torchrun with `nproc` local CPU ranks (gloo); returns the completed
-    process (stdout and stderr captured)."""
+    process (stdout and stderr captured). `env` adds to the ranks' environment."""
     import socket
     import subprocess
 
@@ -159,7 +159,7 @@ def torchrun(nproc: int, script: Path, args: list[str], timeout: int = 900):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
            str(script), *args]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun {script.name} x{nproc} failed (exit {proc.returncode}):\n"

@@ -11,8 +11,8 @@ builds the real Trainer (ZeRO-3: the LM is loaded already partitioned), takes on
 - optimizer-state bytes (Adam's moments, `optimizer_state_bytes`), compared with Adam's
   2 x 4 bytes per trainable element, and the LM's share of them;
 - the process's peak RSS, for context.
-Full size uses DeepSpeed's default persistence threshold (as a run would); --quick uses a tiny LM
-whose matrices all fall below it, so it sets the threshold to 0 to keep the figure meaningful.
+Full size uses the persistence threshold a run derives from the LM (frozen_scale.distributed.zero3);
+--quick sets it to 0 outright (its tiny LM's matrices would fall below DeepSpeed's 1e5 default).
 Prints the ratio (largest per-rank LM resident bytes with 2 ranks / with 1 rank) last. Goal: <= 0.52.
 """
 

@@ -14,9 +14,15 @@ weights), counts parameters on the meta device, and estimates per-GPU bytes for
   `torch.autograd.graph.saved_tensors_hooks` sees on a tiny model (tests/test_plan.py);
   with activation checkpointing, one block input per layer plus one block recomputed; other
   families (GPT-2, OPT, NeoX: LayerNorm, plain MLP) get the same itemisation, approximately;
-- communication buffers: ZeRO-3 gather/prefetch of the frozen LM, gradient reduce buckets.
+- communication buffers: gradient reduce buckets and, at ZeRO-3, the window of gathered LM
+  parameters, from the same live-parameter / reuse-distance settings the trainer derives from the
+  LM (frozen_scale.distributed.zero3; a user's deepspeed.extra wins in both);
+- the loading peak (`loading_peak`): at ZeRO-3 rank 0 holds its partition, the module being
+  written and, in host memory, one mapped checkpoint shard.
 
-It then recommends the lowest ZeRO stage and the largest micro-batch that fit.
+It then recommends the lowest ZeRO stage and the largest micro-batch that fit. `on_cpu` gives what
+a CPU rank's process holds (no CUDA context, the process's own runtime instead): bench/big_lm.py
+checks it against measured process memory with a 1B LM.
 """
 
 from __future__ import annotations
@@ -24,100 +30,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from frozen_scale.distributed.zero3 import DEEPSPEED_DEFAULTS, effective_zero3, zero3_window
+from frozen_scale.model.shape import LMShape, lm_shape
 
 GIB = 2**30
-# DeepSpeed's defaults for the buffers we count (zero_optimization.*), overridable by deepspeed.extra.
+# DeepSpeed's defaults for the buffers we count (zero_optimization.*), overridable by deepspeed.extra;
+# a run's ZeRO-3 window settings come from zero3_settings (derived from the LM, as the trainer does).
 ZERO_DEFAULTS = {
     "reduce_bucket_size": 5e8,
     "allgather_bucket_size": 5e8,
-    "stage3_prefetch_bucket_size": 5e7,
-    "stage3_max_live_parameters": 1e9,
+    **DEEPSPEED_DEFAULTS,
 }
 CUDA_CONTEXT_BYTES = 1 * GIB
 """CUDA context, cuBLAS/NCCL workspaces and allocator slack we hold back on every GPU."""
-
-
-@dataclass
-class LMShape:
-    """What the plan needs from a causal LM's HF config; counts from a meta-device build."""
-
-    model_type: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    gated_mlp: bool
-    rms_norm: bool
-    total_params: int
-    largest_layer_params: int
-    """Largest single module's own parameters (DeepSpeed's 'largest layer')."""
-    block_params: int
-    """Parameters of one decoder block."""
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-
-def _read_hf_config(path: str):
-    from transformers import AutoConfig
-
-    from frozen_scale.model.lm_source import parse_source
-
-    local = Path(path)
-    if local.exists():
-        return AutoConfig.from_pretrained(str(local))
-    source = parse_source(path)
-    if source.kind == "hub":  # config.json alone, through the Hub cache (HF_HUB_OFFLINE honoured)
-        return AutoConfig.from_pretrained(source.location, revision=source.revision)
-    import json
-
-    import fsspec
-
-    with fsspec.open(path.rstrip("/") + "/config.json", "r") as handle:
-        data = json.load(handle)
-    model_type = data.pop("model_type")
-    return AutoConfig.for_model(model_type, **data)
-
-
-def lm_shape(path: str) -> LMShape:
-    """Read an LM's HF config (local folder, fsspec URL or Hub id; weights not needed) and count params."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    hf = _read_hf_config(path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf)
-    total = sum(p.numel() for p in model.parameters())
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 0]
-    block = max(blocks, key=lambda m: sum(p.numel() for p in m.parameters()))[0] if blocks else model
-    hidden = hf.hidden_size
-    heads = hf.num_attention_heads
-    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
-    intermediate = getattr(hf, "intermediate_size", None) or getattr(hf, "n_inner", None) or 4 * hidden
-    names = {type(m).__name__.lower() for m in block.modules()}
-    return LMShape(
-        model_type=hf.model_type,
-        hidden=hidden,
-        layers=hf.num_hidden_layers,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        vocab=hf.vocab_size,
-        gated_mlp=any(hasattr(m, "gate_proj") for m in block.modules()),
-        rms_norm=any("rmsnorm" in n for n in names),
-        total_params=total,
-        largest_layer_params=largest,
-        block_params=sum(p.numel() for p in block.parameters()),
-    )
+HOST_RUNTIME_BYTES = 80 * 2**20
+"""What a CPU rank's process holds beyond its imports and the counted tensors once the engine is
+built (process group, DeepSpeed's engine and hooks, allocator slack): measured between steps by
+bench/big_lm.py on a 2-core CPU, 0.06 GiB with a 4-layer LM and 0.08-0.09 GiB with a 1B LM. On a
+GPU this is host memory: it is in `on_cpu`, not in `total`."""
 
 
 def prefix_param_counts(cfg, lm_hidden: int) -> tuple[int, int, int]:
@@ -186,6 +117,12 @@ class MemoryEstimate:
     @property
     def total(self) -> float:
         return self.model_states + self.activations + self.buffers + CUDA_CONTEXT_BYTES
+
+    @property
+    def on_cpu(self) -> float:
+        """What a rank holds when it runs on the CPU: the same tensors, no CUDA context, plus the
+        process's own runtime (the figure bench/big_lm.py measures)."""
+        return self.total - CUDA_CONTEXT_BYTES + HOST_RUNTIME_BYTES
 
     @property
     def fits(self) -> bool:
@@ -274,9 +211,49 @@ def _buffer_bytes(inputs: PlanInputs, stage: int, trainable: int) -> float:
         grad_bucket += 2 * min(zero["allgather_bucket_size"], trainable)
     if stage != 3:
         return float(grad_bucket)
-    prefetch = min(zero["stage3_prefetch_bucket_size"], inputs.lm.block_params)
-    live = min(zero["stage3_max_live_parameters"], inputs.lm.block_params + prefetch)
-    return float(grad_bucket + inputs.param_bytes * live)
+    # the largest layer's gathered params are already in the LM's model states (DeepSpeed's accounting)
+    window = gathered_window_params(inputs.lm, zero) - inputs.lm.largest_layer_params
+    return float(grad_bucket + inputs.param_bytes * max(window, 0))
+
+
+def gathered_window_params(lm: LMShape, zero: dict) -> int:
+    """LM parameters a ZeRO-3 rank holds gathered at once during a step.
+
+    A gathered parameter stays until released; DeepSpeed keeps one whose next use lies within
+    `stage3_max_reuse_distance` parameters of the trace ahead, and prefetches ahead while fewer than
+    `stage3_max_live_parameters` are gathered. So what is gathered beyond the module running now
+    lies within the next max(reuse distance, live parameters) of the trace: at most that many, and
+    at most the whole LM (with DeepSpeed's 1e9 defaults, the whole of a 1B LM)."""
+    ahead = max(zero["stage3_max_reuse_distance"], zero["stage3_max_live_parameters"])
+    return int(min(lm.total_params, ahead + lm.largest_layer_params))
+
+
+def zero3_settings(lm: LMShape, zero_extra: dict | None = None) -> dict:
+    """The ZeRO-3 window a run of this LM gets: derived as the trainer derives it, the user's
+    deepspeed.extra.zero_optimization winning (frozen_scale.distributed.zero3)."""
+    return effective_zero3(zero3_window(lm.block_params, lm.largest_layer_params, lm.hidden), zero_extra)
+
+
+def checkpoint_shard_bytes(inputs: PlanInputs) -> float:
+    """The largest weight file of the LM's checkpoint; the whole LM in the run's precision when
+    the folder holds only a config."""
+    return float(inputs.lm.largest_shard_bytes or inputs.param_bytes * inputs.lm.total_params)
+
+
+def loading_peak(inputs: PlanInputs, stage: int, on_cpu: bool = False) -> float:
+    """Bytes the busiest rank (rank 0, which reads the checkpoint) holds while the LM loads.
+
+    ZeRO-3: its partition plus the module being written, gathered (frozen_scale.model.lm loads a
+    sharded checkpoint one shard at a time); the shard being read is memory-mapped in host memory,
+    so it counts on the CPU (and on a GPU machine's host), not on the GPU. Below ZeRO-3: the whole
+    LM (on the CPU its pages are mapped from the checkpoint and read at first use). The engine is
+    not built yet: no CUDA context or runtime is added."""
+    lm = inputs.lm
+    whole = inputs.param_bytes * lm.total_params
+    if stage != 3:
+        return float(whole)
+    device = whole / inputs.gpus + inputs.param_bytes * lm.largest_layer_params
+    return float(device + (checkpoint_shard_bytes(inputs) if on_cpu else 0.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,8 +332,10 @@ def plan_inputs(cfg, gpus: int, seq_len: int = 0, gpu_mem_gib: float = 80.0, lm_
     lm = lm_shape(lm_path or cfg.model.lm_path)
     trainable, frozen_vision, largest_prefix = prefix_param_counts(cfg, lm.hidden)
     prompt_tokens = len(cfg.data.prompt.split()) + 1 if cfg.data.prompt else 0
+    zero_extra = cfg.deepspeed.extra.get("zero_optimization", {})
     zero = dict(ZERO_DEFAULTS)
-    zero.update({k: v for k, v in cfg.deepspeed.extra.get("zero_optimization", {}).items() if k in zero})
+    zero.update(zero3_settings(lm, zero_extra))
+    zero.update({k: v for k, v in zero_extra.items() if k in zero})
     return PlanInputs(
         lm=lm,
         trainable_params=trainable,
@@ -398,6 +377,18 @@ def format_plan(inputs: PlanInputs, cfg_stage: int, cfg_micro_batch: int, cfg_ck
                 f"{g(e.trainable_states)}     {g(e.activations)} {g(e.buffers)}  {g(e.total)}  "
                 f"{'yes' if e.fits else 'NO'}{mark}")
     lines.append(f"(totals include {CUDA_CONTEXT_BYTES / GIB:.0f} GiB for the CUDA context and workspaces)")
+    if cfg_stage == 3:
+        window = gathered_window_params(lm, inputs.zero)
+        z = inputs.zero
+        lines.append(f"ZeRO-3 window: up to {window / 1e6:.0f}M LM params gathered at once "
+                     f"({inputs.param_bytes * window / GIB:.2f} GiB): live {z['stage3_max_live_parameters']:.3g}, "
+                     f"reuse distance {z['stage3_max_reuse_distance']:.3g},")
+        lines.append(f"  prefetch {z['stage3_prefetch_bucket_size']:.3g}, persistence threshold "
+                     f"{z['stage3_param_persistence_threshold']:.3g} "
+                     "(sized from the LM unless deepspeed.extra sets them)")
+        lines.append(f"loading, rank 0: {loading_peak(inputs, 3) / GIB:.2f} GiB on the GPU, plus one checkpoint "
+                     f"shard mapped in host memory ({checkpoint_shard_bytes(inputs) / GIB:.2f} GiB"
+                     f"{'' if lm.largest_shard_bytes else ': no weights here, so the whole LM'})")
     lines.append("")
     if rec["fits"]:
         lines.append(

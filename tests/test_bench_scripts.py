@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,21 @@ def test_gpu_script_tiny_on_cpu():
     lines = run_bench("gpu.py", "--tiny")
     last_ratio(lines, "gpu frozen MFU")
     assert any(" frozen:" in line for line in lines) and any(" trainable:" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_big_lm_quick():
+    lines = run_bench("big_lm.py", "--quick")
+    assert re.fullmatch(r"big_lm: zero3_2rank_over_zero2_1rank=\d+\.\d+ plan_error=\d+\.\d+", lines[-1]), lines[-1]
+    # every rank of every configuration reports, with the plan beside it
+    for name, ranks in (("zero2_1rank", 1), ("zero3_2rank", 2), ("zero3_4rank", 4)):
+        assert sum(line.split()[0] == name for line in lines if "|" in line) == ranks, name
+    assert any(line.startswith("  zero3_2rank ZeRO-3 window: live ") for line in lines)
+
+
+@pytest.mark.slow
+def test_gpu_acceptance_tiny_on_cpu():
+    lines = run_bench("gpu_acceptance.py", "--tiny")
+    last_ratio(lines, "gpu_acceptance mfu")
+    assert sum(line.startswith(f"ZeRO-{s}: exit 0") for line in lines for s in (0, 2, 3)) == 3
+    assert any(line.startswith("export + caption eval") for line in lines)

@@ -182,3 +182,66 @@ def test_plan_cli_text_and_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["recommendation"]["fits"] is False
     assert len(out["estimates"]) == 8
+
+
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=20, num_attention_heads=16,
+                num_key_value_heads=16, vocab_size=39)
+
+
+@pytest.mark.parametrize("extra", [{}, {"stage3_max_live_parameters": 10**7, "stage3_max_reuse_distance": 10**6}],
+                         ids=["derived", "user-extra"])
+def test_plan_reads_the_trainers_zero3_window(tmp_path, extra):
+    from frozen_scale.distributed.engine import ds_config
+    from frozen_scale.distributed.zero3 import ZERO3_KEYS
+    from frozen_scale.model.shape import lm_shape
+
+    path = write_run(tmp_path, LLAMA_1B, train={"precision": "bf16", "micro_batch_size": 2},
+                     deepspeed={"stage": 3, "extra": {"zero_optimization": extra}})
+    cfg = load_config(path)
+    inputs = plan.plan_inputs(cfg, gpus=2)
+    ds = ds_config(cfg, 2, lm_shape(cfg.model.lm_path))["zero_optimization"]
+    assert {k: inputs.zero[k] for k in ZERO3_KEYS} == {k: ds[k] for k in ZERO3_KEYS}  # one source of truth
+    lm = inputs.lm
+    live, reuse = ds["stage3_max_live_parameters"], ds["stage3_max_reuse_distance"]
+    window = plan.gathered_window_params(lm, inputs.zero)
+    assert window == max(live, reuse) + lm.largest_layer_params
+    est = plan.estimate(inputs, 3, 2, False)
+    # the gathered window beyond the largest layer (already in the LM's model states), 2 bytes a param
+    grad_bucket = 2 * min(inputs.zero["reduce_bucket_size"], inputs.trainable_params)
+    assert est.buffers == pytest.approx(2 * (window - lm.largest_layer_params) + grad_bucket)
+    assert est.lm_params == pytest.approx(2 * lm.total_params / 2 + 2 * lm.largest_layer_params)
+
+
+def test_plan_window_with_deepspeed_defaults_is_the_whole_1b_lm(tmp_path):
+    from frozen_scale.distributed.zero3 import DEEPSPEED_DEFAULTS
+
+    cfg = load_config(write_run(tmp_path, LLAMA_1B, deepspeed={
+        "stage": 3, "extra": {"zero_optimization": dict(DEEPSPEED_DEFAULTS)}}))
+    inputs = plan.plan_inputs(cfg, gpus=2)
+    # 1e9 parameters ahead plus the module running: all but 1.6% of a 1.03B LM
+    assert plan.gathered_window_params(inputs.lm, inputs.zero) >= 0.98 * inputs.lm.total_params
+    derived = plan.plan_inputs(load_config(write_run(tmp_path / "d", LLAMA_1B)), gpus=2)
+    # derived: a block plus the largest layer, 6% of the LM
+    assert plan.gathered_window_params(derived.lm, derived.zero) == pytest.approx(
+        derived.lm.block_params + derived.lm.largest_layer_params)
+    assert plan.gathered_window_params(derived.lm, derived.zero) < 0.1 * derived.lm.total_params
+
+
+def test_loading_peak_counts_one_checkpoint_shard_beyond_the_partition(tmp_path):
+    cfg = load_config(write_run(tmp_path, LLAMA_1B))
+    lm_dir = tmp_path / "lm"
+    config_only = plan.plan_inputs(cfg, gpus=4)
+    whole = 2 * config_only.lm.total_params
+    largest = 2 * config_only.lm.largest_layer_params
+    # no weights beside the config: the whole LM is assumed to be one shard
+    assert config_only.lm.largest_shard_bytes == 0
+    assert plan.loading_peak(config_only, 3, on_cpu=True) == pytest.approx(whole / 4 + largest + whole)
+    for name, size in (("model-00001-of-00002.safetensors", 3000), ("model-00002-of-00002.safetensors", 1000)):
+        (lm_dir / name).write_bytes(b"\0" * size)
+    inputs = plan.plan_inputs(cfg, gpus=4)
+    assert inputs.lm.largest_shard_bytes == 3000 and inputs.lm.shard_count == 2
+    assert plan.loading_peak(inputs, 3, on_cpu=True) == pytest.approx(whole / 4 + largest + 3000)
+    assert plan.loading_peak(inputs, 3) == pytest.approx(whole / 4 + largest)  # the shard is host memory
+    assert plan.loading_peak(inputs, 2) == whole
+    est = plan.estimate(inputs, 3, 8, False)
+    assert est.on_cpu == pytest.approx(est.total - plan.CUDA_CONTEXT_BYTES + plan.HOST_RUNTIME_BYTES)

@@ -1,7 +1,8 @@
 """The only module that talks to DeepSpeed and torch.distributed set-up.
 
 - `init_distributed()`: one process or many (torchrun / deepspeed launcher env), gloo on CPU.
-- `ds_config(cfg, world_size)`: the DeepSpeed JSON, derived from the run config.
+- `ds_config(cfg, world_size, lm_shape)`: the DeepSpeed JSON, derived from the run config (and, at
+  ZeRO-3, from the LM's shape: the gathered window, see frozen_scale.distributed.zero3).
 - `lm_loading_context(ds)`: keeps transformers' HfDeepSpeedConfig alive so that under ZeRO-3
   `from_pretrained` builds the LM already partitioned (no rank ever holds it whole).
 - `build_engine(...)`: DeepSpeed engine whose optimizer holds the trainable parameters only.
@@ -14,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import os
 import socket
@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from frozen_scale.config import FrozenConfig, deep_merge
+from frozen_scale.distributed.zero3 import zero3_window
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
 
@@ -145,12 +146,18 @@ def _result(outcome: tuple):
     return outcome[1]
 
 
-def ds_config(cfg: FrozenConfig, world_size: int) -> dict:
-    """The DeepSpeed JSON for this run: one source of truth, the run config."""
+def ds_config(cfg: FrozenConfig, world_size: int, lm_shape=None) -> dict:
+    """The DeepSpeed JSON for this run: one source of truth, the run config.
+
+    `lm_shape` (anything with `block_params`, `largest_layer_params` and `hidden`, such as
+    frozen_scale.model.shape.LMShape) sizes ZeRO-3's gathered window to the LM; without it
+    DeepSpeed's defaults apply. `deepspeed.extra` still wins over both."""
     t, z = cfg.train, cfg.deepspeed
     zero: dict = {"stage": z.stage}
     if z.stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=False)
+        if lm_shape is not None:
+            zero.update(zero3_window(lm_shape.block_params, lm_shape.largest_layer_params, lm_shape.hidden))
         if z.offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     if z.offload_optimizer and z.stage > 0:

@@ -4,7 +4,8 @@ The LM and tokenizer come from a local folder, any fsspec URL (s3://, gs://, ...
 into the node cache) or a Hugging Face Hub id (org/name[@revision]); see lm_source. What a
 checkpoint records about the LM is `lm_summary`: its path and cheap identity (see lm_identity).
 Under ZeRO-3 the caller keeps a `HfDeepSpeedConfig` alive while calling `load_lm`, so
-transformers builds the model already partitioned (see frozen_scale.distributed).
+transformers builds the model already partitioned (see frozen_scale.distributed), and a sharded
+checkpoint is read one shard at a time (`_load_zero3_by_shard`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,98 @@ def load_tokenizer(path: str):
 
 def load_lm(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa") -> nn.Module:
     """Load a causal LM (partitioned on load when a ZeRO-3 HfDeepSpeedConfig is alive)."""
-    from transformers import AutoModelForCausalLM
-
     local = local_copy(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(local, dtype=dtype, attn_implementation=attn_implementation)
+        return _load(local, dtype, attn_implementation)
     except (ValueError, ImportError):
         # Architectures without SDPA support fall back to the eager attention.
-        return AutoModelForCausalLM.from_pretrained(local, dtype=dtype, attn_implementation="eager")
+        return _load(local, dtype, "eager")
+
+
+def _load(local: str, dtype: torch.dtype, attn_implementation: str) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled() and _safetensors_shards(local):
+        model = _load_zero3_by_shard(local, dtype, attn_implementation)
+        if model is not None:
+            return model
+    return AutoModelForCausalLM.from_pretrained(local, dtype=dtype, attn_implementation=attn_implementation)
+
+
+def _safetensors_shards(local: str) -> list[str]:
+    """The files of a sharded safetensors checkpoint, in order ([] when it is not sharded)."""
+    index = Path(local, "model.safetensors.index.json")
+    if not index.exists():
+        return []
+    weight_map = json.loads(index.read_text()).get("weight_map", {})
+    return [str(Path(local, name)) for name in sorted(set(weight_map.values()))]
+
+
+def _load_zero3_by_shard(local: str, dtype: torch.dtype, attn_implementation: str) -> nn.Module | None:
+    """A sharded checkpoint into a ZeRO-3 partitioned model, one shard at a time.
+
+    transformers 5's `from_pretrained` under ZeRO-3 maps every shard on rank 0 before copying any
+    of it into the partitioned model, so rank 0 ends up holding the whole checkpoint beside its
+    partition. Here the model is built the way `from_pretrained` builds it (partitioned at
+    construction, no random init), then each shard is mapped, copied in module by module (each
+    module's parameters gathered, written on rank 0, re-partitioned: transformers' own ZeRO-3
+    copy) and unmapped before the next: rank 0 holds at most one shard beyond its partition, the
+    other ranks only the module being written. Returns None (the caller falls back to
+    `from_pretrained`) where this transformers version or the checkpoint's key names differ from
+    what this path expects.
+    """
+    import inspect
+
+    import torch.distributed as dist
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.integrations.deepspeed import _load_state_dict_into_zero3_model
+    from transformers.modeling_utils import load_state_dict
+    from transformers.models.auto.auto_factory import _get_model_class
+    from transformers.utils import ContextManagers
+
+    config = AutoConfig.from_pretrained(local)
+    cls = _get_model_class(config, AutoModelForCausalLM._model_mapping)
+    params = inspect.signature(cls.get_init_context).parameters
+    if list(params)[:3] != ["dtype", "is_quantized", "_is_ds_init_called"]:
+        return None
+    config.dtype = dtype
+    config._attn_implementation = attn_implementation
+    with ContextManagers(cls.get_init_context(dtype, False, False, None)):
+        model = cls(config)
+    files = _safetensors_shards(local)
+    if _checkpoint_keys_missing(model, files):
+        return None
+    on_rank0 = dist.get_rank() == 0
+    for file in files:
+        state = load_state_dict(file, map_location="cpu" if on_rank0 else "meta")  # mapped, not read
+        errors, _ = _load_state_dict_into_zero3_model(model, state)
+        del state  # unmaps the shard
+        if errors:  # not a ValueError: load_lm retries those with eager attention
+            raise RuntimeError(f"loading {file} into the partitioned LM: {'; '.join(errors)}")
+    model.tie_weights()
+    try:
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(local)
+    except OSError:  # no generation_config.json: keep the one derived from the model config
+        pass
+    return model.eval()
+
+
+def _checkpoint_keys_missing(model: nn.Module, files: list[str]) -> set[str]:
+    """Model weights that no shard holds (tied copies excepted), by the names
+    `_load_state_dict_into_zero3_model` matches (with or without the base-model prefix)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            names.update(handle.keys())
+    prefix = getattr(model, "base_model_prefix", "")
+    names |= {f"{prefix}.{k}" for k in names}
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    return set(model.state_dict()) - names - tied
 
 
 def freeze(lm: nn.Module) -> nn.Module:

@@ -27,6 +27,7 @@ from frozen_scale.distributed import engine as dist_engine
 from frozen_scale.distributed import safe_load
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model.frozen_vlm import FrozenVLM, embedding_norm
+from frozen_scale.model.shape import lm_shape
 from frozen_scale.train import checkpoint as ckpt
 from frozen_scale.train import lm_setup
 from frozen_scale.train.flops import FlopsCounter
@@ -99,14 +100,16 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
-        self.ds = dist_engine.ds_config(cfg, self.world_size)
-        if self.is_main:
-            ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
         with self.startup.phase("download"):  # local rank 0 of each node; the others wait
             self.model_dirs = lm_setup.fetch_models(cfg)
+        local_lm = self.model_dirs[cfg.model.lm_path]
+        shape = lm_shape(local_lm) if cfg.deepspeed.stage == 3 else None  # sizes ZeRO-3's window
+        self.ds = dist_engine.ds_config(cfg, self.world_size, shape)
+        if self.is_main:
+            ckpt.write_json(str(self.run_dir / "deepspeed_config.json"), self.ds)
         with self.startup.phase("identity"):  # rank 0, from its local copy
             self.lm_info = lm_setup.identify_lm(cfg, self.model_dirs)
-        self.lm_hash = lm_setup.BackgroundHash(self.model_dirs[cfg.model.lm_path]) if self.is_main else None
+        self.lm_hash = lm_setup.BackgroundHash(local_lm) if self.is_main else None
         self.resume_url = ckpt.resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
         self.resume_state = self._fetch_resume_state() if self.resume_url else None
         self._build_model()
