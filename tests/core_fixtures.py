@@ -111,3 +111,15 @@ def tiny_run_config(tiny_lm_dir, tiny_shards, tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config_dict(tiny_lm_dir, tiny_shards, tmp_path / "run")))
     return path
+
+
+@pytest.fixture(scope="session")
+def big_lm_dir(tmp_path_factory) -> Path:
+    """The billion-parameter Llama-shaped LM of bench/big_lm.py (1.03B, bf16, 3 safetensors
+    shards of at most 1 GB, the world's tokenizer), random init, saved once per session."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from big_lm import BIG, build_lm
+
+    return build_lm(tmp_path_factory.mktemp("big_lm"), BIG)

@@ -8,7 +8,8 @@
 
 Requests are counted at the server, per (method, "bucket/key"), across every process that uses
 it (ranks under torchrun too): `s3_server.requests()` is a Counter of them, `s3_server.bytes_sent()`
-a Counter of response-body bytes, `s3_server.reset_counts()` starts afresh.
+a Counter of response-body bytes written out to clients (a GET the client closes early counts only
+what was written before it closed), `s3_server.reset_counts()` starts afresh.
 
 The endpoint is set the standard ways: `storage_options={"client_kwargs": {"endpoint_url": ...}}`
 and the AWS_ENDPOINT_URL environment variable (honoured by botocore, so by s3fs and by child
@@ -47,9 +48,10 @@ class RequestCounter:
     def _counted(self, body, key):
         try:
             for chunk in body:
-                with self.lock:
-                    self.bytes[key] += len(chunk)
                 yield chunk
+                with self.lock:  # counted once the server has written it out: a client that
+                    self.bytes[key] += len(chunk)  # closes a GET early (s3fs does, before a ranged
+                    # download in parts) does not receive the rest
         finally:
             if hasattr(body, "close"):
                 body.close()

@@ -23,7 +23,7 @@ import yaml
 
 from frozen_scale.train.checkpoint import committed_steps
 from frozen_scale.train.metrics import read_metrics
-from tests.core_fixtures import tiny_config_dict
+from tests.core_fixtures import big_lm_dir, tiny_config_dict  # noqa: F401  (big_lm_dir: a fixture)
 from tests.dist_util import REPO, free_port, kill_tree
 from tests.test_resume import wait_for
 
@@ -58,9 +58,10 @@ def run_job(tmp_path: Path, cfg: Path, overrides: list[str], on_started=None, ti
                 kill_tree(p)
 
 
-def weight_gets(s3_server, prefix: str) -> dict[str, int]:
-    counts = s3_server.requests()
-    return {key: n for (method, key), n in counts.items()
+def weight_bytes_served(s3_server, prefix: str) -> dict[str, int]:
+    """Bytes of each weight file the store sent in GET responses (s3fs reads a large object in
+    several ranged GETs, so bytes, not requests, say how often the file was fetched)."""
+    return {key: n for (method, key), n in s3_server.bytes_sent().items()
             if method == "GET" and key.startswith(prefix) and key.endswith(".safetensors")}
 
 
@@ -71,9 +72,10 @@ def test_two_nodes_billion_lm_zero3_preempt_and_resume_on_object_storage(tmp_pat
 
     bucket = s3_server.new_bucket()
     fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3_server.storage_options)
-    fs.put(str(big_lm_dir) + "/", f"{bucket[5:]}/lm/", recursive=True)
+    # one PUT per file (the local server's multipart completion is unreliable for GB-sized parts)
+    fs.put(str(big_lm_dir) + "/", f"{bucket[5:]}/lm/", recursive=True, chunksize=2**31)
     fs.put(str(tiny_shards) + "/", f"{bucket[5:]}/shards/", recursive=True)
-    weight_files = sorted(p.name for p in Path(big_lm_dir).glob("*.safetensors"))
+    weight_files = {p.name: p.stat().st_size for p in Path(big_lm_dir).glob("*.safetensors")}
     assert len(weight_files) >= 2
 
     cfg_dict = tiny_config_dict(
@@ -101,8 +103,9 @@ def test_two_nodes_billion_lm_zero3_preempt_and_resume_on_object_storage(tmp_pat
     steps = committed_steps(f"{bucket}/ckpt")
     assert len(steps) == 1, steps
     stopped = steps[0]
-    gets = weight_gets(s3_server, f"{bucket[5:]}/lm/")
-    assert gets == {f"{bucket[5:]}/lm/{name}": 2 for name in weight_files}, gets  # once per node
+    served = weight_bytes_served(s3_server, f"{bucket[5:]}/lm/")
+    once_per_node = {f"{bucket[5:]}/lm/{name}": 2 * size for name, size in weight_files.items()}
+    assert served == once_per_node, (served, once_per_node)
 
     s3_server.reset_counts()
     second = run_job(tmp_path, cfg, ["train.resume=auto", f"train.steps={stopped + 1}"])
@@ -110,4 +113,4 @@ def test_two_nodes_billion_lm_zero3_preempt_and_resume_on_object_storage(tmp_pat
         assert code == 0, out[-4000:]
     assert any(f"step_{stopped:08d}" in out and "resumed from" in out for _, out in second)
     assert committed_steps(f"{bucket}/ckpt")[-1] == stopped + 1
-    assert weight_gets(s3_server, f"{bucket[5:]}/lm/") == {}  # the node caches hold the LM
+    assert weight_bytes_served(s3_server, f"{bucket[5:]}/lm/") == {}  # the node caches hold the LM
