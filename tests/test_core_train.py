@@ -70,8 +70,9 @@ def test_save_then_resume_restores_step_weights_optimizer_scheduler(tmp_path, ti
     cfg2 = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, train={"steps": 6, "warmup_steps": 2, "resume": "auto"},
                     checkpoint={"every": 2, "keep_last": 3})
     second = Trainer(cfg2)
-    assert second.resume_url.endswith("step_00000004")
-    step, samples, stream, _ = second.load()
+    assert second.checkpoints.resume_url.endswith("step_00000004")
+    state = second.checkpoints.load()
+    step, samples, stream = state.step, state.samples, state.stream
     assert step == 4 and samples == 4 * cfg2.train.micro_batch_size
     assert stream.batches == 4
     for n, p in second.engine.module.named_parameters():

@@ -69,20 +69,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm_dir, ti
     The killed run holds after the step following its checkpoint, so a fast machine cannot
     finish the run between the checkpoint and the kill; the kill lands in that step or the hold."""
     sections = dict(train={"steps": 12, "log_every": 2}, checkpoint={"every": 3, "keep_last": 5},
-                    data={"num_workers": 2})
-    env = {"FROZEN_SCALE_LOG_KEYS": "1"}
+                    data={"num_workers": 2}, debug={"log_sample_keys": True})
     ref_cfg = write_cfg(tmp_path, "ref", tiny_lm_dir, tiny_shards, **sections)
-    check(torchrun(2, ["train", str(ref_cfg)], module="frozen_scale.app.cli", env=env))
+    check(torchrun(2, ["train", str(ref_cfg)], module="frozen_scale.app.cli"))
 
     kill_after = random.Random(os.getpid()).choice([3, 6, 9])
     cfg = write_cfg(tmp_path, "killed", tiny_lm_dir, tiny_shards, **sections)
-    proc = popen_torchrun(2, [str(cfg)], {**env, "FROZEN_SCALE_FAULT": f"hold_after@{kill_after + 1}"})
+    proc = popen_torchrun(2, [str(cfg), f"debug.fault=hold_after@{kill_after + 1}"], {})
     marker = tmp_path / "killed" / "checkpoints" / f"step_{kill_after:08d}" / "COMMITTED"
     wait_for(marker.exists, 300, proc, f"checkpoint {kill_after}")
     time.sleep(random.Random(1).uniform(0.0, 0.3))
     assert len(kill_tree(proc)) >= 3, "torchrun had no ranks to kill"
     assert committed_steps(str(tmp_path / "killed" / "checkpoints"))[-1] == kill_after
-    check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.app.cli", env=env))
+    check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.app.cli"))
 
     diff = max_abs_diff(final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed"))
     assert diff <= 1e-6, f"killed after step {kill_after}: max abs diff {diff}"
@@ -128,8 +127,7 @@ def test_sigterm_single_process_exit_code(tmp_path, tiny_lm_dir, tiny_shards):
 @pytest.mark.slow
 def test_crash_before_commit_marker_leaves_previous_checkpoint(tmp_path, tiny_lm_dir, tiny_shards):
     cfg = write_cfg(tmp_path, "crash", tiny_lm_dir, tiny_shards, train={"steps": 6}, checkpoint={"every": 2})
-    proc = torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli",
-                    env={"FROZEN_SCALE_FAULT": "crash_before_commit@4"})
+    proc = torchrun(2, ["train", str(cfg), "debug.fault=crash_before_commit@4"], module="frozen_scale.app.cli")
     assert proc.returncode != 0
     ckpts = tmp_path / "crash" / "checkpoints"
     assert committed_steps(str(ckpts)) == [2]
@@ -254,7 +252,7 @@ def test_incompatible_checkpoint_is_refused_with_what_differs(tmp_path, tiny_lm_
         Trainer(cfg3)
     resumed = Trainer(load_config(write_cfg(tmp_path, "inc", tiny_lm_dir, tiny_shards,
                                             train={"steps": 2, "resume": "auto"})))
-    assert resumed.resume_state["step"] == 1
+    assert resumed.checkpoints.resume_state["step"] == 1
 
 
 def test_prune_keeps_the_newest_committed_and_drops_stale_partials(tmp_path):
