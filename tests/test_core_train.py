@@ -114,7 +114,7 @@ def test_bf16_with_gradient_accumulation_and_no_loader_workers(tmp_path, tiny_lm
     assert torch.isfinite(torch.tensor(last["loss"]))
 
 
-@pytest.mark.parametrize("stage,precision", [(0, "fp32"), (0, "bf16"), (2, "fp32"), (3, "bf16")])
+@pytest.mark.parametrize("stage,precision", [(0, "fp32"), (0, "bf16"), (1, "fp32"), (2, "fp32"), (3, "bf16")])
 def test_world_size_change_restores_the_optimizer_state(tmp_path, tiny_lm_dir, tiny_shards, stage, precision):
     """The world-size path of a resume (its checkpoint marked as made on 2 ranks) restores what
     optimizer.safetensors holds (fp32 master weights, Adam moments, Adam's step count) into this
