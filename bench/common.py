@@ -89,11 +89,8 @@ def loader_batches(cfg, tokenizer, n: int) -> list[dict]:
     from frozen_scale.data.loader import CaptionStream, ResumableBatches
     from frozen_scale.data.shards import list_shards
 
-    v = cfg.model.vision
-    stream = CaptionStream(list_shards(cfg.data.train_shards), tokenizer, k=cfg.model.prefix_length,
-                           image_size=v.image_size, batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed,
-                           rank=0, world_size=1, shuffle_buffer=cfg.data.shuffle_buffer,
-                           prompt=cfg.data.prompt, max_text_len=cfg.data.max_text_len, mean=v.mean, std=v.std)
+    stream = CaptionStream.from_config(cfg, list_shards(cfg.data.train_shards), tokenizer, seed=cfg.train.seed,
+                                       rank=0, world_size=1)
     batches = ResumableBatches(stream, 0)
     return [{k: t for k, t in next(batches).items() if torch.is_tensor(t)} for _ in range(n)]
 

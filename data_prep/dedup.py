@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import ray
 
+from data_prep.shard import LocalRegistry
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class HashRegistry:
-    def __init__(self):
-        self.owner: dict[str, str] = {}
-
-    def seed(self, items: list[tuple[str, str]]) -> int:
-        for h, k in items:
-            self.owner.setdefault(h, k)
-        return len(self.owner)
-
-    def claim_many(self, items: list[tuple[str, str]]) -> list[str]:
-        return [self.owner.setdefault(h, k) for h, k in items]
+HashRegistry = ray.remote(num_cpus=0, max_restarts=0)(LocalRegistry)
+"""The registry as one Ray actor that every shard task of the job shares (LocalRegistry's claims)."""
 
 
 def committed_hashes(output_url: str, shards: list[int], storage_options=None) -> list[tuple[str, str]]:

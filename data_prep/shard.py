@@ -61,7 +61,8 @@ class Result:
 
 
 class LocalRegistry:
-    """In-process stand-in for the dedup actor (same interface, one process)."""
+    """sha256 -> the key that first claimed it: in this process, or as the job's dedup actor
+    (data_prep.dedup.HashRegistry)."""
 
     def __init__(self):
         self.owner: dict[str, str] = {}

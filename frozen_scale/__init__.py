@@ -10,7 +10,8 @@ pyproject.toml):
     model, data, distributed, synthetic
                  the Frozen model; streaming shards and prompts; DeepSpeed; the built-in world
     config, storage, constants
-                 the run configuration; fsspec helpers; exit codes and the shard manifest format
+                 the run configuration; URL and filesystem helpers; exit codes and the shard
+                 manifest format
 """
 
 __version__ = "0.1.0"

@@ -111,6 +111,17 @@ class DataConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases logging, optional (`pip install 'frozen-scale[wandb]'`), rank 0 only. The
+    JSONL log (and TensorBoard, `train.tensorboard`) are written either way."""
+
+    project: str = ""
+    """W&B project to log to; '' (the default) leaves W&B off."""
+    name: str = ""
+    """The W&B run's name; '' lets W&B choose one."""
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop."""
 
@@ -138,6 +149,8 @@ class TrainConfig:
     peak_tflops: float = 0.0
     """Device peak TFLOP/s for MFU (0: 989 on a GPU, unknown on CPU)."""
     tensorboard: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases (off unless `train.wandb.project` is set)."""
     progress: bool = True
 
     def __post_init__(self):
@@ -182,6 +195,33 @@ class CheckpointConfig:
             raise ConfigError("checkpoint.keep_last must be >= 1")
 
 
+DEBUG_FAULTS = ("hold_after", "crash_before_commit")
+
+
+@dataclass
+class DebugConfig:
+    """Test hooks, all off by default; the resume tests turn them on (frozen_scale.train.debug)."""
+
+    fault: str = ""
+    """Fault injection, '<name>@<step>': `hold_after@N` stops after optimizer step N and sleeps
+    until killed (a kill at a known place); `crash_before_commit@N` exits (code 13) after every
+    file of step N's checkpoint is written, before its commit marker. '' : none."""
+    log_sample_keys: bool = False
+    """Write each rank's sample keys in training order to {run_dir}/sample_keys_rank{R}.txt; a
+    resumed run first cuts the file back to what its checkpoint had consumed."""
+
+    def __post_init__(self):
+        if self.fault:
+            name, _, step = self.fault.partition("@")
+            if name not in DEBUG_FAULTS or not step.isdigit():
+                raise ConfigError(f"debug.fault must look like <name>@<step> with name one of "
+                                  f"{', '.join(DEBUG_FAULTS)}, got {self.fault!r}")
+
+    def fault_at(self, name: str, step: int) -> bool:
+        """Whether fault `name` is set for `step`."""
+        return self.fault == f"{name}@{step}"
+
+
 @dataclass
 class EvalConfig:
     """Evaluation after training."""
@@ -217,7 +257,7 @@ class LMPretrainConfig:
     num_documents: int = 30000
     copy_fraction: float = 0.5
     """Fraction of documents that repeat their caption ('caption. caption.'), which teaches the
-    LM to copy from context: the ability a prefix steers (see notes/calibration)."""
+    LM to copy from context: the ability a prefix steers (README, "The embedded default")."""
     naming_fraction: float = 0.0
     """Fraction of documents that are naming episodes ('a red circle . this is a dax . ...'), the
     in-context naming the few-shot and binding evaluations probe; adds the paper's nonsense words
@@ -323,6 +363,8 @@ class FrozenConfig:
     lm_pretrain: LMPretrainConfig = field(default_factory=LMPretrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     """Cluster submission settings, read by `launchers/`."""
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    """Test hooks (fault injection, sample-key logs); off by default."""
 
     @property
     def checkpoint_dir(self) -> str:

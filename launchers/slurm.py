@@ -98,7 +98,7 @@ def render_sbatch(cfg: FrozenConfig, config_path: str, overrides: list[str], wor
         "NODE_EOF",
         f'{shell_join(srun)} bash "$node_script"',
         "rc=$?",
-        f'echo "srun exited $rc"',
+        'echo "srun exited $rc"',
         f"if [ $rc -eq {EXIT_REQUEUE} ]; then",
         f"  if [ \"$attempt\" -lt {lc.max_requeues} ]; then",
         '    echo "preempted: checkpoint committed; requeueing job $SLURM_JOB_ID"',

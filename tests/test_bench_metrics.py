@@ -1,5 +1,6 @@
 """The trainer's JSONL metrics report MFU and the data-wait fraction, with sane values, and the
-FLOP count behind MFU follows 4 N_LM per token frozen, 6 N_LM trainable."""
+FLOP count behind MFU follows 4 N_LM per token frozen, 6 N_LM trainable; Weights & Biases
+logs the same records when `train.wandb.project` is set, and says how to install it if absent."""
 
 from __future__ import annotations
 
@@ -52,3 +53,50 @@ def test_flops_per_token_frozen_4n_trainable_6n(tmp_path, tiny_lm_dir, tiny_shar
     assert trainer.flops.peak == 1e12  # train.peak_tflops is honoured
     cfg.model.train_lm = True
     assert FlopsCounter(model, counts, cfg).per_token == 6 * n_lm + 6 * n_prefix
+
+
+class FakeWandb:
+    """Stands in for the `wandb` module: records init arguments and logged records."""
+
+    def __init__(self):
+        self.init_kwargs, self.logged, self.finished = None, [], False
+
+    def init(self, **kwargs):
+        self.init_kwargs = kwargs
+        return self
+
+    def log(self, values, step):
+        self.logged.append((step, dict(values)))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_wandb_is_a_config_section(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    from frozen_scale.config import ConfigError, WandbConfig
+    from frozen_scale.train.metrics import MetricsLogger, read_metrics
+
+    off = MetricsLogger(str(tmp_path / "off"), True, tensorboard=False, wandb=WandbConfig())
+    off.log(1, {"loss": 1.0})
+    off.close()
+    assert off._wandb is None and read_metrics(str(tmp_path / "off"))[0]["loss"] == 1.0
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    on = MetricsLogger(str(tmp_path / "on"), True, tensorboard=False, wandb=WandbConfig(project="p", name="r"),
+                       run_config={"train": {"lr": 0.1}})
+    on.log(3, {"loss": 0.5})
+    on.close()
+    assert fake.init_kwargs == {"project": "p", "name": "r", "dir": str(tmp_path / "on"),
+                                "config": {"train": {"lr": 0.1}}}
+    assert fake.logged == [(3, {"loss": 0.5})] and fake.finished
+    assert read_metrics(str(tmp_path / "on"))[0]["loss"] == 0.5  # JSONL as ever
+    assert MetricsLogger(str(tmp_path / "rank1"), False, wandb=WandbConfig(project="p"))._wandb is None
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ConfigError, match=r"train.wandb.project is set but wandb is not installed.*\[wandb\]"):
+        MetricsLogger(str(tmp_path / "missing"), True, tensorboard=False, wandb=WandbConfig(project="p"))

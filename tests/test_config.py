@@ -35,6 +35,16 @@ def test_wrong_type_names_the_key(tmp_path):
         load_config(None, ["deepspeed.stage=4"])
 
 
+def test_debug_hooks_are_typed_config(tmp_path):
+    cfg = load_config(None, ["debug.fault=hold_after@6", "debug.log_sample_keys=true", "train.wandb.project=p"])
+    assert cfg.debug.fault_at("hold_after", 6) and not cfg.debug.fault_at("hold_after", 5)
+    assert cfg.debug.log_sample_keys and cfg.train.wandb.project == "p"
+    assert not load_config(None).debug.fault and not load_config(None).debug.log_sample_keys
+    for bad in ("hold_after", "hold_after@x", "explode@3"):
+        with pytest.raises(ConfigError, match=r"debug.fault must look like <name>@<step>.*hold_after, crash_before_commit"):
+            load_config(None, [f"debug.fault={bad}"])
+
+
 def test_overrides_apply_and_roundtrip(tmp_path):
     cfg = load_config(None, ["train.lr=3e-4", "model.vision.kind=vit", "deepspeed.stage=3"])
     assert cfg.train.lr == 3e-4 and cfg.model.vision.kind == "vit" and cfg.deepspeed.stage == 3

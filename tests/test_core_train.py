@@ -70,8 +70,9 @@ def test_save_then_resume_restores_step_weights_optimizer_scheduler(tmp_path, ti
     cfg2 = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, train={"steps": 6, "warmup_steps": 2, "resume": "auto"},
                     checkpoint={"every": 2, "keep_last": 3})
     second = Trainer(cfg2)
-    assert second.resume_url.endswith("step_00000004")
-    step, samples, stream, _ = second.load()
+    assert second.checkpoints.resume_url.endswith("step_00000004")
+    state = second.checkpoints.load()
+    step, samples, stream = state.step, state.samples, state.stream
     assert step == 4 and samples == 4 * cfg2.train.micro_batch_size
     assert stream.batches == 4
     for n, p in second.engine.module.named_parameters():
@@ -111,3 +112,48 @@ def test_bf16_with_gradient_accumulation_and_no_loader_workers(tmp_path, tiny_lm
     last = read_metrics(str(tmp_path / "run"))[-1]
     assert last["step"] == 2 and last["samples"] == 2 * 2 * cfg.train.micro_batch_size
     assert torch.isfinite(torch.tensor(last["loss"]))
+
+
+@pytest.mark.parametrize("stage,precision", [(0, "fp32"), (0, "bf16"), (1, "fp32"), (2, "fp32"), (3, "bf16")])
+def test_world_size_change_restores_the_optimizer_state(tmp_path, tiny_lm_dir, tiny_shards, stage, precision):
+    """The world-size path of a resume (its checkpoint marked as made on 2 ranks) restores what
+    optimizer.safetensors holds (fp32 master weights, Adam moments, Adam's step count) into this
+    stage's partitions: the state equals the checkpoint's, and the next step is the one an exact
+    resume takes from the same batch."""
+    import json
+
+    from frozen_scale.distributed.engine import adam_step_count, full_optimizer_state
+    from frozen_scale.train.checkpoint import read_optimizer_state
+    from frozen_scale.train.trainer import Trainer
+
+    sections = dict(train={"steps": 5, "lr": 1e-2, "warmup_steps": 1, "precision": precision},
+                    deepspeed={"stage": stage}, data={"num_workers": 0}, checkpoint={"every": 3, "keep_last": 3})
+    assert Trainer(make_cfg(tmp_path, tiny_lm_dir, tiny_shards, **sections)).fit() == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000003"
+    saved, saved_step = read_optimizer_state(ckpt / "optimizer.safetensors")
+    resume = dict(sections, train={**sections["train"], "resume": str(ckpt)})
+    exact = Trainer(make_cfg(tmp_path, tiny_lm_dir, tiny_shards, **resume))
+    exact.checkpoints.load()
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2}))
+    moved = Trainer(make_cfg(tmp_path, tiny_lm_dir, tiny_shards, **resume))
+    assert moved.checkpoints.world_size_changed
+    moved.checkpoints.load()
+
+    def held(trainer):
+        trainable = [(n, p) for n, p in trainer.engine.module.named_parameters() if p.requires_grad]
+        return full_optimizer_state(trainer.optimizer, trainable)
+
+    assert adam_step_count(moved.optimizer) == saved_step == adam_step_count(exact.optimizer)
+    restored = held(moved)
+    assert restored.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(restored[key], value), key
+    batch = next(iter(exact._data(None, 123)))
+    for trainer in (exact, moved):
+        trainer.engine.train()
+        assert trainer.train_step(iter([batch]))
+    after_exact, after_moved = held(exact), held(moved)
+    for key, value in after_exact.items():
+        assert torch.equal(after_moved[key], value), key
+    assert moved.engine.get_lr() == exact.engine.get_lr()

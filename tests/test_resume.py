@@ -1,5 +1,6 @@
 """Training at scale: exact resume after SIGKILL, SIGTERM -> save + requeue code, atomic commits,
-object-storage data and checkpoints, bad shards, uneven shards, export, incompatible configs."""
+object-storage data and checkpoints, bad shards, uneven shards, export, incompatible configs, a
+world-size change that keeps the optimizer state."""
 
 from __future__ import annotations
 
@@ -69,20 +70,19 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm_dir, ti
     The killed run holds after the step following its checkpoint, so a fast machine cannot
     finish the run between the checkpoint and the kill; the kill lands in that step or the hold."""
     sections = dict(train={"steps": 12, "log_every": 2}, checkpoint={"every": 3, "keep_last": 5},
-                    data={"num_workers": 2})
-    env = {"FROZEN_SCALE_LOG_KEYS": "1"}
+                    data={"num_workers": 2}, debug={"log_sample_keys": True})
     ref_cfg = write_cfg(tmp_path, "ref", tiny_lm_dir, tiny_shards, **sections)
-    check(torchrun(2, ["train", str(ref_cfg)], module="frozen_scale.app.cli", env=env))
+    check(torchrun(2, ["train", str(ref_cfg)], module="frozen_scale.app.cli"))
 
     kill_after = random.Random(os.getpid()).choice([3, 6, 9])
     cfg = write_cfg(tmp_path, "killed", tiny_lm_dir, tiny_shards, **sections)
-    proc = popen_torchrun(2, [str(cfg)], {**env, "FROZEN_SCALE_FAULT": f"hold_after@{kill_after + 1}"})
+    proc = popen_torchrun(2, [str(cfg), f"debug.fault=hold_after@{kill_after + 1}"], {})
     marker = tmp_path / "killed" / "checkpoints" / f"step_{kill_after:08d}" / "COMMITTED"
     wait_for(marker.exists, 300, proc, f"checkpoint {kill_after}")
     time.sleep(random.Random(1).uniform(0.0, 0.3))
     assert len(kill_tree(proc)) >= 3, "torchrun had no ranks to kill"
     assert committed_steps(str(tmp_path / "killed" / "checkpoints"))[-1] == kill_after
-    check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.app.cli", env=env))
+    check(torchrun(2, ["train", str(cfg), "train.resume=auto"], module="frozen_scale.app.cli"))
 
     diff = max_abs_diff(final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed"))
     assert diff <= 1e-6, f"killed after step {kill_after}: max abs diff {diff}"
@@ -128,8 +128,7 @@ def test_sigterm_single_process_exit_code(tmp_path, tiny_lm_dir, tiny_shards):
 @pytest.mark.slow
 def test_crash_before_commit_marker_leaves_previous_checkpoint(tmp_path, tiny_lm_dir, tiny_shards):
     cfg = write_cfg(tmp_path, "crash", tiny_lm_dir, tiny_shards, train={"steps": 6}, checkpoint={"every": 2})
-    proc = torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli",
-                    env={"FROZEN_SCALE_FAULT": "crash_before_commit@4"})
+    proc = torchrun(2, ["train", str(cfg), "debug.fault=crash_before_commit@4"], module="frozen_scale.app.cli")
     assert proc.returncode != 0
     ckpts = tmp_path / "crash" / "checkpoints"
     assert committed_steps(str(ckpts)) == [2]
@@ -216,7 +215,9 @@ def test_export_generates_the_same_captions_as_the_trained_model(tmp_path, tiny_
 @pytest.mark.slow
 def test_zero3_export_gathers_partitions_and_world_size_change_policy(tmp_path, tiny_lm_dir, tiny_shards):
     """ZeRO-3 and ZeRO-2 runs of the same math export the same weights; a 2-rank checkpoint
-    resumes on 1 rank with its weights restored (documented elastic policy)."""
+    from before the consolidated optimizer state (no optimizer.safetensors) resumes on 1 rank
+    with its weights restored and the moments from zero (documented elastic policy; a
+    checkpoint that has the file keeps them: test_world_size_change_keeps_the_optimizer)."""
     z3 = write_cfg(tmp_path, "z3", tiny_lm_dir, tiny_shards, train={"steps": 3}, deepspeed={"stage": 3})
     z2 = write_cfg(tmp_path, "z2", tiny_lm_dir, tiny_shards, train={"steps": 3}, deepspeed={"stage": 2})
     check(torchrun(2, ["train", str(z3)], module="frozen_scale.app.cli"))
@@ -224,10 +225,67 @@ def test_zero3_export_gathers_partitions_and_world_size_change_policy(tmp_path, 
     w3, w2 = final_weights(tmp_path / "z3"), final_weights(tmp_path / "z2")
     assert all(v.numel() > 0 for v in w3.values())
     assert max_abs_diff(w3, w2) < 1e-5
+    (tmp_path / "z2" / "checkpoints" / "step_00000003" / "optimizer.safetensors").unlink()  # an older checkpoint
     one = torchrun(1, ["train", str(z2), "train.resume=auto", "train.steps=5"], module="frozen_scale.app.cli")
     check(one)
     assert "optimizer moments restart" in one.stderr + one.stdout
     assert committed_steps(str(tmp_path / "z2" / "checkpoints"))[-1] == 5
+
+
+@pytest.fixture(scope="module")
+def pretrained_lm_dir(tmp_path_factory) -> Path:
+    """A tiny LM that has learned the world's text (a prefix can lower its caption loss; a
+    random one barely reacts to the prefix)."""
+    from frozen_scale.config import LMPretrainConfig
+    from frozen_scale.train.pretrain_lm import pretrain
+
+    out = tmp_path_factory.mktemp("pretrained_lm") / "lm"
+    pretrain(LMPretrainConfig(n_layer=2, n_embd=32, n_head=2, steps=300, batch_size=32, seq_len=48,
+                              num_documents=3000, lr=3e-3), str(out), seed=0, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_world_size_change_keeps_the_optimizer(tmp_path, pretrained_lm_dir, tiny_shards):
+    """2 ranks -> 1 rank -> 2 ranks (the global batch kept through grad_accum): after each
+    resume the optimizer state the run holds (fp32 master weights, Adam moments and step count,
+    gathered) equals the checkpoint's, and the loss carries on from where it was. A constant lr
+    of 3e-2 after warm-up makes lost moments show: restarted from zero, the first steps after
+    the resume send the loss back above the warm-up loss (1.86 against 1.77 at step 1, 1.04
+    before the resume, when the checkpoint's optimizer.safetensors is deleted first)."""
+    from safetensors import safe_open
+
+    from frozen_scale.train.checkpoint import read_optimizer_state
+
+    cfg = write_cfg(tmp_path, "ws", pretrained_lm_dir, tiny_shards,
+                    train={"steps": 8, "lr": 3e-2, "warmup_steps": 2, "min_lr_ratio": 1.0, "log_every": 1},
+                    checkpoint={"every": 0, "keep_last": 5}, data={"num_workers": 0})
+    ckpts, worker = tmp_path / "ws" / "checkpoints", str(REPO / "tests" / "resume_worker.py")
+    check(torchrun(2, ["train", str(cfg)], module="frozen_scale.app.cli"))
+    for ranks, accum, start, end in [(1, 2, 8, 16), (2, 1, 16, 24)]:
+        out = tmp_path / f"resumed_on_{ranks}"
+        proc = torchrun(ranks, [worker, str(cfg), str(out), "train.resume=auto", f"train.steps={end}",
+                                f"train.grad_accum={accum}"])
+        check(proc)
+        assert "optimizer state (fp32 master weights, Adam moments and step count) are restored" in proc.stderr
+        saved, saved_step = read_optimizer_state(ckpts / f"step_{start:08d}" / "optimizer.safetensors")
+        with safe_open(f"{out}.safetensors", framework="pt") as held:
+            assert held.metadata()["world_size"] == str(ranks)
+            assert int(held.metadata()["adam_step"]) == saved_step == start
+            assert set(held.keys()) == set(saved) and any(k.endswith(".exp_avg_sq") for k in saved)
+            for key, value in saved.items():
+                diff = float((held.get_tensor(key) - value).abs().max())
+                assert diff <= 1e-6, f"resumed on {ranks} rank(s): {key} differs by {diff}"
+            assert float(saved[next(k for k in saved if k.endswith(".exp_avg_sq"))].abs().max()) > 0
+
+    loss = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "ws"))}
+    assert sorted(loss) == list(range(1, 25))
+    warm = loss[1]
+    for start in (8, 16):
+        before = (loss[start - 1] + loss[start]) / 2
+        after = max(loss[s] for s in range(start + 1, start + 5))
+        assert before < warm - 0.3, loss  # the prefix did learn before the resume
+        assert after - before <= 0.4 * (warm - before), f"loss after the resume at step {start}: {loss}"
 
 
 def test_incompatible_checkpoint_is_refused_with_what_differs(tmp_path, tiny_lm_dir, tiny_shards):
@@ -254,7 +312,7 @@ def test_incompatible_checkpoint_is_refused_with_what_differs(tmp_path, tiny_lm_
         Trainer(cfg3)
     resumed = Trainer(load_config(write_cfg(tmp_path, "inc", tiny_lm_dir, tiny_shards,
                                             train={"steps": 2, "resume": "auto"})))
-    assert resumed.resume_state["step"] == 1
+    assert resumed.checkpoints.resume_state["step"] == 1
 
 
 def test_prune_keeps_the_newest_committed_and_drops_stale_partials(tmp_path):

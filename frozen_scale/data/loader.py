@@ -30,13 +30,14 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import torch
 from PIL import Image as PILImage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from frozen_scale import storage
+from frozen_scale.config import FrozenConfig
 from frozen_scale.data import prompts
 from frozen_scale.data.shards import Shard
 
@@ -130,6 +131,18 @@ class CaptionStream(IterableDataset):
                         "stream by sample count instead of seeking")
             self.state.positions = {}
 
+    @classmethod
+    def from_config(cls, cfg: FrozenConfig, shards: list[Shard], tokenizer, *, seed: int, rank: int,
+                    world_size: int, state: StreamState | None = None) -> "CaptionStream":
+        """The stream a run config describes: the prefix length k, image size and normalisation
+        from `cfg.model`, the batch size from `cfg.train`, the rest from `cfg.data`."""
+        model, data = cfg.model, cfg.data
+        return cls(shards, tokenizer, k=model.prefix_length, image_size=model.vision.image_size,
+                   batch_size=cfg.train.micro_batch_size, seed=seed, rank=rank, world_size=world_size,
+                   shuffle_buffer=data.shuffle_buffer, resample=data.resample, prompt=data.prompt,
+                   max_text_len=data.max_text_len, mean=model.vision.mean, std=model.vision.std,
+                   image_keys=data.image_key.split(";"), caption_key=data.caption_key, state=state)
+
     def _fingerprint(self) -> str:
         """What a saved position depends on besides the seed and the slot: the shard list, the
         buffer and the sampling mode."""
@@ -140,7 +153,7 @@ class CaptionStream(IterableDataset):
     # -- raw stream ------------------------------------------------------------------------
     def _shard_samples(self, shard: Shard, counter: Counter):
         try:
-            stream = fsspec.open(shard.url, "rb").open()
+            stream = storage.open_url(shard.url).open()
         except (OSError, ValueError) as exn:
             counter.shard_error(exn)
             return

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-import fsspec
 from webdataset.shardlists import expand_urls
 
+from frozen_scale import storage
 from frozen_scale.constants import SHARDS_MANIFEST
 
 
@@ -17,10 +16,6 @@ class Shard:
     num_samples: int | None  # None when unknown (brace pattern without a manifest)
 
 
-def _join(root: str, name: str) -> str:
-    return name if "://" in name or name.startswith("/") else root.rstrip("/") + "/" + name
-
-
 def list_shards(spec: str) -> list[Shard]:
     """Shards named by `spec`: a folder/URL holding manifest.json, a manifest.json path, or a
     brace pattern such as s3://bucket/train/{00000..00099}.tar."""
@@ -28,17 +23,16 @@ def list_shards(spec: str) -> list[Shard]:
         raise ValueError("data.train_shards is empty: give a shard folder with manifest.json or a pattern")
     if "{" in spec:
         return [Shard(u, None) for u in expand_urls(spec)]
-    manifest_url = spec if spec.endswith(".json") else f"{spec.rstrip('/')}/{SHARDS_MANIFEST}"
+    manifest_url = spec if spec.endswith(".json") else storage.join(spec, SHARDS_MANIFEST)
     root = manifest_url.rsplit("/", 1)[0]
     try:
-        with fsspec.open(manifest_url, "r") as fh:
-            manifest = json.load(fh)
+        manifest = storage.read_json(manifest_url)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"no manifest at {manifest_url}: run `frozen-scale prep` to make shards, "
             "or give a brace pattern like prefix/{00000..00009}.tar"
         ) from None
-    shards = [Shard(_join(root, s["name"]), int(s["num_samples"])) for s in manifest.get("shards", [])]
+    shards = [Shard(storage.resolve(root, s["name"]), int(s["num_samples"])) for s in manifest.get("shards", [])]
     if not shards:
         raise ValueError(f"{manifest_url} lists no committed shards")
     return shards

@@ -17,9 +17,9 @@ import json
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
-import fsspec
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from frozen_scale import storage
 from frozen_scale.data.loader import decode_image
 from frozen_scale.data.shards import list_shards
 
@@ -31,7 +31,7 @@ def iter_samples(spec: str, image_size: int, keys: set[str] | None = None) -> It
     shard order: {"key", "image" (PIL, resized), "txt", "json"}. With `keys`, only those samples
     are decoded. A sample without an image is skipped."""
     for shard in list_shards(spec):
-        with fsspec.open(shard.url, "rb") as stream:
+        with storage.open_url(shard.url) as stream:
             for sample in group_by_keys(tar_file_expander([{"url": shard.url, "stream": stream}])):
                 key = sample["__key__"]
                 if keys is not None and key not in keys:
@@ -50,8 +50,7 @@ def iter_samples(spec: str, image_size: int, keys: set[str] | None = None) -> It
 def load_coco_captions(path: str) -> dict[str, list[str]]:
     """{key: [reference captions]} from a COCO captions json, under both the image id and the
     file-name stem of each image."""
-    with fsspec.open(path, "r") as fh:
-        data = json.load(fh)
+    data = storage.read_json(path)
     if not isinstance(data, dict) or "annotations" not in data:
         raise ValueError(f"{path}: not a COCO captions file (no 'annotations' list)")
     names = {img["id"]: PurePosixPath(img.get("file_name", "")).stem for img in data.get("images", [])}

@@ -10,10 +10,9 @@ The image of a question is the shard sample whose __key__ is the image id writte
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-import fsspec
+from frozen_scale import storage
 
 
 @dataclass(frozen=True)
@@ -26,8 +25,7 @@ class Question:
 
 
 def _read(path: str, field: str) -> list[dict]:
-    with fsspec.open(path, "r") as fh:
-        data = json.load(fh)
+    data = storage.read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get(field), list):
         raise ValueError(f"{path}: expected a json object with a '{field}' list")
     return data[field]

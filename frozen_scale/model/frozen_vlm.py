@@ -57,9 +57,6 @@ class FrozenVLM(nn.Module):
                 lm_lib.enable_activation_checkpointing(self.lm)
         return self
 
-    def trainable_parameters(self):
-        return [p for p in self.parameters() if p.requires_grad]
-
     def parameter_counts(self) -> dict[str, int]:
         def numel(p):
             return getattr(p, "ds_numel", p.numel())

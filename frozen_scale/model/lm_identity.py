@@ -23,8 +23,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import fsspec
-
+from frozen_scale import storage
 from frozen_scale.model.lm_source import cache_root, wanted_files
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -45,9 +44,9 @@ def _digest(obj) -> str:
 
 def lm_identity(path: str) -> dict:
     """Cheap identity of the model folder at `path` (a local folder or any fsspec URL)."""
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = storage.filesystem(path)
     root = root.rstrip("/")
-    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+    names = [storage.base_name(p) for p in fs.ls(root, detail=False)]
     if "config.json" not in names:
         raise FileNotFoundError(f"no config.json in {path}")
     config = json.loads(fs.cat_file(f"{root}/config.json"))

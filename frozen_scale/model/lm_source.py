@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import fsspec
+from frozen_scale import storage
 
 log = logging.getLogger("frozen_scale.model")
 
@@ -62,7 +62,7 @@ def parse_source(path: str) -> Source:
         raise ValueError("no model path given (model.lm_path is empty)")
     if path.startswith("file://"):
         return _local(path[len("file://"):], path)
-    if "://" in path:
+    if storage.is_remote(path):
         return Source("remote", path.rstrip("/"))
     if Path(path).expanduser().is_dir():
         return Source("local", str(Path(path).expanduser()))
@@ -114,13 +114,13 @@ def _remote_listing(fs, root: str) -> dict[str, list]:
         if e.get("type") != "file":
             continue
         version = e.get("ETag") or e.get("etag") or e.get("LastModified") or e.get("mtime") or e.get("updated")
-        files[e["name"].rstrip("/").rsplit("/", 1)[-1]] = [int(e.get("size") or 0), str(version)]
+        files[storage.base_name(e["name"])] = [int(e.get("size") or 0), str(version)]
     return {name: files[name] for name in wanted_files(list(files))}
 
 
 def _remote_copy(url: str, cache: Path) -> str:
     target = cache / "models" / hashlib.sha256(url.encode()).hexdigest()[:16]
-    fs, root = fsspec.core.url_to_fs(url)
+    fs, root = storage.filesystem(url)
     listing = _remote_listing(fs, root)
     if not listing:
         raise ModelNotFoundError(f"model folder not found: {url} (no such folder, or no config, tokenizer "

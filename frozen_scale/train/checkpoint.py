@@ -1,59 +1,83 @@
-"""Checkpoints on any fsspec URL, visible only once complete.
+"""Checkpoints: what one holds, how it is committed, and how a run resumes from one.
 
 Layout of one checkpoint:  {checkpoint_dir}/step_00000100/
-    ds/...                    DeepSpeed engine state (trainable weights, optimizer, scheduler);
+    ds/...                    DeepSpeed engine state (trainable weights, optimizer, scheduler), per
+                              rank: what a resume on the same number of ranks restores, exactly;
                               frozen LM parameters excluded: the LM is referenced, not copied
-    rank_00000.json           per-rank state: data stream position, RNG states
-    trainer_state.json        step, samples seen, LM reference (path, identity, sha256), fingerprint
+    weights.safetensors       consolidated trained weights (ZeRO-3 partitions gathered), rank 0
+    optimizer.safetensors     consolidated optimizer state of the trainable parameters: for each,
+                              its fp32 master weights and Adam's two moments, whole; Adam's step
+                              count in the metadata. What a resume on another number of ranks
+                              restores. Not written when the LM trains too (model.train_lm)
+    rank_00000.json           per-rank state: data stream position, RNG states, data seed
+    trainer_state.json        step, samples seen, world size, LM reference (path, identity,
+                              sha256), fingerprint, config
     COMMITTED                 commit marker, written last by rank 0 after every rank is done
 
-Remote URLs (s3://, ...) are staged in a local folder and uploaded by each node's local rank 0,
-then committed; resume downloads the newest committed checkpoint first.
+Remote URLs (s3://, ...) are staged in a local folder per node and uploaded by each node's local
+rank 0, then committed; resume downloads the checkpoint first.
+
+`CheckpointManager` owns all of it: the parts a checkpoint holds, saving with its barriers,
+upload and commit, pruning, resume resolution, the compatibility check and the world-size
+policy. The training loop only calls `load()` once and `save(state)` when a checkpoint is due.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import random
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import fsspec
 import numpy as np
 import torch
 
+from frozen_scale import storage
+from frozen_scale.config import FrozenConfig, to_dict
+from frozen_scale.data.loader import StreamState
+from frozen_scale.distributed import engine as dist_engine
+
+log = logging.getLogger("frozen_scale.train")
+
 COMMIT_MARKER = "COMMITTED"
 PREFIX = "step_"
-
-
-def is_remote(url: str) -> bool:
-    return "://" in url and not url.startswith("file://")
-
-
-def _fs(url: str):
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()  # listings of object stores are cached per process; other ranks write
-    return fs, root
+WEIGHTS = "weights.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+OPTIMIZER_FORMAT = "frozen_scale.optimizer/1"
+TRAINER_STATE = "trainer_state.json"
+ENGINE_DIR, ENGINE_TAG = "ds", "state"
 
 
 def step_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
+def rank_file(rank: int) -> str:
+    return f"rank_{rank:05d}.json"
+
+
+def _step_of(entry: str) -> int | None:
+    name = storage.base_name(entry)
+    if not name.startswith(PREFIX):
+        return None
+    try:
+        return int(name[len(PREFIX):])
+    except ValueError:
+        return None
+
+
 def committed_steps(checkpoint_dir: str) -> list[int]:
     """Steps with a commit marker, oldest first."""
-    fs, root = _fs(checkpoint_dir)
+    fs, root = storage.filesystem(checkpoint_dir, fresh=True)
     if not fs.exists(root):
         return []
     steps = []
     for entry in fs.ls(root, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith(PREFIX) and fs.exists(f"{entry.rstrip('/')}/{COMMIT_MARKER}"):
-            try:
-                steps.append(int(name[len(PREFIX):]))
-            except ValueError:
-                continue
+        step = _step_of(entry)
+        if step is not None and fs.exists(storage.join(entry, COMMIT_MARKER)):
+            steps.append(step)
     return sorted(steps)
 
 
@@ -63,11 +87,40 @@ def resolve_resume(resume: str, checkpoint_dir: str) -> str | None:
         return None
     if resume == "auto":
         steps = committed_steps(checkpoint_dir)
-        return f"{checkpoint_dir.rstrip('/')}/{step_name(steps[-1])}" if steps else None
-    fs, root = _fs(resume)
-    if not fs.exists(f"{root.rstrip('/')}/{COMMIT_MARKER}"):
+        return storage.join(checkpoint_dir, step_name(steps[-1])) if steps else None
+    fs, root = storage.filesystem(resume, fresh=True)
+    if not fs.exists(storage.join(root, COMMIT_MARKER)):
         raise ValueError(f"{resume} is not a committed checkpoint (no {COMMIT_MARKER} marker)")
     return resume
+
+
+def commit(url: str, payload: dict | None = None) -> None:
+    """Write the commit marker: the checkpoint becomes visible."""
+    storage.atomic_write_bytes(storage.join(url, COMMIT_MARKER), json.dumps(payload or {}).encode())
+
+
+def prune(checkpoint_dir: str, keep_last: int) -> list[int]:
+    """Delete committed checkpoints beyond the newest `keep_last`, and uncommitted leftovers
+    older than the newest committed one. Never touches the newest committed checkpoint."""
+    steps = committed_steps(checkpoint_dir)
+    if not steps:
+        return []
+    doomed = steps[:-keep_last] if keep_last < len(steps) else []
+    fs, root = storage.filesystem(checkpoint_dir)
+    for entry in fs.ls(root, detail=False):
+        step = _step_of(entry)
+        if step is not None and (step in doomed or (step < steps[-1] and step not in steps)):
+            fs.rm(entry, recursive=True)
+    return doomed
+
+
+def local_stage(run_dir: str, url: str, node: str = "node") -> Path:
+    """Where a checkpoint lives locally while written or read (the URL itself when local). One
+    folder per node: the run folder is often on a filesystem every node shares, and each node's
+    local rank 0 uploads what its own ranks wrote and downloads for its own ranks."""
+    if not storage.is_remote(url):
+        return Path(storage.local_path(url))
+    return Path(run_dir) / ".ckpt_stage" / node / storage.base_name(url)
 
 
 def rng_state() -> dict:
@@ -87,75 +140,228 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
-def local_stage(run_dir: str, url: str, node: str = "node") -> Path:
-    """Where a checkpoint lives locally while written or read (the URL itself when local). One
-    folder per node: the run folder is often on a filesystem every node shares, and each node's
-    local rank 0 uploads what its own ranks wrote and downloads for its own ranks."""
-    if not is_remote(url):
-        return Path(url[len("file://"):] if url.startswith("file://") else url)
-    return Path(run_dir) / ".ckpt_stage" / node / url.rstrip("/").rsplit("/", 1)[-1]
+def fingerprint(cfg: FrozenConfig, lm_info: dict) -> dict:
+    """What must match for a checkpoint to be resumable into this run (the LM by its cheap
+    identity, see frozen_scale.model.lm_identity)."""
+    return {
+        "lm_identity": lm_info["identity"],
+        "lm_hidden_size": lm_info["hidden_size"],
+        "prefix_length": cfg.model.prefix_length,
+        "vision": to_dict(cfg.model.vision),
+        "train_lm": cfg.model.train_lm,
+    }
 
 
-def upload(local: Path, url: str) -> None:
-    fs, root = _fs(url)
-    for path in sorted(local.rglob("*")):
-        if path.is_file():
-            fs.put_file(str(path), f"{root.rstrip('/')}/{path.relative_to(local).as_posix()}")
+def describe_mismatch(saved: dict, current: dict) -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{d}" for d in describe_mismatch(a, b)]
+        elif a != b:
+            diffs.append(f"{key}: checkpoint has {a!r}, this run has {b!r}")
+    return diffs
 
 
-def download(url: str, local: Path) -> None:
-    fs, root = _fs(url)
-    tmp = local.with_name(local.name + f".part{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fs.get(root.rstrip("/") + "/", str(tmp), recursive=True)
-    shutil.rmtree(local, ignore_errors=True)
-    tmp.rename(local)
+@dataclass
+class TrainState:
+    """What the loop carries from step to step; the CheckpointManager saves and restores it."""
+
+    step: int = 0
+    """Optimizer steps taken (skipped non-finite steps excluded)."""
+    samples: int = 0
+    """Samples trained on, over all ranks."""
+    data_seed: int = 0
+    """The seed this rank's data stream was started with."""
+    stream: StreamState = field(default_factory=StreamState)
+    """This rank's data stream position (the loader updates it in place)."""
 
 
-def write_json(url_or_path: str, payload: dict) -> None:
-    """Write JSON atomically where the store allows (local: temp name + rename)."""
-    text = json.dumps(payload, indent=1)
-    if is_remote(url_or_path):
-        with fsspec.open(url_or_path, "w") as fh:
-            fh.write(text)
-        return
-    path = Path(url_or_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class CheckpointManager:
+    """Owns every stateful part of a run and the commit protocol.
+
+    The parts: the DeepSpeed engine (trainable weights, optimizer, lr scheduler), the
+    consolidated weights and optimizer state, each rank's data position and RNG states, the
+    `TrainState` and the run's fingerprint. Order of use:
+
+        manager = CheckpointManager(cfg, run_dir, rank, world_size, lm_info, before_commit)
+        manager.fetch_resume(lm_sha256)   # every rank: download and check the checkpoint, if any
+        manager.restore_weights(model)    # before the engine is built (world-size change only)
+        manager.attach(engine, optimizer)
+        state = manager.load()            # the TrainState to start from
+        manager.save(state)               # every rank, at a step where a checkpoint is due
+
+    World-size policy: on the number of ranks it was saved with, a checkpoint restores DeepSpeed's
+    own state, the data positions and the RNG states: exact. On another number of ranks it
+    restores the weights, the optimizer state (fp32 master weights, Adam's moments and step count,
+    from optimizer.safetensors), the step and the lr schedule; the data stream restarts in a fresh
+    order seeded by (seed, step).
+    """
+
+    def __init__(self, cfg: FrozenConfig, run_dir: Path, rank: int, world_size: int, lm_info: dict,
+                 before_commit: Callable[[int], None] | None = None):
+        """`lm_info` is the LM record written into every checkpoint (the trainer adds the full
+        sha256 to it once hashed); `before_commit(step)` runs on every rank after a checkpoint's
+        files are written, before its commit marker (a test hook)."""
+        self.cfg, self.run_dir, self.rank, self.world_size = cfg, Path(run_dir), rank, world_size
+        self.is_main = rank == 0
+        self.lm_info = lm_info
+        self.before_commit = before_commit or (lambda step: None)
+        self.resume_url = resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
+        self.resume_state: dict | None = None
+        self.engine = self.optimizer = None
+        self.saved_step: int | None = None
+
+    # -- resume ------------------------------------------------------------------------------
+    def fetch_resume(self, lm_sha256: Callable[[], str | None]) -> dict | None:
+        """Download the checkpoint to resume from (each node's local rank 0), read its trainer
+        state and refuse it if it was made under an incompatible config. `lm_sha256()` gives this
+        run's full LM hash on every rank; only checkpoints from before the cheap identity need it."""
+        if not self.resume_url:
+            return None
+        local = self._stage(self.resume_url)
+        if storage.is_remote(self.resume_url):
+            if dist_engine.local_rank() == 0:
+                storage.download_folder(self.resume_url, local)
+            dist_engine.barrier()
+        state = storage.read_json(str(local / TRAINER_STATE))
+        saved, current = state["fingerprint"], fingerprint(self.cfg, self.lm_info)
+        if "lm_sha256" in saved:  # a checkpoint from before the cheap identity: the full hash decides
+            current.pop("lm_identity")
+            current["lm_sha256"] = lm_sha256()
+        diffs = describe_mismatch(saved, current)
+        if diffs:
+            raise ValueError(f"checkpoint {self.resume_url} was made under an incompatible config: "
+                             + "; ".join(diffs))
+        self.resume_state = state
+        return state
+
+    @property
+    def world_size_changed(self) -> bool:
+        return self.resume_state is not None and self.resume_state["world_size"] != self.world_size
+
+    def restore_weights(self, model: torch.nn.Module) -> None:
+        """On a world-size change, the trained weights from the consolidated safetensors, loaded
+        before the engine exists so that DeepSpeed's fp32 master copies start from them."""
+        if not self.world_size_changed:
+            return
+        from safetensors.torch import load_file
+
+        state = load_file(str(self._stage(self.resume_url) / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.startswith("lm.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint weights do not fit: missing {missing}, unexpected {unexpected}")
+
+    def attach(self, engine, optimizer) -> None:
+        """The DeepSpeed engine and its optimizer, once built."""
+        self.engine, self.optimizer = engine, optimizer
+
+    def load(self) -> TrainState:
+        """The state to start from: a fresh one, or the resumed checkpoint's (the engine and
+        this rank's RNG and data position restored as the world-size policy says)."""
+        seed = self.cfg.train.seed
+        if not self.resume_url:
+            return TrainState(data_seed=seed)
+        saved, local = self.resume_state, self._stage(self.resume_url)
+        state = TrainState(step=int(saved["step"]), samples=int(saved["samples"]))
+        state.data_seed = seed * 1_000_003 + state.step  # a fresh order, unless restored below
+        if self.world_size_changed:
+            self._load_on_new_world_size(local, state.step)
+            return state
+        self.engine.load_checkpoint(str(local / ENGINE_DIR), tag=ENGINE_TAG, load_module_strict=False,
+                                    load_optimizer_states=True, load_lr_scheduler_states=True)
+        mine = storage.read_json(str(local / rank_file(self.rank)))
+        set_rng_state(mine["rng"])
+        stream = StreamState.from_dict(mine["stream"])
+        if stream.num_workers == max(1, self.cfg.data.num_workers):
+            state.stream, state.data_seed = stream, int(mine.get("data_seed", seed))
+        else:
+            log.warning("data.num_workers changed (%s -> %s): the data stream restarts in a fresh order",
+                        stream.num_workers, self.cfg.data.num_workers)
+        log.info("resumed from %s at step %s", self.resume_url, state.step)
+        return state
+
+    def _load_on_new_world_size(self, local: Path, step: int) -> None:
+        path = local / OPTIMIZER
+        if path.exists():
+            tensors, adam_step = read_optimizer_state(path)
+            dist_engine.set_full_optimizer_state(self.optimizer, self._trainable(), tensors, adam_step)
+            restored = ("weights, step, lr schedule and optimizer state (fp32 master weights, Adam moments and "
+                        "step count) are restored")
+        else:
+            restored = ("weights, step and lr schedule are restored; optimizer moments restart from zero (the "
+                        "checkpoint holds no consolidated optimizer state)")
+        for _ in range(step):
+            self.engine.lr_scheduler.step()
+        log.warning("resuming a %s-rank checkpoint on %s ranks: %s; the data stream restarts in a fresh order",
+                    self.resume_state["world_size"], self.world_size, restored)
+        log.info("resumed (elastic) from %s at step %s", self.resume_url, step)
+
+    # -- save --------------------------------------------------------------------------------
+    def save(self, state: TrainState) -> str:
+        """Write every part of the checkpoint of `state.step`, then commit it; every rank calls
+        this. Returns the checkpoint's URL."""
+        url = storage.join(self.cfg.checkpoint_dir, step_name(state.step))
+        local = self._stage(url)
+        self.engine.save_checkpoint(str(local / ENGINE_DIR), tag=ENGINE_TAG, client_state={"step": state.step},
+                                    save_latest=False, exclude_frozen_parameters=not self.cfg.model.train_lm)
+        self._save_consolidated(local)
+        storage.write_json(str(local / rank_file(self.rank)),
+                           {"rank": self.rank, "stream": state.stream.to_dict(), "rng": rng_state(),
+                            "data_seed": state.data_seed})
+        if self.is_main:
+            storage.write_json(str(local / TRAINER_STATE), {
+                "step": state.step, "samples": state.samples, "world_size": self.world_size,
+                "lm": self.lm_info, "fingerprint": fingerprint(self.cfg, self.lm_info),
+                "config": to_dict(self.cfg),
+            })
+        self._commit(url, local, state.step)
+        self.saved_step = state.step
+        return url
+
+    def _save_consolidated(self, local: Path) -> None:
+        """weights.safetensors and optimizer.safetensors, gathered over the ranks, written by rank 0."""
+        from safetensors.torch import save_file
+
+        module, train_lm = self.engine.module, self.cfg.model.train_lm
+        with dist_engine.gathered([p for n, p in module.named_parameters() if train_lm or not n.startswith("lm.")]):
+            weights = module.trainable_state_dict(include_lm=train_lm) if self.is_main else None
+        optimizer = None if train_lm else dist_engine.full_optimizer_state(self.optimizer, self._trainable())
+        if not self.is_main:
+            return
+        local.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(local / WEIGHTS))
+        if optimizer is not None:
+            save_file(optimizer, str(local / OPTIMIZER), metadata={
+                "format": OPTIMIZER_FORMAT, "adam_step": str(dist_engine.adam_step_count(self.optimizer))})
+
+    def _commit(self, url: str, local: Path, step: int) -> None:
+        dist_engine.barrier()  # every rank's files are written
+        if storage.is_remote(url) and dist_engine.local_rank() == 0:
+            storage.upload_folder(local, url)
+        dist_engine.barrier()  # every node's files are uploaded
+        self.before_commit(step)
+        if self.is_main:
+            commit(url, {"step": step})
+            prune(self.cfg.checkpoint_dir, self.cfg.checkpoint.keep_last)
+            log.info("checkpoint committed: %s", url)
+        dist_engine.barrier()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+
+    def _stage(self, url: str) -> Path:
+        return local_stage(str(self.run_dir), url, dist_engine.node_name())
 
 
-def read_json(url_or_path: str) -> dict:
-    with fsspec.open(url_or_path, "r") as fh:
-        return json.load(fh)
+def read_optimizer_state(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """optimizer.safetensors: ({name}.master / .exp_avg / .exp_avg_sq tensors, Adam's step count)."""
+    from safetensors import safe_open
 
-
-def commit(url: str, payload: dict | None = None) -> None:
-    """Write the commit marker: the checkpoint becomes visible."""
-    fs, root = _fs(url)
-    with fs.open(f"{root.rstrip('/')}/{COMMIT_MARKER}", "w") as fh:
-        fh.write(json.dumps(payload or {}))
-
-
-def prune(checkpoint_dir: str, keep_last: int) -> list[int]:
-    """Delete committed checkpoints beyond the newest `keep_last`, and uncommitted leftovers
-    older than the newest committed one. Never touches the newest committed checkpoint."""
-    fs, root = _fs(checkpoint_dir)
-    steps = committed_steps(checkpoint_dir)
-    if not steps:
-        return []
-    doomed = steps[:-keep_last] if keep_last < len(steps) else []
-    newest = steps[-1]
-    for entry in fs.ls(root, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if not name.startswith(PREFIX):
-            continue
-        try:
-            step = int(name[len(PREFIX):])
-        except ValueError:
-            continue
-        uncommitted_stale = step < newest and step not in steps
-        if step in doomed or uncommitted_stale:
-            fs.rm(entry, recursive=True)
-    return doomed
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+        if meta.get("format") != OPTIMIZER_FORMAT:
+            raise ValueError(f"{path}: not a consolidated optimizer state ({OPTIMIZER_FORMAT})")
+        return {key: handle.get_tensor(key) for key in handle.keys()}, int(meta["adam_step"])

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-import fsspec
-
+from frozen_scale import storage
 from frozen_scale.train import checkpoint as ckpt
 
 
@@ -27,12 +25,11 @@ def export(run_dir: str, out_dir: str | None = None, checkpoint_url: str | None 
         checkpoint_url = ckpt.resolve_resume("auto", cfg.checkpoint_dir)
         if checkpoint_url is None:
             raise FileNotFoundError(f"no committed checkpoint under {cfg.checkpoint_dir}")
-    state = ckpt.read_json(f"{checkpoint_url}/trainer_state.json")
+    state = storage.read_json(storage.join(checkpoint_url, ckpt.TRAINER_STATE))
     cfg_dict = state["config"]
     out = Path(out_dir or Path(run_dir) / "export")
     out.mkdir(parents=True, exist_ok=True)
-    with fsspec.open(f"{checkpoint_url}/weights.safetensors", "rb") as src, open(out / "prefix.safetensors", "wb") as dst:
-        shutil.copyfileobj(src, dst)
+    storage.get_file(storage.join(checkpoint_url, ckpt.WEIGHTS), str(out / "prefix.safetensors"))
     meta = {"format": "frozen_scale.export/1", "model": cfg_dict["model"], "lm": state["lm"],
             "step": state["step"], "checkpoint": checkpoint_url,
             "data": {"prompt": cfg_dict["data"]["prompt"], "max_text_len": cfg_dict["data"]["max_text_len"]}}

@@ -1,5 +1,6 @@
-"""One metrics path: rank 0 writes JSONL always, TensorBoard when asked, W&B if installed and
-asked for via FROZEN_SCALE_WANDB=1 (imported lazily).
+"""One metrics path: rank 0 writes JSONL always, TensorBoard when asked (`train.tensorboard`),
+Weights & Biases when a project is named (`train.wandb.project`; the optional `wandb` extra,
+imported only then).
 
 metrics.jsonl holds step records ({"step", "time", values...}) and, apart from them, event
 records ({"event": name, "time", values...}, e.g. the `startup` breakdown); `read_metrics`
@@ -8,13 +9,16 @@ returns the step records unless asked for an event."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
+from frozen_scale.config import ConfigError, WandbConfig
+
 
 class MetricsLogger:
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True):
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True, wandb: WandbConfig | None = None,
+                 run_config: dict | None = None):
+        """`enabled`: this rank writes (rank 0); `run_config`: the resolved config, recorded in W&B."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
@@ -30,10 +34,8 @@ class MetricsLogger:
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except ImportError:  # tensorboard missing: JSONL still has everything
                 self._tb = None
-        if os.environ.get("FROZEN_SCALE_WANDB") == "1":
-            import wandb
-
-            self._wandb = wandb.init(dir=run_dir)
+        if wandb is not None and wandb.project:
+            self._wandb = _wandb_run(wandb, run_dir, run_config)
 
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:
@@ -62,6 +64,15 @@ class MetricsLogger:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _wandb_run(cfg: WandbConfig, run_dir: str, run_config: dict | None):
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("train.wandb.project is set but wandb is not installed: "
+                          "pip install 'frozen-scale[wandb]' (or leave train.wandb.project empty)") from None
+    return wandb.init(project=cfg.project, name=cfg.name or None, dir=run_dir, config=run_config)
 
 
 def read_metrics(run_dir: str, event: str | None = None) -> list[dict]:
