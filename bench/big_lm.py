@@ -357,9 +357,7 @@ def main(argv=None) -> tuple[float, float]:
     parser.add_argument("--with-defaults", action="store_true",
                         help="also ZeRO-3 on 2 ranks with DeepSpeed's own window settings (1e9 live/reuse)")
     parser.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(c[0] for c in CONFIGS))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    common.add_worker_args(parser)
     args = parser.parse_args(argv)
     args.steps = args.steps or (3 if args.quick else 4)
     if args.worker:
@@ -377,4 +375,4 @@ def main(argv=None) -> tuple[float, float]:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)  # the process group, if any, destroyed on the way out

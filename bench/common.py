@@ -188,3 +188,12 @@ def run_main(main) -> None:
             from frozen_scale.distributed import engine as dist_engine
 
             dist_engine.shutdown()
+
+
+def add_worker_args(parser) -> None:
+    """The hidden arguments a benchmark passes to itself when it relaunches under torchrun."""
+    import argparse
+
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)

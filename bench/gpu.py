@@ -307,4 +307,4 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)  # the process group, if any, destroyed on the way out

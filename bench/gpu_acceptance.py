@@ -96,9 +96,7 @@ def main(argv=None) -> float:
     parser.add_argument("--batch", type=int, default=None, help="micro-batch (default 64; tiny 4)")
     parser.add_argument("--eval-samples", type=int, default=None, help="caption eval images (default 128; tiny 8)")
     parser.add_argument("--peak-tflops", type=float, default=DATASHEET_TFLOPS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    common.add_worker_args(parser)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
@@ -176,4 +174,4 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)  # the process group, if any, destroyed on the way out

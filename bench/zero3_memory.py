@@ -93,9 +93,7 @@ def measure(tmp: Path, quick: bool) -> dict[int, list[dict]]:
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny LM: a smoke run for the tests")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    common.add_worker_args(parser)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
