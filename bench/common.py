@@ -8,8 +8,6 @@ the same process, alternating, and compared by their medians.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import platform
 import statistics
