@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--num-cpus", "1", "--threads", str(a.threads), "--image-size", str(common["size"]),
                         "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
                         "--samples-per-shard", str(common["per_shard"]), "--no-progress",
+                        "--allow-host", base.split("://", 1)[1],
                         *os.environ.get("PREP_BENCH_OURS_ARGS", "").split()]
             peer_cmd = [str(PEER), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
                         "--caption_col", "caption", "--output_format", "webdataset",

@@ -59,11 +59,11 @@ CASES = [
 COPY_ROW = [c[0] for c in CASES].index("/copy.png")
 
 
-def job_options(**kw) -> JobOptions:
+def job_options(server, **kw) -> JobOptions:
     image = ImageOptions(image_size=64, resize_mode="center_crop", encode_format="jpg", min_side=16,
                          max_aspect_ratio=4.0, max_pixels=50_000_000)
     # a timeout far from every fast route under load (a 2-core machine running Ray), and far below /slow.jpg
-    fetch = FetchOptions(timeout_s=2.5, retries=1, backoff_s=0.05, max_bytes=200_000)
+    fetch = FetchOptions(timeout_s=2.5, retries=1, backoff_s=0.05, max_bytes=200_000, allow_hosts=(server.origin,))
     return JobOptions(samples_per_shard=kw.pop("samples_per_shard", 100), threads=8, fetch=fetch, image=image, **kw)
 
 
@@ -115,7 +115,7 @@ def check_expected(rows: list[dict], allow_dup_swap: bool = False) -> None:
 
 def test_every_hostile_row_is_counted_once_and_shards_read_back(server, tmp_path):
     source = UrlTable(str(write_table(server, tmp_path)), extra_cols=["source_id"])
-    opts = job_options()
+    opts = job_options(server)
     (unit,) = list(units(source, opts.samples_per_shard))
     out = tmp_path / "out"
     stats = write_shard(unit, str(out), opts, registry=LocalRegistry())
@@ -154,7 +154,7 @@ def test_ray_job_counts_everything_resumes_and_refuses_another_job(server, tmp_p
 
     table = write_table(server, tmp_path)
     out = tmp_path / "out"
-    opts = job_options(samples_per_shard=8)
+    opts = job_options(server, samples_per_shard=8)
     manifest = run_job(UrlTable(str(table)), str(out), opts, progress=False)
 
     rows = read_status(out)
@@ -173,7 +173,7 @@ def test_ray_job_counts_everything_resumes_and_refuses_another_job(server, tmp_p
     assert again["shards"] == manifest["shards"]
 
     with pytest.raises(JobMismatch, match="samples_per_shard"):
-        run_job(UrlTable(str(table)), str(out), job_options(samples_per_shard=5), progress=False)
+        run_job(UrlTable(str(table)), str(out), job_options(server, samples_per_shard=5), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def test_a_shard_that_keeps_failing_is_reported_not_dropped_and_rerun_fills_it(s
     table = write_table(server, tmp_path)
     out = tmp_path / "out"
     (out / "00001.tar").mkdir(parents=True)  # the shard's tar cannot be put in place: OSError
-    opts = job_options(samples_per_shard=8)
+    opts = job_options(server, samples_per_shard=8)
     before = server.hits["/optout.jpg"]  # a shard-1 row
     with pytest.raises(PrepIncomplete) as err:
         run_job(UrlTable(str(table)), str(out), opts, progress=False, max_retries=1)
@@ -227,7 +227,7 @@ def test_s3_and_file_outputs_hold_identical_shards(tmp_path, s3_server, ray_loca
         table = tmp_path / "t.csv"
         table.write_text("\n".join(lines) + "\n")
         opts = JobOptions(samples_per_shard=5, threads=4,
-                          fetch=FetchOptions(timeout_s=5, retries=0),
+                          fetch=FetchOptions(timeout_s=5, retries=0, allow_hosts=(srv.origin,)),
                           image=ImageOptions(image_size=48, resize_mode="border", encode_format="webp",
                                              encode_quality=80))
         local = run_job(UrlTable(str(table), extra_cols=["license"]), f"file://{tmp_path}/out", opts, progress=False)

@@ -33,8 +33,8 @@ def corpus(tmp_path):
         yield srv, table, tmp_path / "out"
 
 
-def start_job(table: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(table), "--out", str(out),
+def start_job(table: Path, out: Path, origin: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(table), "--out", str(out), "--allow-host", origin,
            "--samples-per-shard", str(PER_SHARD), "--threads", "2", "--num-cpus", "2", "--max-in-flight", "2",
            "--image-size", "32", "--timeout", "10", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -106,7 +106,7 @@ def check_output(out: Path) -> dict:
 @pytest.mark.slow
 def test_killed_worker_is_retried_and_rerun_is_a_no_op(corpus):
     srv, table, out = corpus
-    proc = start_job(table, out)
+    proc = start_job(table, out, srv.origin)
     try:
         wait_for(lambda: sum(srv.hits.values()) >= 8, what="downloads to start")
         victims = wait_for(lambda: shard_task_workers(proc.pid), what="a running shard task")
@@ -119,7 +119,7 @@ def test_killed_worker_is_retried_and_rerun_is_a_no_op(corpus):
     first = check_output(out)
 
     hits = sum(srv.hits.values())
-    code, log = finish(start_job(table, out))
+    code, log = finish(start_job(table, out, srv.origin))
     assert code == 0, log
     assert sum(srv.hits.values()) == hits  # re-run: every shard committed, nothing fetched
     assert check_output(out)["shards"] == first["shards"]
@@ -128,7 +128,7 @@ def test_killed_worker_is_retried_and_rerun_is_a_no_op(corpus):
 @pytest.mark.slow
 def test_killed_driver_leaves_no_committed_partial_shard_and_rerun_completes(corpus):
     srv, table, out = corpus
-    proc = start_job(table, out)
+    proc = start_job(table, out, srv.origin)
     try:
         wait_for(lambda: len(list(out.glob("*_stats.json"))) >= 2, what="two committed shards")
         proc.send_signal(signal.SIGKILL)
@@ -142,7 +142,7 @@ def test_killed_driver_leaves_no_committed_partial_shard_and_rerun_completes(cor
         with tarfile.open(out / stats["tar"]) as tar:
             assert len(tar.getnames()) == 3 * stats["num_samples"]
 
-    code, log = finish(start_job(table, out))
+    code, log = finish(start_job(table, out, srv.origin))
     assert code == 0, log
     check_output(out)
     for name, data in committed.items():  # committed shards were skipped, not redone
