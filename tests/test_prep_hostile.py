@@ -21,6 +21,11 @@ from data_prep.options import FetchOptions, ImageOptions, JobOptions
 from data_prep.shard import LocalRegistry, write_shard
 from data_prep.sources import UrlTable, units
 
+try:
+    from tests.prep_ray import ray_on_loopback
+except ImportError:  # pragma: no cover
+    from prep_ray import ray_on_loopback
+
 JPEG = make_image(320, 240, "JPEG", seed=1)
 PNG = make_image(200, 150, "PNG", seed=2)
 
@@ -178,10 +183,11 @@ def ray_local():
 
     from data_prep.pipeline import _start_ray
 
-    started = _start_ray(None, 2)
-    yield
-    if started:
-        ray.shutdown()
+    with ray_on_loopback():
+        started = _start_ray(None, 2)
+        yield
+        if started:
+            ray.shutdown()
 
 
 def test_a_shard_that_keeps_failing_is_reported_not_dropped_and_rerun_fills_it(server, tmp_path, ray_local):
