@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import http.client
+import re
 import socket
 import ssl
 import threading
@@ -35,6 +36,7 @@ CHUNK = 64 * 1024
 IDLE_PER_ORIGIN = 32
 IDLE_ORIGINS = 256
 URL_SAFE = "!#$%&'()*+,/:;=?@[]~"  # kept as they are in a request target; the rest is %-encoded
+LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 @dataclass
@@ -102,8 +104,14 @@ def _target(url: str) -> _Target:
         raise _Failure("invalid_url") from None
     if not host or any(c in host for c in " /\\\0\r\n"):
         raise _Failure("invalid_url")
-    path = quote(parts.path or "/", safe=URL_SAFE) + (f"?{quote(parts.query, safe=URL_SAFE)}" if parts.query else "")
+    path = _quote(parts.path or "/") + (f"?{_quote(parts.query)}" if parts.query else "")
     return _Target(scheme, host, port, path)
+
+
+def _quote(text: str) -> str:
+    """%-encode what may not appear in a request target (spaces, non-ASCII, ...), keeping
+    existing %XX escapes; a '%' that starts none is encoded itself."""
+    return LONE_PERCENT.sub("%25", quote(text, safe=URL_SAFE))
 
 
 class _Connection(http.client.HTTPConnection):

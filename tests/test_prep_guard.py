@@ -195,3 +195,38 @@ def test_the_watchdog_keeps_up_with_many_downloads(server):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("url,host_header,target", [
+    ("http://h/a b/ü.jpg?x=1&y=ä", "h", "/a%20b/%C3%BC.jpg?x=1&y=%C3%A4"),
+    ("http://h/100%.jpg", "h", "/100%25.jpg"),
+    ("http://h/a%20b.jpg", "h", "/a%20b.jpg"),
+    ("http://H:8080", "h:8080", "/"),
+    ("http://[::1]:81/x#fragment", "[::1]:81", "/x"),
+    ("https://bücher.example/x", "xn--bcher-kva.example", "/x"),
+    ("https://h:443/x", "h", "/x"),
+])
+def test_request_targets(url, host_header, target):
+    from data_prep.fetch import _target
+
+    t = _target(url)
+    assert (t.host_header, t.path) == (host_header, target)
+
+
+@pytest.mark.parametrize("url,error", [
+    ("http://h:99999/x", "invalid_url"), ("http:///x", "invalid_url"), ("ftp://h/x", "unsupported_scheme"),
+    ("http://unknown.test/x", "dns_error"),
+])
+def test_bad_urls_are_counted_not_raised(url, error, connects, monkeypatch):
+    def no_such_name(*args, **kwargs):  # no lookup leaves this machine
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_name)
+    assert fetch_url(url, FetchOptions(timeout_s=5, retries=0)).error == error
+    assert connects == []
+
+
+def test_a_url_with_spaces_and_non_ascii_reaches_its_file(server):
+    server.add("/a%20b/%C3%BC.jpg", JPEG)
+    got = fetch_url(server.url("/a b/ü.jpg"), FetchOptions(timeout_s=5, allow_hosts=(server.origin,)))
+    assert got.data == JPEG
