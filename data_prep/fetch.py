@@ -227,7 +227,7 @@ def _read_body(conn: _Connection, resp: http.client.HTTPResponse, opts: FetchOpt
     length = resp.getheader("Content-Length")
     if length is not None and length.strip().isdigit() and int(length) > opts.max_bytes:
         raise _Failure("too_many_bytes")
-    buf = bytearray()
+    pieces, size = [], 0  # joined once at the end: no regrowing buffer
     while True:
         left = deadline.left()
         if left <= 0:
@@ -236,16 +236,17 @@ def _read_body(conn: _Connection, resp: http.client.HTTPResponse, opts: FetchOpt
         piece = resp.read1(CHUNK)  # whatever has arrived, up to CHUNK: never waits for a full chunk
         if not piece:
             break
-        buf += piece
-        if len(buf) > opts.max_bytes:
+        pieces.append(piece)
+        size += len(piece)
+        if size > opts.max_bytes:
             raise _Failure("too_many_bytes")
     if deadline.expired:  # the watchdog shut the socket: what looked like the end was not
         raise _Failure("timeout")
     if resp.length:  # the server hung up before Content-Length bytes
         raise _Failure("connection_error", True)
-    if not buf:
+    if not size:
         raise _Failure("empty_content")
-    return bytes(buf)
+    return b"".join(pieces)
 
 
 def _follow(url: str, opts: FetchOptions, policy: AddressPolicy, deadline: Deadline) -> bytes:

@@ -15,6 +15,7 @@ Opt-ins: `AddressPolicy(allow_hosts=["images.internal:8080", "10.0.0.5"])` exemp
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ class AddressRefused(Exception):
     """The host resolves to an address the policy refuses (reason `private_address`)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_host(host: str) -> str:
     """Lower-case, no brackets or trailing dot; IP literals in their canonical form."""
     host = host.strip().lower().strip("[]").rstrip(".")
