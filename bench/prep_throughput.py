@@ -1,6 +1,10 @@
 """data_prep vs img2dataset: images/s per core on the same URL list served from loopback.
 
-    python bench/prep_throughput.py [--images 3000] [--threads 16]
+    python bench/prep_throughput.py [--images 3000[,20000]] [--threads 16]
+
+`--images` takes one job size or several (comma-separated; `make bench-prep` runs 3000 and
+20000): each size is a separate pair of jobs on the first N URLs, reported on its own; the last
+line is the ratio per core of the last size.
 
 Both tools get the same parquet of URLs (127.0.0.1, a server in its own process), one worker
 process each (Ray with 1 CPU / img2dataset processes_count=1), the same thread count, output size
@@ -40,14 +44,29 @@ def _unique(jpeg: bytes, i: int) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
+class _UniqueImages:
+    """Routes /{i}.jpg for i < n, each image made when asked (20,000 stored copies would take GBs)."""
+
+    def __init__(self, bases: list[bytes], n: int):
+        self.bases, self.n = bases, n
+
+    def get(self, path: str):
+        from data_prep.loopback import Route
+
+        stem = path.lstrip("/").removesuffix(".jpg")
+        if not stem.isdigit() or int(stem) >= self.n:
+            return None
+        i = int(stem)
+        return Route(_unique(self.bases[i % len(self.bases)], i), content_type="image/jpeg")
+
+
 def _serve(n: int, port_queue) -> None:
     from data_prep.loopback import ImageServer, make_image
 
     bases = [make_image(w, h, "JPEG", seed=k * 31 + j, quality=90) for k, (w, h) in enumerate(SIZES)
              for j in range(BASES_PER_SIZE)]
     srv = ImageServer()
-    for i in range(n):
-        srv.add(f"/{i}.jpg", _unique(bases[i % len(bases)], i), content_type="image/jpeg")
+    srv.routes = _UniqueImages(bases, n)
     srv.start()
     port_queue.put(srv.base)
     while True:
@@ -94,78 +113,100 @@ def _run(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return seconds, sum(cpu.values())
 
 
+def _compare(base: str, n: int, a, tmp: Path) -> dict:
+    """Both tools on the first n URLs, alternating, a.repeats times; medians."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    urls = tmp / f"urls-{n}.parquet"
+    pq.write_table(pa.table({"url": [f"{base}/{i}.jpg" for i in range(n)],
+                             "caption": [f"image {i}" for i in range(n)]}), urls)
+    common = dict(size=a.image_size, q=95, per_shard=1000)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    ours_cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(urls), "--out", str(tmp / "ours"),
+                "--num-cpus", "1", "--threads", str(a.threads), "--image-size", str(common["size"]),
+                "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
+                "--samples-per-shard", str(common["per_shard"]), "--no-progress",
+                "--allow-host", base.split("://", 1)[1],
+                *os.environ.get("PREP_BENCH_OURS_ARGS", "").split()]
+    peer_cmd = [str(PEER), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
+                "--caption_col", "caption", "--output_format", "webdataset",
+                "--output_folder", str(tmp / "peer"), "--processes_count", "1",
+                "--thread_count", str(a.threads), "--image_size", str(common["size"]),
+                "--resize_mode", "center_crop", "--encode_format", "jpg", "--encode_quality", "95",
+                "--number_sample_per_shard", str(common["per_shard"]), "--extract_exif", "False",
+                "--distributor", "multiprocessing", "--enable_wandb", "False"]
+    peer_env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+    runs = {"frozen_scale": (ours_cmd, env, tmp / "ours")}
+    if not a.ours_only:
+        runs["img2dataset"] = (peer_cmd, peer_env, tmp / "peer")
+    results: dict = {}
+    for rep in range(a.repeats):  # alternate, so load from elsewhere hits both alike
+        for name, (cmd, cmd_env, out) in runs.items():
+            shutil.rmtree(out, ignore_errors=True)
+            wall, cpu = _run(cmd, cmd_env)
+            images = _count_samples(out)
+            shutil.rmtree(out, ignore_errors=True)
+            results.setdefault(name, []).append({"wall_s": wall, "cpu_s": cpu, "images": images})
+            print(f"  {n} images, run {rep + 1} {name}: {images} images, {wall:.1f} s wall, {cpu:.1f} s CPU",
+                  flush=True)
+    summary: dict = {"images": n}
+    for name, runs_ in results.items():
+        per_cpu = statistics.median(r["images"] / r["cpu_s"] for r in runs_)
+        per_wall = statistics.median(r["images"] / r["wall_s"] for r in runs_)
+        summary[name] = {"images_per_cpu_s": per_cpu, "images_per_wall_s_one_worker": per_wall, "runs": runs_}
+        print(f"{name:>13} ({n} images): {per_cpu:6.1f} images/s per core (images / CPU-seconds of all its "
+              f"processes); {per_wall:6.1f} images/s wall with one worker process", flush=True)
+    if "img2dataset" in results:
+        summary["ratio_per_core"] = summary["frozen_scale"]["images_per_cpu_s"] / summary["img2dataset"]["images_per_cpu_s"]
+        summary["ratio_wall"] = (summary["frozen_scale"]["images_per_wall_s_one_worker"]
+                                 / summary["img2dataset"]["images_per_wall_s_one_worker"])
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--images", default="3000", help="job size, or sizes comma-separated (e.g. 3000,20000)")
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2, help="runs of each tool (alternating); medians reported")
     p.add_argument("--ours-only", action="store_true", help="skip img2dataset")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
+    try:
+        sizes = [int(x) for x in a.images.split(",") if x.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        print(f"--images expects positive numbers, comma-separated; got {a.images!r}", file=sys.stderr)
+        return 2
     if not a.ours_only and not PEER.exists():
         print(f"img2dataset not found at {PEER}; create it with:\n  python3 -m venv bench/.peer-venv && "
               "bench/.peer-venv/bin/pip install img2dataset\n(or pass --ours-only)", file=sys.stderr)
         return 2
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    server = ctx.Process(target=_serve, args=(a.images, q), daemon=True)
+    server = ctx.Process(target=_serve, args=(max(sizes), q), daemon=True)
     server.start()
     base = q.get(timeout=300)
-    results = {}
+    summary = {"threads": a.threads, "image_size": a.image_size, "repeats": a.repeats, "jobs": []}
     try:
         with tempfile.TemporaryDirectory(prefix="prep-bench-") as tmp:
-            tmp = Path(tmp)
-            urls = tmp / "urls.parquet"
-            pq.write_table(pa.table({"url": [f"{base}/{i}.jpg" for i in range(a.images)],
-                                     "caption": [f"image {i}" for i in range(a.images)]}), urls)
-            common = dict(size=a.image_size, q=95, per_shard=1000)
-            env = dict(os.environ, PYTHONPATH=str(REPO))
-            ours_cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(urls), "--out", str(tmp / "ours"),
-                        "--num-cpus", "1", "--threads", str(a.threads), "--image-size", str(common["size"]),
-                        "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-                        "--samples-per-shard", str(common["per_shard"]), "--no-progress",
-                        *os.environ.get("PREP_BENCH_OURS_ARGS", "").split()]
-            peer_cmd = [str(PEER), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url",
-                        "--caption_col", "caption", "--output_format", "webdataset",
-                        "--output_folder", str(tmp / "peer"), "--processes_count", "1",
-                        "--thread_count", str(a.threads), "--image_size", str(common["size"]),
-                        "--resize_mode", "center_crop", "--encode_format", "jpg", "--encode_quality", "95",
-                        "--number_sample_per_shard", str(common["per_shard"]), "--extract_exif", "False",
-                        "--distributor", "multiprocessing", "--enable_wandb", "False"]
-            peer_env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-            runs = {"frozen_scale": (ours_cmd, env, tmp / "ours")}
-            if not a.ours_only:
-                runs["img2dataset"] = (peer_cmd, peer_env, tmp / "peer")
-            for rep in range(a.repeats):  # alternate, so load from elsewhere hits both alike
-                for name, (cmd, cmd_env, out) in runs.items():
-                    shutil.rmtree(out, ignore_errors=True)
-                    wall, cpu = _run(cmd, cmd_env)
-                    images = _count_samples(out)
-                    results.setdefault(name, []).append({"wall_s": wall, "cpu_s": cpu, "images": images})
-                    print(f"  run {rep + 1} {name}: {images} images, {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+            for n in sizes:
+                summary["jobs"].append(_compare(base, n, a, Path(tmp)))
     finally:
         server.kill()
-    summary = {"images": a.images, "threads": a.threads, "image_size": a.image_size, "repeats": a.repeats}
-    for name, runs_ in results.items():
-        per_cpu = statistics.median(r["images"] / r["cpu_s"] for r in runs_)
-        per_wall = statistics.median(r["images"] / r["wall_s"] for r in runs_)
-        summary[name] = {"images_per_cpu_s": per_cpu, "images_per_wall_s_one_worker": per_wall, "runs": runs_}
-        print(f"{name:>13}: {per_cpu:6.1f} images/s per core (images / CPU-seconds of all its processes); "
-              f"{per_wall:6.1f} images/s wall with one worker process")
-    if "img2dataset" in results:
-        summary["ratio_per_core"] = summary["frozen_scale"]["images_per_cpu_s"] / summary["img2dataset"]["images_per_cpu_s"]
-        summary["ratio_wall"] = (summary["frozen_scale"]["images_per_wall_s_one_worker"]
-                                 / summary["img2dataset"]["images_per_wall_s_one_worker"])
-        print(f"ratio frozen_scale / img2dataset: {summary['ratio_per_core']:.2f}x per core "
-              f"({summary['ratio_wall']:.2f}x wall)")
-    results = summary
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+        Path(a.json).write_text(json.dumps(summary, indent=1))
+    compared = [j for j in summary["jobs"] if "ratio_per_core" in j]
+    for job in compared[:-1]:
+        print(f"ratio frozen_scale / img2dataset at {job['images']} images: {job['ratio_per_core']:.2f}x per core "
+              f"({job['ratio_wall']:.2f}x wall)")
+    if compared:
+        last = compared[-1]
+        print(f"ratio frozen_scale / img2dataset: {last['ratio_per_core']:.2f}x per core "
+              f"({last['ratio_wall']:.2f}x wall) at {last['images']} images")
     return 0
 
 

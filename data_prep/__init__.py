@@ -2,9 +2,12 @@
 
     sources.py    URL tables, image folders, COCO captions, the synthetic world -> work units
     fetch.py      one sample's bytes: http(s) download with retries, or a file read
+    deadline.py   a download's deadline, enforced by a watchdog that shuts its socket
+    netguard.py   the private-network guard: which addresses a download may connect to
     imaging.py    safe decode, filters, resize, encode
     shard.py      one work unit -> NNNNN.tar + NNNNN.parquet + NNNNN_stats.json (commit marker)
-    dedup.py      job-wide exact dedup of image content (a Ray actor)
+    dedup.py      job-wide exact dedup of image content, by input order (a Ray actor)
+    progress.py   rows done across the job, reported from inside shard tasks
     pipeline.py   the Ray job: bounded in flight, retries, resume, progress, manifest.json
                   (or, in_process, the same job without Ray)
     manifest.py   committed shards and the job manifest the trainer reads

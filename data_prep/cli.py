@@ -6,7 +6,8 @@
     frozen-scale prep synthetic --out URL --count N [--seed 0 --split train]
 
 Every command takes the shard, image, download and Ray options below. Re-running a command with
-the same input, output and options resumes it (committed shards are skipped).
+the same input, output and options resumes it (committed shards are skipped). Downloads never
+reach loopback, private or link-local addresses unless allowed (--allow-host, --allow-private-network).
 """
 
 from __future__ import annotations
@@ -53,10 +54,16 @@ def _common(p: argparse.ArgumentParser, image_size: int = 256) -> None:
     g.add_argument("--allow-empty-caption", action="store_true")
     g.add_argument("--no-dedup", action="store_true", help="keep repeated URLs and identical images")
     g = p.add_argument_group("downloads")
-    g.add_argument("--timeout", type=float, default=FetchOptions.timeout_s, help="seconds per download")
+    g.add_argument("--timeout", type=float, default=FetchOptions.timeout_s,
+                   help="seconds per download, all of it: connecting, redirects, retries, however slow the server")
     g.add_argument("--retries", type=int, default=FetchOptions.retries, help="retries of 5xx/connection errors")
     g.add_argument("--max-bytes", type=int, default=FetchOptions.max_bytes)
     g.add_argument("--threads", type=int, default=16, help="concurrent downloads per shard task")
+    g.add_argument("--allow-host", action="append", default=[], metavar="HOST[:PORT]",
+                   help="a host (as named in the URLs; optionally one port) exempt from the private-network "
+                        "guard, e.g. an internal image server (repeatable)")
+    g.add_argument("--allow-private-network", action="store_true",
+                   help="turn the guard off: URLs may reach loopback, private and link-local addresses")
     g = p.add_argument_group("ray")
     g.add_argument("--address", default=None,
                    help="Ray cluster address, or auto for the one running here (default: a new local Ray)")
@@ -103,7 +110,8 @@ def _options(a: argparse.Namespace) -> JobOptions:
                          encode_quality=a.encode_quality, max_pixels=a.max_pixels, min_side=a.min_side,
                          max_aspect_ratio=a.max_aspect_ratio, max_caption_chars=a.max_caption_chars,
                          allow_empty_caption=a.allow_empty_caption)
-    fetch = FetchOptions(timeout_s=a.timeout, retries=a.retries, max_bytes=a.max_bytes)
+    fetch = FetchOptions(timeout_s=a.timeout, retries=a.retries, max_bytes=a.max_bytes,
+                         allow_hosts=tuple(a.allow_host), allow_private_network=a.allow_private_network)
     return JobOptions(samples_per_shard=a.samples_per_shard, threads=1 if synthetic else a.threads,
                       dedup_urls=not a.no_dedup and not synthetic,
                       dedup_images=not a.no_dedup and not synthetic, fetch=fetch, image=image)

@@ -98,9 +98,9 @@ def _decode(img: Image.Image, want: tuple[int, int]) -> Image.Image:
 
 
 def _filter(shrink: bool) -> Image.Resampling:
-    # Pillow's bilinear is a scaled triangle filter when shrinking: area-like antialiasing, and
-    # about twice as fast as bicubic; enlarging uses Lanczos.
-    return Image.Resampling.BILINEAR if shrink else Image.Resampling.LANCZOS
+    # Shrinking: Pillow's box filter scaled to the output pixel is area averaging (OpenCV's
+    # INTER_AREA, img2dataset's default), about 30% faster than its bilinear; enlarging: Lanczos.
+    return Image.Resampling.BOX if shrink else Image.Resampling.LANCZOS
 
 
 def _resize(img: Image.Image, opts: ImageOptions) -> Image.Image:

@@ -5,8 +5,12 @@
         srv.add("/flaky.png", png, fail_first=1)                  # 500 once, then 200
         srv.add("/slow.png", png, delay_s=3)                      # slower than a timeout
         srv.add("/optout.png", png, headers={"X-Robots-Tag": "noai"})
+        srv.add("/drip", b"", content_length=10_000_000, drip=(64, 0.5))   # 64 bytes every 0.5 s
+        srv.add("/stall", b"", content_length=1000, stall_s=60)            # headers, then nothing
+        srv.add("/slowhead", png, header_drip=(1, 0.1))                    # headers a byte at a time
 
-`srv.hits[path]` counts requests per path.
+`srv.hits[path]` counts requests per path. The data_prep guard refuses loopback addresses: jobs
+reading from it are given `allow_hosts=(srv.origin,)` (`--allow-host` on the command line).
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ class Route:
     headers: dict = field(default_factory=dict)
     delay_s: float = 0.0
     fail_first: int = 0
+    content_length: int | None = None
+    """Content-Length sent instead of the body's length (for drips and stalls)."""
+    drip: tuple[int, float] | None = None
+    """(bytes, seconds): the body sent that many bytes at a time with that pause between."""
+    stall_s: float = 0.0
+    """Pause after the headers, before the body."""
+    header_drip: tuple[int, float] | None = None
+    """(bytes, seconds): the status line and headers sent that slowly (a long header pads them)."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -52,6 +64,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(route.delay_s)
         if n <= route.fail_first:
             return self._send(500, b"try again", "text/plain", {})
+        if route.drip or route.stall_s or route.header_drip or route.content_length is not None:
+            return self._send_slowly(route, srv)
         self._send(route.status, route.body, route.content_type, route.headers)
 
     def _send(self, status, body, ctype, headers):
@@ -67,6 +81,42 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def _send_slowly(self, route: Route, srv: "ImageServer"):
+        length = len(route.body) if route.content_length is None else route.content_length
+        head = (f"HTTP/1.1 {route.status} OK\r\nContent-Type: {route.content_type}\r\n"
+                f"Content-Length: {length}\r\n").encode()
+        if route.header_drip:
+            head += b"X-Padding: " + b"p" * 2000 + b"\r\n"
+        head += b"\r\n"
+        self.close_connection = True
+        try:
+            self._trickle(head, route.header_drip, srv)
+            if route.stall_s and srv.stopped.wait(route.stall_s):
+                return
+            body = route.body or b"\0" * 64
+            sent = 0
+            while sent < length and not srv.stopped.is_set():
+                step = route.drip[0] if route.drip else length - sent
+                piece = (body * (step // len(body) + 2))[: min(step, length - sent)]
+                self.wfile.write(piece)
+                self.wfile.flush()
+                sent += len(piece)
+                if route.drip and srv.stopped.wait(route.drip[1]):
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _trickle(self, data: bytes, drip, srv):
+        if not drip:
+            self.wfile.write(data)
+            self.wfile.flush()
+            return
+        for i in range(0, len(data), drip[0]):
+            self.wfile.write(data[i:i + drip[0]])
+            self.wfile.flush()
+            if srv.stopped.wait(drip[1]):
+                return
+
 
 class ImageServer:
     def __init__(self, host: str = "127.0.0.1"):
@@ -74,11 +124,13 @@ class ImageServer:
         self.hits: collections.Counter = collections.Counter()
         self.user_agents: set[str] = set()
         self.lock = threading.Lock()
+        self.stopped = threading.Event()
         self.httpd = ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, client_address: None  # clients that hang up early
         self.httpd.owner = self
-        self.base = f"http://{host}:{self.httpd.server_address[1]}"
+        self.origin = f"{host}:{self.httpd.server_address[1]}"
+        self.base = f"http://{self.origin}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def add(self, path: str, body: bytes, **kwargs) -> str:
@@ -93,6 +145,7 @@ class ImageServer:
         return self
 
     def stop(self) -> None:
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -65,18 +65,44 @@ def write_manifest(output_url: str, manifest: dict, storage_options=None) -> Non
 
 
 def read_manifest(url: str, storage_options=None) -> dict:
-    """Manifest at `url` (the file, or the folder holding manifest.json)."""
+    """Manifest at `url` (the file, or the folder holding manifest.json). A folder of shards
+    without one (img2dataset's output) gets one listed from its .tar and _stats.json files:
+    shards whose count is unknown have num_samples None, and so has the total."""
+    folder = None
     if not url.rstrip("/").endswith(".json"):
-        url = storage.join(url, SHARDS_MANIFEST)
-    manifest = json.loads(storage.read_bytes(url, storage_options))
+        folder, url = url, storage.join(url, SHARDS_MANIFEST)
+    try:
+        manifest = json.loads(storage.read_bytes(url, storage_options))
+    except FileNotFoundError:
+        if folder is None:
+            raise
+        return _listed_manifest(folder, storage_options)
     if manifest.get("format") != SHARDS_FORMAT:
         raise ValueError(f"{url}: not a {SHARDS_FORMAT} manifest (format={manifest.get('format')!r})")
     return manifest
 
 
+def _listed_manifest(folder: str, storage_options=None) -> dict:
+    from frozen_scale.data.shards import folder_shards
+
+    shards = folder_shards(folder, storage_options)
+    if not shards:
+        raise FileNotFoundError(f"no {SHARDS_MANIFEST} and no .tar shards in {folder}")
+    listed = [{"name": s.url.rsplit("/", 1)[-1], "num_samples": s.num_samples} for s in shards]
+    known = [s["num_samples"] for s in listed]
+    return {"format": SHARDS_FORMAT, "listed_from_folder": True,
+            "num_samples": None if None in known else sum(known), "shards": listed}
+
+
 def check_job(output_url: str, job: dict, storage_options=None) -> None:
-    """Record the job description at the output root, or check it matches the recorded one."""
+    """Record the job description at the output root, or check it matches the recorded one.
+    A folder holding shards but no job description (another tool's output, e.g. img2dataset's)
+    is refused: resuming into it would mix two jobs' shards."""
     url = storage.join(output_url, JOB_FILE)
+    if not storage.exists(url, storage_options) and committed_shards(output_url, storage_options):
+        raise JobMismatch(f"{output_url} holds shards not written by `frozen-scale prep` (no {JOB_FILE}; "
+                          "an img2dataset output?): train or evaluate on it as it is "
+                          f"(data.train_shards={output_url}), or give another --out")
     if storage.exists(url, storage_options):
         recorded = json.loads(storage.read_bytes(url, storage_options))
         if recorded != job:

@@ -13,7 +13,7 @@ UA_TOKEN = "frozen_scale"
 @dataclass
 class FetchOptions:
     timeout_s: float = 10.0
-    """Connect and per-read timeout, and the whole download's deadline."""
+    """The whole download's deadline: connecting, TLS, headers, body, redirects and retries."""
     retries: int = 2
     """Extra attempts for transient failures (HTTP 5xx/429, connection errors)."""
     backoff_s: float = 0.5
@@ -23,6 +23,21 @@ class FetchOptions:
     user_agent: str = USER_AGENT
     disallowed_directives: tuple[str, ...] = ("noai", "noimageai")
     """X-Robots-Tag directives that opt an image out (generic or addressed to frozen_scale)."""
+    allow_hosts: tuple[str, ...] = ()
+    """HOST or HOST:PORT (as named in URLs) exempt from the private-network guard: an internal
+    image server. Every other host resolving to a loopback, private, link-local, multicast or
+    unspecified address is refused (private_address); see data_prep.netguard."""
+    allow_private_network: bool = False
+    """Turn the private-network guard off altogether."""
+
+    def __post_init__(self):
+        from data_prep.netguard import parse_allowed
+
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+        self.allow_hosts = tuple(self.allow_hosts)
+        for entry in self.allow_hosts:
+            parse_allowed(entry)
 
 
 @dataclass

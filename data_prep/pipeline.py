@@ -6,6 +6,8 @@ Ray is initialised here when there is work and it is not already (a new local in
 `address=` a cluster), and shut down again if this call started it; `in_process=True` writes the
 shards one after another in this process instead, without Ray (small jobs: tests, benchmarks). Committed shards are
 skipped, so re-running a job resumes it (and re-running a finished one starts nothing).
+The job's dedup registry and progress board are actors kept on the driver's node, so losing a
+worker node costs only its tasks, which Ray runs again elsewhere.
 A unit whose task still fails after its retries is reported (PrepIncomplete) after the manifest
 of everything committed has been written; re-running the job retries just those units.
 """
@@ -17,12 +19,12 @@ import os
 import time
 
 import ray
-from tqdm import tqdm
 
 from data_prep import manifest as mf
-from data_prep.dedup import HashRegistry, committed_hashes
+from data_prep.dedup import HashRegistry, LocalRegistry, committed_hashes
 from data_prep.options import JobOptions
-from data_prep.shard import LocalRegistry, write_shard
+from data_prep.progress import REFRESH_S, JobProgress, ProgressBoard
+from data_prep.shard import write_shard
 from data_prep.sources import count_hint, units
 from frozen_scale.constants import SHARDS_FORMAT
 
@@ -41,8 +43,12 @@ class PrepIncomplete(RuntimeError):
 
 
 @ray.remote(num_cpus=1)
-def _shard_task(unit, output_url, opts, storage_options, registry):
-    return write_shard(unit, output_url, opts, storage_options, registry)
+def _shard_task(unit, output_url, opts, storage_options, registry, board):
+    def report(rows: int, ok: int) -> None:
+        board.report.remote(unit.shard, rows, ok)  # fire and forget
+
+    return write_shard(unit, output_url, opts, storage_options, registry,
+                       on_progress=report if board is not None else None)
 
 
 def _forwarded_env() -> dict[str, str]:
@@ -73,21 +79,13 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-class _Progress:
-    def __init__(self, total: int | None, enabled: bool):
-        self.bar = tqdm(total=total, unit="row", disable=not enabled, dynamic_ncols=True, smoothing=0)
-        self.start, self.rows, self.ok = time.monotonic(), 0, 0
+def _pinned_here() -> dict:
+    """Actor options keeping an actor on the driver's node: a lost worker node must not take the
+    job's dedup registry or progress board with it (if the driver's node goes, so does the job)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    def update(self, stats: dict) -> None:
-        self.rows += stats["count"]
-        self.ok += stats["successes"]
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        self.bar.update(stats["count"])
-        self.bar.set_postfix({"img/s": f"{self.ok / elapsed:.1f}",
-                              "success": f"{self.ok / max(self.rows, 1):.1%}"}, refresh=False)
-
-    def close(self):
-        self.bar.close()
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                  soft=False)}
 
 
 def _failure(err: BaseException) -> str:
@@ -97,19 +95,20 @@ def _failure(err: BaseException) -> str:
 
 
 def _write_units_here(source, output_url: str, opts: JobOptions, storage_options, done: set[int],
-                      max_retries: int, bar: _Progress) -> dict[int, str]:
+                      max_retries: int, bar: JobProgress) -> dict[int, str]:
     """Every pending unit written by this process, in order, with the retries Ray would give a
-    task (OSError, TimeoutError); returns the units that still failed, with their error."""
+    task (OSError, TimeoutError); returns the units that still failed, with their error. Image
+    dedup across shards goes through a one-process registry (the same answers as the actor)."""
     registry = None
     if opts.dedup_images and source.kind != "synthetic":
         registry = LocalRegistry()
         if done:
-            registry.seed(committed_hashes(output_url, sorted(done), storage_options))
+            registry.seed(committed_hashes(output_url, sorted(done), storage_options), sorted(done))
     failed: dict[int, str] = {}
-    for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
+    for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done, on_total=bar.set_total):
         for attempt in range(max_retries + 1):
             try:
-                bar.update(write_shard(unit, output_url, opts, storage_options, registry))
+                bar.shard_done(unit.shard, write_shard(unit, output_url, opts, storage_options, registry))
                 break
             except (OSError, TimeoutError) as err:
                 if attempt == max_retries:
@@ -119,6 +118,7 @@ def _write_units_here(source, output_url: str, opts: JobOptions, storage_options
                 break
         if unit.shard in failed:
             log.error("shard %05d failed: %s", unit.shard, failed[unit.shard])
+            bar.shard_failed(unit.shard)
     return failed
 
 
@@ -133,26 +133,37 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     done = set(mf.committed_shards(output_url, storage_options))
     failed: dict[int, str] = {}
     t0 = time.monotonic()
-    started, registry, task, limit = False, None, None, 1
-    bar = _Progress(count_hint(source), progress)
-    if done and bar.bar.total is not None:
-        bar.bar.update(min(bar.bar.total, len(done) * opts.samples_per_shard))
+    started, registry, board, task, limit = False, None, None, None, 1
+    rows_done = sum(st["count"] for st in mf.read_stats(output_url, sorted(done), storage_options).values())
+    bar = JobProgress(count_hint(source), progress, rows_done)
     pending: dict = {}
+    last_look = time.monotonic()
 
     def collect(ready):
         for ref in ready:
             shard = pending.pop(ref)
             try:
-                bar.update(ray.get(ref))
+                bar.shard_done(shard, ray.get(ref))
             except (ray.exceptions.RayError, OSError, ValueError) as err:
                 failed[shard] = _failure(err)
                 log.error("shard %05d failed: %s", shard, failed[shard])
+                bar.shard_failed(shard)
+                if registry is not None:  # later shards must not wait for it
+                    registry.give_up.remote(shard)
+
+    def wait_some():
+        nonlocal last_look
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=REFRESH_S if board is not None else None)
+        collect(ready)
+        if board is not None and time.monotonic() - last_look >= REFRESH_S:
+            bar.update_running(ray.get(board.snapshot.remote()))
+            last_look = time.monotonic()
 
     try:
         if in_process:
             failed.update(_write_units_here(source, output_url, opts, storage_options, done, max_retries, bar))
         else:
-            for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done):
+            for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done, on_total=bar.set_total):
                 if task is None:  # Ray starts only once there is work: re-running a finished job is instant
                     started = _start_ray(address, num_cpus)
                     # One task per CPU: more in flight makes Ray start extra worker processes for the
@@ -160,28 +171,29 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
                     # submitted at once.
                     limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
                     if opts.dedup_images and source.kind != "synthetic":
-                        registry = HashRegistry.remote()
-                        if done:
-                            seed = committed_hashes(output_url, sorted(done), storage_options)
-                            ray.get(registry.seed.remote(seed))
+                        registry = HashRegistry.options(**_pinned_here()).remote()
+                        seed = committed_hashes(output_url, sorted(done), storage_options) if done else []
+                        ray.get(registry.seed.remote(seed, sorted(done)))
+                    if progress:
+                        board = ProgressBoard.options(**_pinned_here()).remote()
                     task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
                     if not started and _forwarded_env():
                         # Workers of a Ray we did not start may not share this process's credentials.
                         task_options["runtime_env"] = {"env_vars": _forwarded_env()}
                     task = _shard_task.options(**task_options)
-                if len(pending) >= limit:
-                    ready, _ = ray.wait(list(pending), num_returns=1)
-                    collect(ready)
-                pending[task.remote(unit, output_url, opts, storage_options, registry)] = unit.shard
+                while len(pending) >= limit:
+                    wait_some()
+                pending[task.remote(unit, output_url, opts, storage_options, registry, board)] = unit.shard
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                collect(ready)
+                wait_some()
     finally:
         bar.close()
         if started:
             ray.shutdown()
-        elif registry is not None:
-            ray.kill(registry)
+        else:
+            for actor in (registry, board):
+                if actor is not None:
+                    ray.kill(actor)
     manifest = mf.build_manifest(output_url, storage_options,
                                  {"complete": not failed, "failed_shards": sorted(failed),
                                   "source": job["source"], "seconds": round(time.monotonic() - t0, 3)})

@@ -6,8 +6,11 @@
 
 The tar is built in a local temporary file and uploaded whole; the status table goes next and
 the stats file last, so a shard whose stats exist is complete. Downloads and decodes of one unit
-run on a thread pool; results are consumed in row order so a shard's bytes do not depend on
-timing (tar members also carry fixed metadata).
+run on a thread pool; results are consumed in row order, and encoded images wait in a local
+spill file until the job-wide dedup has settled which of them this shard keeps (the earliest
+row holding an image keeps it: data_prep.dedup), so a shard's bytes do not depend on timing
+(tar members also carry fixed metadata). Progress (rows done, samples kept so far) is reported
+through `on_progress` about once a second.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from data_prep.dedup import LocalRegistry  # noqa: F401  (re-exported: the one-process registry)
 from data_prep.fetch import fetch_file, fetch_url
 from data_prep.imaging import ImageRejected, encode, process_image
 from data_prep.options import JobOptions
@@ -36,7 +40,7 @@ STATUSES = ("success", "failed_to_download", "failed_to_resize", "filtered", "op
 DOWNLOAD_ERRORS_AS_STATUS = {"opted_out": "opted_out"}
 DRIVER_ERRORS = {"duplicate_url": "duplicate", "caption_not_utf8": "filtered",
                  "bad_row": "failed_to_download", "missing_url": "failed_to_download"}
-CLAIM_BATCH = 64
+PROGRESS_EVERY_S = 1.0
 STATUS_SCHEMA = pa.schema([
     ("key", pa.string()), ("row", pa.int64()), ("url", pa.string()), ("caption", pa.string()),
     ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int64()),
@@ -58,22 +62,6 @@ class Result:
     meta: dict = field(default_factory=dict)
     download_s: float = 0.0
     process_s: float = 0.0
-
-
-class LocalRegistry:
-    """sha256 -> the key that first claimed it: in this process, or as the job's dedup actor
-    (data_prep.dedup.HashRegistry)."""
-
-    def __init__(self):
-        self.owner: dict[str, str] = {}
-
-    def seed(self, items: list[tuple[str, str]]) -> int:
-        for h, k in items:
-            self.owner.setdefault(h, k)
-        return len(self.owner)
-
-    def claim_many(self, items: list[tuple[str, str]]) -> list[str]:
-        return [self.owner.setdefault(h, k) for h, k in items]
 
 
 def _caption_problem(caption: str | None, opts: JobOptions) -> str | None:
@@ -209,84 +197,113 @@ def _ordered_results(rows: list[dict], opts: JobOptions, storage_options, thread
             yield window.popleft().result()
 
 
-def _dedup(batch: list[Result], registry, seen: set[str]) -> None:
-    """Mark repeated image content in a batch of in-order results; first claimant wins."""
-    todo = []
-    for res in batch:
-        if res.status == "success" and "sha256" in res.meta:
-            h = res.meta["sha256"]
-            if h in seen:
-                res.status, res.error, res.files = "duplicate", "duplicate_image", {}
-            else:
-                seen.add(h)
-                todo.append(res)
-    if not todo:
-        return
-    items = [(r.meta["sha256"], r.key) for r in todo]
-    owners = registry.claim_many(items)
-    for res, owner in zip(todo, owners):
-        if owner != res.key:
+class _Spill:
+    """Encoded sample files parked in a local file until the shard knows which samples it keeps."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "w+b")
+
+    def park(self, res: Result) -> None:
+        refs = {}
+        for ext, data in res.files.items():
+            refs[ext] = (self.file.tell(), len(data))
+            self.file.write(data)
+        res.files = refs
+
+    def files(self, res: Result) -> dict[str, bytes]:
+        out = {}
+        for ext, (offset, size) in res.files.items():
+            self.file.seek(offset)
+            out[ext] = self.file.read(size)
+        return out
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _mark_duplicates(shard: int, results: list[Result], registry) -> None:
+    """Successful samples whose image an earlier row holds become duplicates (data_prep.dedup)."""
+    candidates = [r for r in results if r.status == "success" and "sha256" in r.meta]
+    # settled even with no candidates: later shards wait for this one
+    owners = registry.settle(shard, [(r.meta["sha256"], r.row["row"]) for r in candidates])
+    for res, owner in zip(candidates, owners):
+        if owner != res.row["row"]:
             res.status, res.error, res.files = "duplicate", "duplicate_image", {}
 
 
-class _ActorClaims:
-    """Blocking claim_many over the dedup actor (data_prep.dedup.HashRegistry)."""
+class _ActorSettle:
+    """Blocking settle over the dedup actor (data_prep.dedup.HashRegistry)."""
 
     def __init__(self, actor):
         self.actor = actor
 
-    def claim_many(self, items: list[tuple[str, str]]) -> list[str]:
+    def settle(self, shard: int, items: list[tuple[str, int]]) -> list[int]:
         import ray
 
-        return ray.get(self.actor.claim_many.remote(items))
+        return ray.get(self.actor.settle.remote(shard, items))
 
 
-def _claimer(registry):
-    if registry is not None and hasattr(getattr(registry, "claim_many", None), "remote"):
-        return _ActorClaims(registry)
+def _settler(registry):
+    if registry is not None and hasattr(getattr(registry, "settle", None), "remote"):
+        return _ActorSettle(registry)
     return registry
 
 
-def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, registry=None) -> dict:
-    """Process a unit and commit its shard; returns the stats written to NNNNN_stats.json."""
+class _Ticker:
+    """Calls report(rows done, successes so far (before dedup)) at most every PROGRESS_EVERY_S."""
+
+    def __init__(self, report):
+        self.report, self.last = report, time.monotonic()
+
+    def __call__(self, done: int, ok: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.report is not None and (final or now - self.last >= PROGRESS_EVERY_S):
+            self.last = now
+            self.report(done, ok)
+
+
+def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, registry=None,
+                on_progress=None) -> dict:
+    """Process a unit and commit its shard; returns the stats written to NNNNN_stats.json.
+    `registry`: the job's dedup registry (data_prep.dedup), used when opts.dedup_images;
+    `on_progress(rows_done, samples_ok)`: called about once a second while rows are processed."""
     t0 = time.monotonic()
     name = shard_name(unit.shard)
-    registry = _claimer(registry) if opts.dedup_images else None
+    registry = _settler(registry) if opts.dedup_images else None
     threads = 1 if unit.rows and unit.rows[0]["kind"] == "synthetic" else opts.threads
     counts = collections.Counter()
     errors = collections.Counter()
-    records, seen = [], set()
+    records, results = [], []
     totals = {"download_s": 0.0, "process_s": 0.0}
-    original_bytes = 0
+    original_bytes = ok = 0
+    tick = _Ticker(on_progress)
     with tempfile.TemporaryDirectory(prefix="frozen_scale-prep-") as tmp:
+        spill = _Spill(os.path.join(tmp, "samples.bin"))
+        for res in _ordered_results(unit.rows, opts, storage_options, threads):
+            original_bytes += res.meta.get("bytes") or 0
+            ok += res.status == "success"
+            spill.park(res)
+            results.append(res)
+            tick(len(results), ok)
+        tick(len(results), ok, final=True)
+        t_settle = time.monotonic()
+        if registry is not None:
+            _mark_duplicates(unit.shard, results, registry)
+        t_write = time.monotonic()
         tar_path = os.path.join(tmp, f"{name}.tar")
         with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            batch: list[Result] = []
-
-            def flush():
-                if registry is not None:
-                    _dedup(batch, registry, seen)
-                for res in batch:
-                    counts[res.status] += 1
-                    if res.error:
-                        errors[res.error] += 1
-                    totals["download_s"] += res.download_s
-                    totals["process_s"] += res.process_s
-                    if res.status == "success":
-                        for ext, data in res.files.items():
-                            _add_member(tar, f"{res.key}.{ext}", data)
-                        _add_member(tar, f"{res.key}.json",
-                                    json.dumps(_sample_json(res), sort_keys=True).encode("utf-8"))
-                    records.append(_status_record(res))
-                batch.clear()
-
-            for res in _ordered_results(unit.rows, opts, storage_options, threads):
-                original_bytes += res.meta.get("bytes") or 0
-                batch.append(res)
-                if len(batch) >= CLAIM_BATCH:
-                    flush()
-            flush()
-        t_write = time.monotonic()
+            for res in results:
+                counts[res.status] += 1
+                if res.error:
+                    errors[res.error] += 1
+                totals["download_s"] += res.download_s
+                totals["process_s"] += res.process_s
+                if res.status == "success":
+                    for ext, data in spill.files(res).items():
+                        _add_member(tar, f"{res.key}.{ext}", data)
+                    _add_member(tar, f"{res.key}.json", json.dumps(_sample_json(res), sort_keys=True).encode("utf-8"))
+                records.append(_status_record(res))
+        spill.close()
         tar_sha = hashlib.sha256()
         with open(tar_path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -307,6 +324,7 @@ def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, r
             "durations": {"total_s": round(time.monotonic() - t0, 4),
                           "download_s_sum": round(totals["download_s"], 4),
                           "process_s_sum": round(totals["process_s"], 4),
+                          "dedup_wait_s": round(t_write - t_settle, 4),
                           "upload_s": round(time.monotonic() - t_write, 4)},
         }
     # Written last: its presence is what makes the shard committed.

@@ -347,10 +347,11 @@ class SyntheticWorld:
                    "index": i, "blind": self.blind}
 
 
-def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int] = frozenset()
-          ) -> Iterator[Unit]:
+def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int] = frozenset(),
+          on_total=None) -> Iterator[Unit]:
     """Group rows into shard-sized units (row r -> shard r // samples_per_shard), marking repeated
-    URLs (first occurrence wins, deterministic). Units in `skip` are read but not yielded."""
+    URLs (first occurrence wins, deterministic). Units in `skip` are read but not yielded.
+    `on_total(rows)` is called once the input has been read to its end."""
     seen: set[bytes] = set()
     batch: list[dict] = []
     shard = 0
@@ -369,6 +370,8 @@ def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int
             shard, batch = shard + 1, []
     if batch and shard not in skip:
         yield Unit(shard, batch)
+    if on_total is not None:
+        on_total(shard * samples_per_shard + len(batch))
 
 
 def count_hint(source) -> int | None:

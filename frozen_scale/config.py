@@ -89,7 +89,8 @@ class DataConfig:
     """Streaming webdataset input."""
 
     train_shards: str = ""
-    """Folder/URL with a data_prep manifest.json, or a brace pattern like s3://b/{00000..00009}.tar."""
+    """Folder/URL with a data_prep manifest.json, a folder of .tar shards without one (img2dataset's
+    output), or a brace pattern like s3://b/{00000..00009}.tar."""
     num_workers: int = 1
     """DataLoader workers per rank."""
     shuffle_buffer: int = 256

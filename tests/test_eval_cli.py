@@ -291,6 +291,19 @@ def test_caption_from_shards_with_coco_references(tiny_run, tmp_path):
     assert res["examples"][0]["answers"] == [first_pred, "zzz"]
 
 
+def test_caption_from_an_img2dataset_folder(tiny_run, tmp_path):
+    """--shards at img2dataset's output (no manifest.json): its tars are read, captions as references."""
+    from tests.img2dataset_layout import write_img2dataset_folder
+
+    written = write_img2dataset_folder(tmp_path / "laion", kept=(3, 2), with_stats=(True, False))
+    out = tmp_path / "r.json"
+    assert cli.eval_main([str(tiny_run), "--task", "caption", "--shards", str(tmp_path / "laion"), "--no-progress",
+                          "--tokenize", "simple", "--out", str(out)]) == 0
+    res = _result(out)
+    assert res["n"] == 5
+    assert [e["answers"] for e in res["examples"]] == [[caption] for shard in written for _, caption in shard]
+
+
 def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
     keys = ["101", "102", "103"]
     shards = _write_keyed_shards(tmp_path / "shards", keys)

@@ -9,14 +9,19 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import psutil
-import pyarrow.parquet as pq
 import pytest
 
 from data_prep.loopback import ImageServer, make_image
+
+try:
+    from tests import prep_ray
+except ImportError:  # pragma: no cover
+    import prep_ray
+
+wait_for = prep_ray.wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, PER_SHARD = 48, 6
@@ -33,11 +38,12 @@ def corpus(tmp_path):
         yield srv, table, tmp_path / "out"
 
 
-def start_job(table: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(table), "--out", str(out),
+def start_job(table: Path, out: Path, origin: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "data_prep.cli", "urls", str(table), "--out", str(out), "--allow-host", origin,
            "--samples-per-shard", str(PER_SHARD), "--threads", "2", "--num-cpus", "2", "--max-in-flight", "2",
            "--image-size", "32", "--timeout", "10", "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, **prep_ray.LOOPBACK_ENV,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -58,16 +64,6 @@ def _reap_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def shard_task_workers(driver_pid: int) -> list[psutil.Process]:
     found = []
     for p in psutil.Process(driver_pid).children(recursive=True):
@@ -80,33 +76,13 @@ def shard_task_workers(driver_pid: int) -> list[psutil.Process]:
 
 
 def check_output(out: Path) -> dict:
-    """Every row exactly once over all status tables; each stats file matches its tar."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["complete"] and manifest["num_rows"] == ROWS
-    rows, keys = [], []
-    for shard in manifest["shards"]:
-        stats = json.loads((out / shard["stats"]).read_text())
-        status = pq.read_table(out / stats["status_table"]).to_pylist()
-        with tarfile.open(out / shard["name"]) as tar:
-            members = tar.getnames()
-        tar_keys = sorted({m.split(".", 1)[0] for m in members})
-        ok_keys = sorted(r["key"] for r in status if r["status"] == "success")
-        assert tar_keys == ok_keys and len(members) == 3 * len(tar_keys)
-        assert stats["num_samples"] == shard["num_samples"] == len(tar_keys)
-        assert stats["count"] == len(status) == sum(stats["status_counts"].values())
-        assert stats["tar_bytes"] == (out / shard["name"]).stat().st_size
-        rows += [r["row"] for r in status]
-        keys += tar_keys
-    assert sorted(rows) == list(range(ROWS)), "a row is missing or duplicated"
-    assert len(keys) == len(set(keys)) == ROWS  # all images are fine: all kept, once
-    assert len(manifest["shards"]) == ROWS // PER_SHARD
-    return manifest
+    return prep_ray.check_output(out, ROWS, PER_SHARD)
 
 
 @pytest.mark.slow
 def test_killed_worker_is_retried_and_rerun_is_a_no_op(corpus):
     srv, table, out = corpus
-    proc = start_job(table, out)
+    proc = start_job(table, out, srv.origin)
     try:
         wait_for(lambda: sum(srv.hits.values()) >= 8, what="downloads to start")
         victims = wait_for(lambda: shard_task_workers(proc.pid), what="a running shard task")
@@ -119,7 +95,7 @@ def test_killed_worker_is_retried_and_rerun_is_a_no_op(corpus):
     first = check_output(out)
 
     hits = sum(srv.hits.values())
-    code, log = finish(start_job(table, out))
+    code, log = finish(start_job(table, out, srv.origin))
     assert code == 0, log
     assert sum(srv.hits.values()) == hits  # re-run: every shard committed, nothing fetched
     assert check_output(out)["shards"] == first["shards"]
@@ -128,7 +104,7 @@ def test_killed_worker_is_retried_and_rerun_is_a_no_op(corpus):
 @pytest.mark.slow
 def test_killed_driver_leaves_no_committed_partial_shard_and_rerun_completes(corpus):
     srv, table, out = corpus
-    proc = start_job(table, out)
+    proc = start_job(table, out, srv.origin)
     try:
         wait_for(lambda: len(list(out.glob("*_stats.json"))) >= 2, what="two committed shards")
         proc.send_signal(signal.SIGKILL)
@@ -142,7 +118,7 @@ def test_killed_driver_leaves_no_committed_partial_shard_and_rerun_completes(cor
         with tarfile.open(out / stats["tar"]) as tar:
             assert len(tar.getnames()) == 3 * stats["num_samples"]
 
-    code, log = finish(start_job(table, out))
+    code, log = finish(start_job(table, out, srv.origin))
     assert code == 0, log
     check_output(out)
     for name, data in committed.items():  # committed shards were skipped, not redone

@@ -5,6 +5,11 @@ from __future__ import annotations
 import io
 import json
 
+try:
+    from tests.prep_ray import ray_on_loopback
+except ImportError:  # pragma: no cover
+    from prep_ray import ray_on_loopback
+
 
 def test_write_world_shards_contract(tmp_path):
     import ray
@@ -15,8 +20,9 @@ def test_write_world_shards_contract(tmp_path):
     from frozen_scale.synthetic import world
 
     assert not ray.is_initialized()
-    manifest = write_world_shards(str(tmp_path / "w"), seed=3, split="eval", count=250, samples_per_shard=100,
-                                  image_size=24, image_format="png", num_workers=2)
+    with ray_on_loopback():
+        manifest = write_world_shards(str(tmp_path / "w"), seed=3, split="eval", count=250, samples_per_shard=100,
+                                      image_size=24, image_format="png", num_workers=2)
     assert not ray.is_initialized(), "a Ray it started must be shut down"
     assert manifest["format"] == "frozen_scale.shards/1" and manifest["num_samples"] == 250
     assert [(s["name"], s["num_samples"], s["stats"]) for s in manifest["shards"]] == [

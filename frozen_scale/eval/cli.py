@@ -56,7 +56,8 @@ def _eval_main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="export folder or training run folder")
     parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument("--shards", default="", help="eval shards (folder with manifest.json or brace pattern)")
+    parser.add_argument("--shards", default="", help="eval shards (folder with manifest.json, folder of .tar shards "
+                        "such as img2dataset's output, or brace pattern)")
     parser.add_argument("--captions-json", default="", help="COCO captions json with the references")
     parser.add_argument("--questions", default="", help="VQAv2 questions json")
     parser.add_argument("--annotations", default="", help="VQAv2 annotations json")

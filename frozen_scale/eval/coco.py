@@ -27,7 +27,7 @@ IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 
 def iter_samples(spec: str, image_size: int, keys: set[str] | None = None) -> Iterator[dict]:
-    """Samples of the shards named by `spec` (folder with manifest.json or a brace pattern), in
+    """Samples of the shards named by `spec` (anything `list_shards` takes), in
     shard order: {"key", "image" (PIL, resized), "txt", "json"}. With `keys`, only those samples
     are decoded. A sample without an image is skipped."""
     for shard in list_shards(spec):
