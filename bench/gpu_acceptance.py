@@ -83,10 +83,8 @@ def caption_eval(export_dir: str, cfg, on_gpu: bool, n: int) -> dict:
     if on_gpu:
         model.to("cuda")
     tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer"))
-    v = cfg.model.vision
     return world_caption_eval(model, tokenizer, seed=cfg.world.seed, split="eval", n=n, prompt=cfg.data.prompt,
-                              image_size=v.image_size, mean=v.mean, std=v.std, max_new_tokens=16,
-                              batch_size=32, progress=False)
+                              max_new_tokens=16, batch_size=32, progress=False)
 
 
 def main(argv=None) -> float:
