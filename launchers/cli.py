@@ -91,14 +91,21 @@ def _submit_hostlist(cfg: FrozenConfig, kind, args, overrides: list[str], workdi
 
 
 def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
-    from launchers import ray_job
+    """The resolved config (overrides applied) goes with the job, in a folder Ray uploads."""
+    import tempfile
 
-    spec = ray_job.job_spec(cfg, args.config, overrides, workdir)
-    if args.dry_run:
-        print(json.dumps(spec, indent=2))
-        return 0
-    address = args.address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS", "")
-    job_id = ray_job.submit(cfg, spec, address)
+    from launchers import ray_job, shared_storage
+
+    shared_storage.require_shared(cfg, "ray", None if cfg.launcher.ray_working_dir else workdir)
+    with tempfile.TemporaryDirectory(prefix="frozen-scale-submit-") as tmp:
+        shipped = ray_job.ship_config(cfg, tmp)
+        spec = ray_job.job_spec(cfg, workdir, shipped)
+        if args.dry_run:
+            files = {str(p.relative_to(tmp)): p.read_text() for p in sorted(Path(shipped).rglob("*")) if p.is_file()}
+            print(json.dumps({"submit_job": spec, "uploaded_files": files}, indent=2))
+            return 0
+        address = args.address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS", "")
+        job_id = ray_job.submit(spec, address)
     print(job_id)
     if args.wait:
         status, logs = ray_job.wait(address, job_id)
@@ -109,9 +116,11 @@ def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: st
 
 
 def _submit_k8s(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
-    from launchers import k8s
+    """A ConfigMap with the resolved config (overrides applied) and the RayJob that mounts it."""
+    from launchers import k8s, shared_storage
 
-    print(k8s.render_yaml(cfg, args.config, overrides), end="")
+    shared_storage.require_shared(cfg, "k8s", None)
+    print(k8s.render_yaml(cfg), end="")
     if not args.dry_run:
         print("# apply with: kubectl apply -f <this file>", file=sys.stderr)
     return 0
