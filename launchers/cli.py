@@ -105,7 +105,11 @@ def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: st
             print(json.dumps({"submit_job": spec, "uploaded_files": files}, indent=2))
             return 0
         address = args.address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS", "")
-        job_id = ray_job.submit(spec, address)
+        try:
+            job_id = ray_job.submit(spec, address)
+        except ray_job.RayAuthError as err:
+            print(f"frozen-scale submit: {err}", file=sys.stderr)
+            return 2
     print(job_id)
     if args.wait:
         status, logs = ray_job.wait(address, job_id)

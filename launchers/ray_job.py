@@ -6,6 +6,10 @@ is written to a small folder uploaded as a runtime_env `py_modules` entry, so no
 cluster reads a path of the submitting machine. With `launcher.ray_working_dir` the code folder
 is uploaded as the job's working_dir; otherwise the cluster is expected to have the code in
 `launcher.workdir`, where the job runs.
+
+A cluster started with token authentication (`RAY_AUTH_MODE=token`) takes the token Ray's client
+finds: `RAY_AUTH_TOKEN`, the file named by `RAY_AUTH_TOKEN_PATH`, or `~/.ray/auth_token`, with
+`RAY_AUTH_MODE=token` set where `submit` runs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from pathlib import Path
 from frozen_scale.config import FrozenConfig, dump_config
 from launchers.ray_driver import SHIPPED_CONFIG, SHIPPED_FILE, SHIPPED_PACKAGE
 
+TOKEN_HELP = ("set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN, in a file named by "
+              "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token")
+
 UPLOAD_EXCLUDES = [".git", ".venv", "runs", "__pycache__", "*.pyc", ".pytest_cache"]
+
+
+class RayAuthError(RuntimeError):
+    """The cluster refused the submission for want of a valid token; the message is one line."""
 
 
 def driver_entrypoint(cfg: FrozenConfig, config_ref: str, log_dir: str, python: str = "python") -> str:
@@ -70,10 +81,26 @@ def job_spec(cfg: FrozenConfig, workdir: str, shipped: str) -> dict:
             "metadata": {"job_name": lc.job_name}}
 
 
+def _auth_message(address: str, err: Exception) -> str:
+    text = str(err)
+    if text.startswith("Authentication required"):
+        what = "requires token authentication and was sent no token"
+    elif text.startswith("Authentication failed"):
+        what = "refused the token it was sent"
+    else:
+        what = f"could not be authenticated ({text.split('. ')[0].strip()})"
+    return f"the Ray cluster at {address or 'the default address'} {what}: {TOKEN_HELP}"
+
+
 def submit(spec: dict, address: str) -> str:
+    """Submit through the Jobs API; RayAuthError when the cluster wants a token it did not get."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address or None).submit_job(**spec)
+    try:
+        return JobSubmissionClient(address or None).submit_job(**spec)
+    except AuthenticationError as err:
+        raise RayAuthError(_auth_message(address, err)) from None
 
 
 def wait(address: str, job_id: str, timeout: float = 3600, poll: float = 2.0) -> tuple[str, str]:
