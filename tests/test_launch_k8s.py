@@ -1,8 +1,10 @@
 """`frozen-scale submit --launcher k8s`: a ConfigMap with the resolved run config and a KubeRay
-RayJob that mounts it; and the shared-storage rule every cluster job (k8s, ray) is held to."""
+RayJob that mounts it, valid against KubeRay's RayJob CRD (ray.io/v1, vendored in tests/data);
+and the shared-storage rule every cluster job (k8s, ray) is held to."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shlex
 from pathlib import Path
@@ -13,6 +15,11 @@ import yaml
 from frozen_scale.app.cli import main as frozen_scale_main
 from frozen_scale.config import ConfigError, load_config
 from launchers import cli
+
+try:
+    from tests import kuberay_schema
+except ImportError:  # pragma: no cover
+    import kuberay_schema
 
 IMAGE = "launcher.container=ghcr.io/org/frozen-scale:1"
 
@@ -41,6 +48,8 @@ def test_kuberay_rayjob_manifest(tiny_run_config, capsys):
             "launcher.k8s_namespace=ml", _shared(tiny_run_config), "train.lr=0.01",
             "launcher.k8s_volumes=[{mount: /mnt/data, claim: datasets}, {mount: /scratch, host_path: /nfs/scratch}]"]
     config_map, doc = _manifest(tiny_run_config, capsys, *over)
+    assert kuberay_schema.errors(kuberay_schema.rayjob_validator(), doc) == []
+    assert kuberay_schema.errors(kuberay_schema.config_map_validator(), config_map) == []
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     assert doc["metadata"] == {"name": "frozen-7b-run", "namespace": "ml",
                                "labels": {"app.kubernetes.io/name": "frozen-scale"}}
@@ -79,6 +88,26 @@ def test_kuberay_rayjob_manifest(tiny_run_config, capsys):
 
     with pytest.raises(ConfigError, match="launcher.container"):
         cli.submit_main([str(tiny_run_config), "--launcher", "k8s", "--dry-run", _shared(tiny_run_config)])
+
+
+def test_crd_validator_rejects_unknown_fields_wrong_types_and_missing_required(plain_config, capsys):
+    """The CRD check can fail: the same manifest, broken three ways, is caught each time."""
+    validator = kuberay_schema.rayjob_validator()
+    _, doc = _manifest(plain_config, capsys, IMAGE, _shared(plain_config))
+    assert kuberay_schema.errors(validator, doc) == []
+
+    unknown = copy.deepcopy(doc)
+    unknown["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["gpus"] = 8
+    assert any("gpus" in e and "Additional properties" in e for e in kuberay_schema.errors(validator, unknown))
+    wrong_type = copy.deepcopy(doc)
+    wrong_type["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "4"
+    assert any(e.startswith("spec.rayClusterSpec.workerGroupSpecs.0.replicas:") and "integer" in e
+               for e in kuberay_schema.errors(validator, wrong_type))
+    missing = copy.deepcopy(doc)
+    del missing["spec"]["entrypoint"]
+    assert any("'entrypoint' is a required property" in e for e in kuberay_schema.errors(validator, missing))
+    bad_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"config.yaml": 3}}
+    assert kuberay_schema.errors(kuberay_schema.config_map_validator(), bad_map)
 
 
 @pytest.mark.parametrize("over, refused", [
