@@ -15,11 +15,7 @@ import yaml
 from frozen_scale.app.cli import main as frozen_scale_main
 from frozen_scale.config import ConfigError, load_config
 from launchers import cli
-
-try:
-    from tests import kuberay_schema
-except ImportError:  # pragma: no cover
-    import kuberay_schema
+from tests import kuberay_schema
 
 IMAGE = "launcher.container=ghcr.io/org/frozen-scale:1"
 

@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +22,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.dist_util import REPO, free_port
+
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _status(url: str) -> int | None:
@@ -81,12 +75,12 @@ def token_ray_head():
     token_file = home / "auth_token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    dashboard = _free_port()
+    dashboard = free_port()
     env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
     env.update(HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     log = open(home / "head.log", "wb")
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={_free_port()}",
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={free_port()}",
          f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
          "--num-cpus=1", "--include-dashboard=true", f"--temp-dir={home / 'ray'}", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
