@@ -130,7 +130,8 @@ def test_k8s_job_needs_shared_storage(plain_config, capsys, over, refused):
     assert "launcher.shared_mounts" in line and "launcher.k8s_volumes" in line
 
 
-@pytest.mark.parametrize("value", ["[{mount: rel, claim: c}]", "[{mount: /m}]", "[{mount: /m, claim: c, host_path: /h}]"])
+@pytest.mark.parametrize("value", ["[{mount: rel, claim: c}]", "[{mount: /m}]",
+                                   "[{mount: /m, claim: c, host_path: /h}]"])
 def test_k8s_volume_entries_are_checked(value):
     with pytest.raises(ConfigError, match="launcher.k8s_volumes: each entry needs mount"):
         load_config(None, [f"launcher.k8s_volumes={value}"])

@@ -123,7 +123,8 @@ def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_r
     run_dir = Path(cfg["train"]["run_dir"])
     steps = 400  # ~50 ms a step: the signal must land before the end on a fast machine too
     job_name = f"preempt-{run_dir.parent.name}"
-    over = [f"launcher.shared_mounts=[{run_dir.parent}]", f"launcher.job_name={job_name}", "launcher.nodes=2", "launcher.gpus_per_node=1", "launcher.request_gpus=false",
+    over = [f"launcher.shared_mounts=[{run_dir.parent}]", f"launcher.job_name={job_name}",
+            "launcher.nodes=2", "launcher.gpus_per_node=1", "launcher.request_gpus=false",
             f"launcher.python={sys.executable}", "launcher.env={DS_ACCELERATOR: cpu, OMP_NUM_THREADS: '1'}",
             f"launcher.workdir={REPO}", "launcher.max_requeues=2", f"train.steps={steps}", "checkpoint.every=1000"]
     assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--address", address, *over]) == 0
