@@ -1,7 +1,7 @@
 """`frozen-scale submit` and `frozen-scale plan`.
 
     frozen-scale submit CONFIG [--launcher local|slurm|ray|torchrun|deepspeed|k8s] [--dry-run]
-                        [--address URL] [--wait] [section.key=value ...]
+                        [--address URL] [--wait] [--crd FILE] [section.key=value ...]
     frozen-scale plan CONFIG --nodes N --gpus-per-node G [--gpu-mem-gib 80] [--seq-len S] [--json]
 
 Launcher settings come from the config's `launcher` section (dotted overrides work:
@@ -40,6 +40,8 @@ def submit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print what would be submitted or run")
     parser.add_argument("--address", default="", help="ray: Jobs API address (http://head:8265)")
     parser.add_argument("--wait", action="store_true", help="ray: block until the job ends")
+    parser.add_argument("--crd", default="", metavar="FILE",
+                        help="k8s: check the RayJob against this CRD (kubectl get crd rayjobs.ray.io -o yaml)")
     return parser
 
 
@@ -48,6 +50,9 @@ def submit_main(argv: list[str]) -> int:
     overrides = _split_overrides(rest)
     cfg = load_config(args.config, overrides)
     kind = args.launcher or cfg.launcher.kind
+    if args.crd and kind != "k8s":
+        print(f"frozen-scale submit: --crd checks k8s manifests; the launcher is {kind}", file=sys.stderr)
+        return 2
     workdir = str(Path(cfg.launcher.workdir or os.getcwd()).resolve())
     handler = {"local": _submit_hostlist, "torchrun": _submit_hostlist, "deepspeed": _submit_hostlist,
                "slurm": _submit_slurm, "ray": _submit_ray, "k8s": _submit_k8s}[kind]
@@ -120,14 +125,35 @@ def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: st
 
 
 def _submit_k8s(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
-    """A ConfigMap with the resolved config (overrides applied) and the RayJob that mounts it."""
+    """A ConfigMap with the resolved config (overrides applied) and the RayJob that mounts it;
+    with --crd, printed only when the RayJob is valid against that CRD."""
     from launchers import k8s, shared_storage
 
     shared_storage.require_shared(cfg, "k8s", None)
-    print(k8s.render_yaml(cfg), end="")
+    manifest = k8s.render_yaml(cfg)
+    if args.crd:
+        problems = _crd_problems(k8s.render_rayjob(cfg), args.crd)
+        for line in problems:
+            print(f"frozen-scale submit: {line}", file=sys.stderr)
+        if problems:
+            return 2
+        print(f"valid against {args.crd} ({k8s.KIND} {k8s.API_VERSION})", file=sys.stderr)
+    print(manifest, end="")
     if not args.dry_run:
         print("# apply with: kubectl apply -f <this file>", file=sys.stderr)
     return 0
+
+
+def _crd_problems(rayjob: dict, crd: str) -> list[str]:
+    """Why `rayjob` does not fit the CRD in `crd` (or the CRD cannot be used), one line each."""
+    from launchers import k8s, k8s_schema
+
+    group, version = k8s.API_VERSION.split("/")
+    try:
+        validator = k8s_schema.crd_validator(crd, k8s.KIND, group, version)
+    except k8s_schema.CRDError as err:
+        return [str(err)]
+    return [f"{crd}: {line}" for line in k8s_schema.errors(validator, rayjob)]
 
 
 def plan_parser() -> argparse.ArgumentParser:
