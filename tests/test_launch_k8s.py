@@ -1,6 +1,7 @@
 """`frozen-scale submit --launcher k8s`: a ConfigMap with the resolved run config and a KubeRay
-RayJob that mounts it, valid against KubeRay's RayJob CRD (ray.io/v1, vendored in tests/data);
-and the shared-storage rule every cluster job (k8s, ray) is held to."""
+RayJob that mounts it, checked against Kubernetes' own types (from the official Python client's
+models, tests/k8s_types.py) and our schema of KubeRay's v1 RayJob (tests/data/rayjob_v1.yaml);
+`--crd FILE`; and the shared-storage rule every cluster job (k8s, ray) is held to."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from jsonschema import Draft7Validator
 
 from frozen_scale.app.cli import main as frozen_scale_main
 from frozen_scale.config import ConfigError, load_config
-from launchers import cli
-from tests import kuberay_schema
+from launchers import cli, k8s_schema
+from tests import k8s_types
 
 IMAGE = "launcher.container=ghcr.io/org/frozen-scale:1"
 
@@ -34,18 +36,35 @@ def plain_config(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def rayjob_crd(tmp_path_factory) -> Path:
+    """tests/data/rayjob_v1.yaml with Kubernetes' types filled in: a complete CRD document."""
+    return k8s_types.complete_crd(tmp_path_factory.mktemp("crd") / "rayjob_v1.yaml")
+
+
+@pytest.fixture(scope="module")
+def rayjob_validator(rayjob_crd) -> Draft7Validator:
+    return k8s_schema.crd_validator(rayjob_crd, "RayJob", "ray.io", "v1")
+
+
+@pytest.fixture(scope="module")
+def config_map_validator() -> Draft7Validator:
+    return Draft7Validator(k8s_schema.to_json_schema(k8s_types.openapi_schema("V1ConfigMap")))
+
+
 def _shared(config: Path) -> str:
     """The tiny config's run folder lies under the config's folder: declare that shared."""
     return f"launcher.shared_mounts=[{config.parent}]"
 
 
-def test_kuberay_rayjob_manifest(tiny_run_config, capsys):
+def test_kuberay_rayjob_manifest(tiny_run_config, capsys, rayjob_validator, config_map_validator):
     over = ["launcher.nodes=4", "launcher.gpus_per_node=8", IMAGE, "launcher.job_name=Frozen_7B run",
             "launcher.k8s_namespace=ml", _shared(tiny_run_config), "train.lr=0.01",
             "launcher.k8s_volumes=[{mount: /mnt/data, claim: datasets}, {mount: /scratch, host_path: /nfs/scratch}]"]
     config_map, doc = _manifest(tiny_run_config, capsys, *over)
-    assert kuberay_schema.errors(kuberay_schema.rayjob_validator(), doc) == []
-    assert kuberay_schema.errors(kuberay_schema.config_map_validator(), config_map) == []
+    assert k8s_schema.errors(rayjob_validator, doc) == []
+    assert k8s_schema.errors(config_map_validator, config_map) == []
+    assert (config_map["apiVersion"], config_map["kind"]) == ("v1", "ConfigMap")
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
     assert doc["metadata"] == {"name": "frozen-7b-run", "namespace": "ml",
                                "labels": {"app.kubernetes.io/name": "frozen-scale"}}
@@ -86,24 +105,82 @@ def test_kuberay_rayjob_manifest(tiny_run_config, capsys):
         cli.submit_main([str(tiny_run_config), "--launcher", "k8s", "--dry-run", _shared(tiny_run_config)])
 
 
-def test_crd_validator_rejects_unknown_fields_wrong_types_and_missing_required(plain_config, capsys):
-    """The CRD check can fail: the same manifest, broken three ways, is caught each time."""
-    validator = kuberay_schema.rayjob_validator()
-    _, doc = _manifest(plain_config, capsys, IMAGE, _shared(plain_config))
-    assert kuberay_schema.errors(validator, doc) == []
+def test_manifest_without_gpus_or_volumes_is_valid(plain_config, capsys, rayjob_validator, config_map_validator):
+    over = [IMAGE, _shared(plain_config), "launcher.request_gpus=false", "launcher.env={NCCL_DEBUG: WARN}"]
+    config_map, doc = _manifest(plain_config, capsys, *over)
+    assert k8s_schema.errors(rayjob_validator, doc) == []
+    assert k8s_schema.errors(config_map_validator, config_map) == []
+    (workers,) = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    worker = workers["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"] and "runtimeEnvYAML" in doc["spec"]
+    assert [v["name"] for v in workers["template"]["spec"]["volumes"]] == ["run-config"]
 
-    unknown = copy.deepcopy(doc)
-    unknown["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["gpus"] = 8
-    assert any("gpus" in e and "Additional properties" in e for e in kuberay_schema.errors(validator, unknown))
-    wrong_type = copy.deepcopy(doc)
-    wrong_type["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] = "4"
-    assert any(e.startswith("spec.rayClusterSpec.workerGroupSpecs.0.replicas:") and "integer" in e
-               for e in kuberay_schema.errors(validator, wrong_type))
-    missing = copy.deepcopy(doc)
-    del missing["spec"]["entrypoint"]
-    assert any("'entrypoint' is a required property" in e for e in kuberay_schema.errors(validator, missing))
-    bad_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"config.yaml": 3}}
-    assert kuberay_schema.errors(kuberay_schema.config_map_validator(), bad_map)
+
+def test_schema_checks_can_fail(plain_config, capsys, rayjob_validator, config_map_validator):
+    """The same manifest, broken one way at a time, is caught each time, naming the field."""
+    over = [IMAGE, _shared(plain_config), "launcher.k8s_volumes=[{mount: /scratch, host_path: /nfs/scratch}]"]
+    config_map, doc = _manifest(plain_config, capsys, *over)
+    assert k8s_schema.errors(rayjob_validator, doc) == []
+
+    def broken(edit) -> list[str]:
+        bad = copy.deepcopy(doc)
+        edit(bad["spec"], bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0])
+        return k8s_schema.errors(rayjob_validator, bad)
+
+    pod = "spec.rayClusterSpec.workerGroupSpecs.0.template.spec"
+    unknown = broken(lambda spec, group: group["template"]["spec"]["containers"][0].update(gpus=8))
+    assert unknown == [f"{pod}.containers.0: Additional properties are not allowed ('gpus' was unexpected)"]
+    wrong_type = broken(lambda spec, group: group.update(replicas="4"))
+    assert wrong_type == ["spec.rayClusterSpec.workerGroupSpecs.0.replicas: '4' is not of type 'integer'"]
+    missing = broken(lambda spec, group: spec.pop("entrypoint"))
+    assert missing == ["spec: 'entrypoint' is a required property"]
+    in_volume = broken(lambda spec, group: group["template"]["spec"]["volumes"][1]["hostPath"].update(ro=True))
+    assert in_volume == [f"{pod}.volumes.1.hostPath: Additional properties are not allowed ('ro' was unexpected)"]
+    unnamed = broken(lambda spec, group: group["template"]["spec"]["containers"][0].pop("name"))
+    assert unnamed == [f"{pod}.containers.0: 'name' is a required property"]  # required, from the client's model
+
+    bad_map = copy.deepcopy(config_map)
+    bad_map["data"]["config.yaml"] = 3
+    assert k8s_schema.errors(config_map_validator, bad_map) == ["data.config.yaml: 3 is not of type 'string'"]
+
+
+def _submit_with_crd(config: Path, crd: Path, capsys, *over: str) -> tuple[int, str, str]:
+    code = frozen_scale_main(["submit", str(config), "--launcher", "k8s", "--dry-run", "--crd", str(crd),
+                              IMAGE, _shared(config), *over])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_submit_checks_against_a_crd(plain_config, rayjob_crd, capsys):
+    code, out, err = _submit_with_crd(plain_config, rayjob_crd, capsys)
+    assert code == 0 and "kind: RayJob" in out
+    assert err.splitlines() == [f"valid against {rayjob_crd} (RayJob ray.io/v1)"]
+
+    # a cluster whose CRD knows neither rayVersion nor shutdownAfterJobFinishes
+    crd = yaml.load(rayjob_crd.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["shutdownAfterJobFinishes"]
+    del spec["properties"]["rayClusterSpec"]["properties"]["rayVersion"]
+    older = plain_config.parent / "older-crd.yaml"
+    older.write_text(yaml.dump(crd, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper)))
+    code, out, err = _submit_with_crd(plain_config, older, capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        f"frozen-scale submit: {older}: spec: Additional properties are not allowed "
+        "('shutdownAfterJobFinishes' was unexpected)",
+        f"frozen-scale submit: {older}: spec.rayClusterSpec: Additional properties are not allowed "
+        "('rayVersion' was unexpected)",
+    ]
+
+    not_a_crd = plain_config.parent / "configmap.yaml"
+    not_a_crd.write_text("apiVersion: v1\nkind: ConfigMap\n")
+    code, out, err = _submit_with_crd(plain_config, not_a_crd, capsys)
+    assert (code, out, err) == (2, "", f"frozen-scale submit: {not_a_crd} is not a CustomResourceDefinition\n")
+    code, out, err = _submit_with_crd(plain_config, plain_config.parent / "missing.yaml", capsys)
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and "cannot read" in err
+    assert frozen_scale_main(["submit", str(plain_config), "--launcher", "slurm", "--crd", str(rayjob_crd)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "frozen-scale submit: --crd checks k8s manifests; the launcher is slurm"
 
 
 @pytest.mark.parametrize("over, refused", [
