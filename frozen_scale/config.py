@@ -270,6 +270,25 @@ class LMPretrainConfig:
 
 
 @dataclass
+class K8sVolume:
+    """k8s: a volume mounted at the same path in the head and every worker pod; its mount counts as
+    shared storage (a ReadWriteMany claim, or a host path that is a network filesystem on every node)."""
+
+    mount: str = ""
+    """Absolute path inside the pods."""
+    claim: str = ""
+    """Name of a PersistentVolumeClaim in the job's namespace."""
+    host_path: str = ""
+    """A folder of the node (hostPath volume); use one or the other, claim or host_path."""
+
+    def __post_init__(self):
+        if not self.mount.startswith("/") or bool(self.claim) == bool(self.host_path):
+            raise ConfigError("launcher.k8s_volumes: each entry needs mount (an absolute path) and one of "
+                              f"claim or host_path, got mount={self.mount!r} claim={self.claim!r} "
+                              f"host_path={self.host_path!r}")
+
+
+@dataclass
 class LauncherConfig:
     """Cluster submission settings, read by `launchers/` (`frozen-scale submit` / `plan`)."""
 
@@ -327,10 +346,17 @@ class LauncherConfig:
     """ray: extra pip packages for the job's runtime_env."""
     env: dict = field(default_factory=dict)
     """Environment variables set for every training process."""
+    shared_mounts: list[str] = field(default_factory=list)
+    """ray/k8s: absolute folders every node sees alike (NFS, a shared volume). A ray or k8s job
+    needs `train.run_dir` under one of them, and `checkpoint.dir` too unless it is object storage
+    (s3://, gs://): a folder of one pod or node is lost with it and unseen by the others."""
     k8s_namespace: str = "default"
     k8s_ray_version: str = "2.40.0"
     k8s_cpus_per_node: int = 8
     k8s_memory_per_node: str = "64Gi"
+    k8s_volumes: list[K8sVolume] = field(default_factory=list)
+    """k8s: volumes mounted in every pod, e.g. `[{mount: /mnt/shared, claim: shared-rwx}]`; their
+    mounts count as shared_mounts."""
 
     def __post_init__(self):
         for name in ("nodes", "gpus_per_node", "tasks_per_node"):
@@ -345,6 +371,9 @@ class LauncherConfig:
             raise ConfigError(
                 f"launcher.hosts lists {len(self.hosts)} hosts but launcher.nodes is {self.nodes}"
             )
+        for mount in self.shared_mounts:
+            if not mount.startswith("/"):
+                raise ConfigError(f"launcher.shared_mounts: '{mount}' is not an absolute path")
         for key in self.env:
             if not isinstance(key, str) or not key.replace("_", "a").isalnum():
                 raise ConfigError(f"launcher.env: '{key}' is not a valid environment variable name")
@@ -509,6 +538,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(FrozenConfig, data)
 
 
+def dump_config(cfg: FrozenConfig) -> str:
+    """The resolved config as YAML: `load_config` reads it back to an equal config."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: FrozenConfig, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dump_config(cfg))

@@ -1,7 +1,7 @@
 """`frozen-scale submit` and `frozen-scale plan`.
 
     frozen-scale submit CONFIG [--launcher local|slurm|ray|torchrun|deepspeed|k8s] [--dry-run]
-                        [--address URL] [--wait] [section.key=value ...]
+                        [--address URL] [--wait] [--crd FILE] [section.key=value ...]
     frozen-scale plan CONFIG --nodes N --gpus-per-node G [--gpu-mem-gib 80] [--seq-len S] [--json]
 
 Launcher settings come from the config's `launcher` section (dotted overrides work:
@@ -40,6 +40,8 @@ def submit_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print what would be submitted or run")
     parser.add_argument("--address", default="", help="ray: Jobs API address (http://head:8265)")
     parser.add_argument("--wait", action="store_true", help="ray: block until the job ends")
+    parser.add_argument("--crd", default="", metavar="FILE",
+                        help="k8s: check the RayJob against this CRD (kubectl get crd rayjobs.ray.io -o yaml)")
     return parser
 
 
@@ -48,6 +50,9 @@ def submit_main(argv: list[str]) -> int:
     overrides = _split_overrides(rest)
     cfg = load_config(args.config, overrides)
     kind = args.launcher or cfg.launcher.kind
+    if args.crd and kind != "k8s":
+        print(f"frozen-scale submit: --crd checks k8s manifests; the launcher is {kind}", file=sys.stderr)
+        return 2
     workdir = str(Path(cfg.launcher.workdir or os.getcwd()).resolve())
     handler = {"local": _submit_hostlist, "torchrun": _submit_hostlist, "deepspeed": _submit_hostlist,
                "slurm": _submit_slurm, "ray": _submit_ray, "k8s": _submit_k8s}[kind]
@@ -91,14 +96,25 @@ def _submit_hostlist(cfg: FrozenConfig, kind, args, overrides: list[str], workdi
 
 
 def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
-    from launchers import ray_job
+    """The resolved config (overrides applied) goes with the job, in a folder Ray uploads."""
+    import tempfile
 
-    spec = ray_job.job_spec(cfg, args.config, overrides, workdir)
-    if args.dry_run:
-        print(json.dumps(spec, indent=2))
-        return 0
-    address = args.address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS", "")
-    job_id = ray_job.submit(cfg, spec, address)
+    from launchers import ray_job, shared_storage
+
+    shared_storage.require_shared(cfg, "ray", None if cfg.launcher.ray_working_dir else workdir)
+    with tempfile.TemporaryDirectory(prefix="frozen-scale-submit-") as tmp:
+        shipped = ray_job.ship_config(cfg, tmp)
+        spec = ray_job.job_spec(cfg, workdir, shipped)
+        if args.dry_run:
+            files = {str(p.relative_to(tmp)): p.read_text() for p in sorted(Path(shipped).rglob("*")) if p.is_file()}
+            print(json.dumps({"submit_job": spec, "uploaded_files": files}, indent=2))
+            return 0
+        address = args.address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS", "")
+        try:
+            job_id = ray_job.submit(spec, address)
+        except ray_job.RayAuthError as err:
+            print(f"frozen-scale submit: {err}", file=sys.stderr)
+            return 2
     print(job_id)
     if args.wait:
         status, logs = ray_job.wait(address, job_id)
@@ -109,12 +125,35 @@ def _submit_ray(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: st
 
 
 def _submit_k8s(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: str) -> int:
-    from launchers import k8s
+    """A ConfigMap with the resolved config (overrides applied) and the RayJob that mounts it;
+    with --crd, printed only when the RayJob is valid against that CRD."""
+    from launchers import k8s, shared_storage
 
-    print(k8s.render_yaml(cfg, args.config, overrides), end="")
+    shared_storage.require_shared(cfg, "k8s", None)
+    manifest = k8s.render_yaml(cfg)
+    if args.crd:
+        problems = _crd_problems(k8s.render_rayjob(cfg), args.crd)
+        for line in problems:
+            print(f"frozen-scale submit: {line}", file=sys.stderr)
+        if problems:
+            return 2
+        print(f"valid against {args.crd} ({k8s.KIND} {k8s.API_VERSION})", file=sys.stderr)
+    print(manifest, end="")
     if not args.dry_run:
         print("# apply with: kubectl apply -f <this file>", file=sys.stderr)
     return 0
+
+
+def _crd_problems(rayjob: dict, crd: str) -> list[str]:
+    """Why `rayjob` does not fit the CRD in `crd` (or the CRD cannot be used), one line each."""
+    from launchers import k8s, k8s_schema
+
+    group, version = k8s.API_VERSION.split("/")
+    try:
+        validator = k8s_schema.crd_validator(crd, k8s.KIND, group, version)
+    except k8s_schema.CRDError as err:
+        return [str(err)]
+    return [f"{crd}: {line}" for line in k8s_schema.errors(validator, rayjob)]
 
 
 def plan_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,11 @@
 
     frozen-scale submit CONFIG --launcher k8s > rayjob.yaml && kubectl apply -f rayjob.yaml
 
-The image (`launcher.container`) must hold this package and its dependencies; the run config and
-`train.run_dir` must be reachable from the pods (object storage or a mounted volume).
+Two documents: a ConfigMap holding the resolved run config (command-line overrides applied) and
+the RayJob, whose head and worker pods mount it at CONFIG_MOUNT; the driver reads it there. The
+image (`launcher.container`) must hold this package and its dependencies; `train.run_dir` must be
+on a volume every pod mounts (`launcher.k8s_volumes` / `launcher.shared_mounts`), checkpoints
+there or on object storage (launchers.shared_storage).
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import re
 
 import yaml
 
-from frozen_scale.config import ConfigError, FrozenConfig
+from frozen_scale.config import ConfigError, FrozenConfig, dump_config
 
 from launchers.ray_job import driver_entrypoint
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
+LABELS = {"app.kubernetes.io/name": "frozen-scale"}
+CONFIG_MOUNT = "/etc/frozen-scale"
+"""Where the ConfigMap with the run config is mounted in every pod."""
+CONFIG_FILE = "config.yaml"
+CONFIG_VOLUME = "run-config"
 
 
 def _dns_name(name: str) -> str:
@@ -27,6 +35,31 @@ def _dns_name(name: str) -> str:
     if not out:
         raise ConfigError(f"launcher.job_name '{name}' gives no valid Kubernetes name")
     return out
+
+
+def config_map_name(cfg: FrozenConfig) -> str:
+    return f"{_dns_name(cfg.launcher.job_name)}-config"
+
+
+def _volumes(cfg: FrozenConfig) -> tuple[list[dict], list[dict]]:
+    """(pod volumes, container mounts): the run config's ConfigMap and launcher.k8s_volumes."""
+    volumes = [{"name": CONFIG_VOLUME, "configMap": {"name": config_map_name(cfg)}}]
+    mounts = [{"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True}]
+    for i, shared in enumerate(cfg.launcher.k8s_volumes):
+        name = f"shared-{i}"
+        if shared.claim:
+            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": shared.claim}})
+        else:
+            volumes.append({"name": name, "hostPath": {"path": shared.host_path, "type": "Directory"}})
+        mounts.append({"name": name, "mountPath": shared.mount})
+    return volumes, mounts
+
+
+def _pod_template(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, int]]) -> dict:
+    volumes, mounts = _volumes(cfg)
+    container = _container(cfg, name, gpus, ports)
+    container["volumeMounts"] = mounts
+    return {"spec": {"containers": [container], "volumes": volumes}}
 
 
 def _container(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, int]]) -> dict:
@@ -45,8 +78,19 @@ def _container(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, i
     return container
 
 
-def render_rayjob(cfg: FrozenConfig, config_path: str, overrides: list[str]) -> dict:
-    """The RayJob as a dict: a head pod (no training), `nodes` worker pods with the GPUs."""
+def render_config_map(cfg: FrozenConfig) -> dict:
+    """The ConfigMap that carries the resolved run config to the pods."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(cfg), "namespace": cfg.launcher.k8s_namespace, "labels": dict(LABELS)},
+        "data": {CONFIG_FILE: dump_config(cfg)},
+    }
+
+
+def render_rayjob(cfg: FrozenConfig) -> dict:
+    """The RayJob as a dict: a head pod (no training), `nodes` worker pods with the GPUs, all
+    mounting the run config's ConfigMap."""
     lc = cfg.launcher
     if not lc.container:
         raise ConfigError("launcher.container must name the image for the k8s launcher")
@@ -59,16 +103,15 @@ def render_rayjob(cfg: FrozenConfig, config_path: str, overrides: list[str]) -> 
     if not gpus:  # one training process per logical CPU slot otherwise
         worker_params["num-cpus"] = str(lc.gpus_per_node)
     spec = {
-        "entrypoint": driver_entrypoint(cfg, config_path, overrides, log_dir, lc.python),
+        "entrypoint": driver_entrypoint(cfg, f"{CONFIG_MOUNT}/{CONFIG_FILE}", log_dir, lc.python),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": 600,
-        "backoffLimit": 0,
         "rayClusterSpec": {
             "rayVersion": lc.k8s_ray_version,
             "headGroupSpec": {
                 "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                "template": {"spec": {"containers": [_container(
-                    cfg, "ray-head", 0, [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)])]}},
+                "template": _pod_template(
+                    cfg, "ray-head", 0, [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]),
             },
             "workerGroupSpecs": [{
                 "groupName": "trainers",
@@ -76,7 +119,7 @@ def render_rayjob(cfg: FrozenConfig, config_path: str, overrides: list[str]) -> 
                 "minReplicas": lc.nodes,
                 "maxReplicas": lc.nodes,
                 "rayStartParams": worker_params,
-                "template": {"spec": {"containers": [_container(cfg, "ray-worker", gpus, [])]}},
+                "template": _pod_template(cfg, "ray-worker", gpus, []),
             }],
         },
     }
@@ -85,11 +128,19 @@ def render_rayjob(cfg: FrozenConfig, config_path: str, overrides: list[str]) -> 
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": _dns_name(lc.job_name), "namespace": lc.k8s_namespace,
-                     "labels": {"app.kubernetes.io/name": "frozen-scale"}},
+        "metadata": {"name": _dns_name(lc.job_name), "namespace": lc.k8s_namespace, "labels": dict(LABELS)},
         "spec": spec,
     }
 
 
-def render_yaml(cfg: FrozenConfig, config_path: str, overrides: list[str]) -> str:
-    return yaml.safe_dump(render_rayjob(cfg, config_path, overrides), sort_keys=False)
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the embedded config) as literal blocks, readable in the manifest."""
+
+
+_BlockDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def render_yaml(cfg: FrozenConfig) -> str:
+    """Both documents, ConfigMap first (the RayJob's pods mount it), for one `kubectl apply -f`."""
+    return yaml.dump_all([render_config_map(cfg), render_rayjob(cfg)], Dumper=_BlockDumper, sort_keys=False)

@@ -1,8 +1,15 @@
 """The Ray job's driver: train on the Ray cluster, one process per GPU across nodes.
 
-Submitted by `frozen-scale submit --launcher ray` through the Ray Jobs API; runs on the head node:
+Submitted by `frozen-scale submit --launcher ray` through the Ray Jobs API (or run by a KubeRay
+RayJob, `--launcher k8s`); runs on the head node:
 
     python -m launchers.ray_driver CONFIG [overrides] --num-workers 8 [--use-gpu] ...
+
+CONFIG is the resolved run config that travelled with the job, never a path of the submitting
+machine: `shipped:frozen_scale_run/config.yaml`, a file of the folder `submit` uploads as a
+runtime_env `py_modules` entry (Ray unpacks it on the node and puts it on the import path), or
+on k8s the path where the job's ConfigMap is mounted. The driver reads it once and hands its text
+to the workers, which write it to a file of their own node for the trainer.
 
 Ray Train's TorchTrainer places the workers (SPREAD over nodes) and sets up a process group; each
 worker then runs the same training entry as torchrun would (`python -m frozen_scale.app.cli train`)
@@ -16,15 +23,47 @@ and `train.resume=auto` continues from the checkpoint.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from frozen_scale.constants import EXIT_REQUEUE
 from launchers.commands import TRAIN_MODULE, train_args
+
+
+SHIPPED_PREFIX = "shipped:"
+SHIPPED_PACKAGE = "frozen_scale_run"
+"""The folder `submit` ships the config in (runtime_env py_modules): Ray puts it on the import path."""
+SHIPPED_FILE = "config.yaml"
+SHIPPED_CONFIG = f"{SHIPPED_PREFIX}{SHIPPED_PACKAGE}/{SHIPPED_FILE}"
+
+
+def read_config(ref: str) -> str:
+    """The run config's text: `ref` is a path on this node, or `shipped:PACKAGE/FILE`, a file of a
+    folder shipped with the job as a runtime_env py_modules entry."""
+    if not ref.startswith(SHIPPED_PREFIX):
+        return Path(ref).read_text()
+    package, _, name = ref[len(SHIPPED_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"launchers.ray_driver: {package} is not on the import path: the job was submitted "
+                         "without the runtime_env py_modules entry that carries its config")
+    return (Path(list(spec.submodule_search_locations)[0]) / name).read_text()
+
+
+def _node_config_file(text: str, name: str, rank: int) -> Path:
+    """The config written to a file of this node, for this rank's trainer."""
+    safe_name = re.sub(r"[^\w.-]+", "-", name)
+    fd, path = tempfile.mkstemp(prefix=f"frozen-scale-{safe_name}-rank{rank}-", suffix=".yaml")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return Path(path)
 
 
 def _free_port() -> int:
@@ -65,18 +104,22 @@ def train_worker(loop_config: dict) -> None:
     log_dir = Path(loop_config["log_dir"])
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ray-rank{rank}.log"
-    argv = [sys.executable, "-m", TRAIN_MODULE, *loop_config["train_args"]]
+    config_file = _node_config_file(loop_config["config_yaml"], loop_config["name"], rank)
+    argv = [sys.executable, "-m", TRAIN_MODULE, *train_args(str(config_file), loop_config["overrides"])]
     node_id = ray.get_runtime_context().get_node_id()
     print(f"rank {rank}/{world} on {socket.gethostname()} ray node {node_id}: {' '.join(argv)} (log {log_path})",
           flush=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=_trainer_preexec)
-        nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
-        if nice > 0:
-            print(f"rank {rank}: the trainer runs at nice {nice} (Ray's worker priority; raising it needs "
-                  "CAP_SYS_NICE)", flush=True)
-        code = proc.wait()
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, cwd=loop_config["workdir"], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=_trainer_preexec)
+            nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
+            if nice > 0:
+                print(f"rank {rank}: the trainer runs at nice {nice} (Ray's worker priority; raising it needs "
+                      "CAP_SYS_NICE)", flush=True)
+            code = proc.wait()
+    finally:
+        config_file.unlink(missing_ok=True)
     tail = log_path.read_text(errors="replace")[-2000:]
     dist.barrier()  # every rank's trainer has exited before any worker reports
     if code == EXIT_REQUEUE:
@@ -88,7 +131,7 @@ def train_worker(loop_config: dict) -> None:
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="launchers.ray_driver")
-    parser.add_argument("config")
+    parser.add_argument("config", help=f"a path on this node, or {SHIPPED_CONFIG} (shipped with the job)")
     parser.add_argument("--num-workers", type=int, required=True)
     parser.add_argument("--use-gpu", action="store_true")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -102,6 +145,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse(list(sys.argv[1:] if argv is None else argv))
+    config_yaml = read_config(args.config)
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -109,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     env = dict(item.split("=", 1) for item in args.env)
     loop_config = {
-        "train_args": train_args(args.config, overrides),
+        "config_yaml": config_yaml,
+        "overrides": overrides,
+        "name": args.name,
         "workdir": os.getcwd(),
         "log_dir": str(Path(args.log_dir).resolve()),
         "env": env,

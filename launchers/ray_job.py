@@ -1,10 +1,15 @@
 """Ray: submit a run to a Ray cluster through the Ray Jobs API (launchers.ray_driver runs there).
 
 The cluster is `--address` / `launcher.ray_address` / `$RAY_ADDRESS` (the dashboard URL,
-http://head:8265). With `launcher.ray_working_dir` the folder is uploaded as the job's
-working_dir (the config path must lie inside it); otherwise the cluster is expected to have the
-code and to see the config at the same path (shared filesystem), and the job runs in
-`launcher.workdir`.
+http://head:8265). The resolved config (command-line overrides applied) travels with the job: it
+is written to a small folder uploaded as a runtime_env `py_modules` entry, so nothing on the
+cluster reads a path of the submitting machine. With `launcher.ray_working_dir` the code folder
+is uploaded as the job's working_dir; otherwise the cluster is expected to have the code in
+`launcher.workdir`, where the job runs.
+
+A cluster started with token authentication (`RAY_AUTH_MODE=token`) takes the token Ray's client
+finds: `RAY_AUTH_TOKEN`, the file named by `RAY_AUTH_TOKEN_PATH`, or `~/.ray/auth_token`, with
+`RAY_AUTH_MODE=token` set where `submit` runs.
 """
 
 from __future__ import annotations
@@ -14,15 +19,23 @@ import shlex
 import time
 from pathlib import Path
 
-from frozen_scale.config import ConfigError, FrozenConfig
+from frozen_scale.config import FrozenConfig, dump_config
+from launchers.ray_driver import SHIPPED_CONFIG, SHIPPED_FILE, SHIPPED_PACKAGE
+
+TOKEN_HELP = ("set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN, in a file named by "
+              "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token")
 
 UPLOAD_EXCLUDES = [".git", ".venv", "runs", "__pycache__", "*.pyc", ".pytest_cache"]
 
 
-def driver_entrypoint(cfg: FrozenConfig, config_path: str, overrides: list[str], log_dir: str,
-                      python: str = "python") -> str:
+class RayAuthError(RuntimeError):
+    """The cluster refused the submission for want of a valid token; the message is one line."""
+
+
+def driver_entrypoint(cfg: FrozenConfig, config_ref: str, log_dir: str, python: str = "python") -> str:
+    """The driver's command line; `config_ref` is where the config lies on the cluster."""
     lc = cfg.launcher
-    argv = [python, "-m", "launchers.ray_driver", config_path, *overrides,
+    argv = [python, "-m", "launchers.ray_driver", config_ref,
             f"--num-workers={lc.nodes * lc.gpus_per_node}", f"--max-failures={lc.max_requeues}",
             f"--storage={Path(cfg.train.run_dir) / 'ray'}", f"--log-dir={log_dir}",
             f"--name={lc.job_name}"]
@@ -34,10 +47,18 @@ def driver_entrypoint(cfg: FrozenConfig, config_path: str, overrides: list[str],
     return shlex.join(argv)
 
 
-def runtime_env(cfg: FrozenConfig, workdir: str) -> dict:
+def ship_config(cfg: FrozenConfig, folder: str) -> str:
+    """Write the resolved config into `folder`/frozen_scale_run/; returns that folder, to upload."""
+    package = Path(folder) / SHIPPED_PACKAGE
+    package.mkdir(parents=True, exist_ok=True)
+    (package / SHIPPED_FILE).write_text(dump_config(cfg))
+    return str(package)
+
+
+def runtime_env(cfg: FrozenConfig, workdir: str, shipped: str) -> dict:
     lc = cfg.launcher
     env_vars = {k: str(v) for k, v in lc.env.items()}
-    out: dict = {}
+    out: dict = {"py_modules": [shipped]}
     if lc.ray_working_dir:
         out["working_dir"] = lc.ray_working_dir
         out["excludes"] = UPLOAD_EXCLUDES
@@ -49,27 +70,37 @@ def runtime_env(cfg: FrozenConfig, workdir: str) -> dict:
     return out
 
 
-def job_spec(cfg: FrozenConfig, config_path: str, overrides: list[str], workdir: str) -> dict:
-    """kwargs for JobSubmissionClient.submit_job."""
+def job_spec(cfg: FrozenConfig, workdir: str, shipped: str) -> dict:
+    """kwargs for JobSubmissionClient.submit_job; `shipped` is the folder from ship_config."""
     lc = cfg.launcher
     log_dir = lc.log_dir or str(Path(cfg.train.run_dir) / "logs")
-    if lc.ray_working_dir:  # the uploaded folder is the job's cwd: the config path is relative to it
-        base = Path(lc.ray_working_dir).resolve()
-        try:
-            config_path = str(Path(config_path).resolve().relative_to(base))
-        except ValueError as err:
-            raise ConfigError(f"launcher.ray_working_dir ({base}) must contain the config {config_path}") from err
-        entry = driver_entrypoint(cfg, config_path, overrides, log_dir, lc.python)
+    entry = driver_entrypoint(cfg, SHIPPED_CONFIG, log_dir, lc.python)
+    if not lc.ray_working_dir:  # the job runs where the cluster has the code
+        entry = f"cd {shlex.quote(workdir)} && {entry}"
+    return {"entrypoint": entry, "runtime_env": runtime_env(cfg, workdir, shipped),
+            "metadata": {"job_name": lc.job_name}}
+
+
+def _auth_message(address: str, err: Exception) -> str:
+    text = str(err)
+    if text.startswith("Authentication required"):
+        what = "requires token authentication and was sent no token"
+    elif text.startswith("Authentication failed"):
+        what = "refused the token it was sent"
     else:
-        entry = f"cd {shlex.quote(workdir)} && " + driver_entrypoint(cfg, config_path, overrides, log_dir, lc.python)
-    return {"entrypoint": entry, "runtime_env": runtime_env(cfg, workdir), "metadata": {"job_name": lc.job_name}}
+        what = f"could not be authenticated ({text.split('. ')[0].strip()})"
+    return f"the Ray cluster at {address or 'the default address'} {what}: {TOKEN_HELP}"
 
 
-def submit(cfg: FrozenConfig, spec: dict, address: str) -> str:
+def submit(spec: dict, address: str) -> str:
+    """Submit through the Jobs API; RayAuthError when the cluster wants a token it did not get."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(address or cfg.launcher.ray_address or os.environ.get("RAY_ADDRESS") or None)
-    return client.submit_job(**spec)
+    try:
+        return JobSubmissionClient(address or None).submit_job(**spec)
+    except AuthenticationError as err:
+        raise RayAuthError(_auth_message(address, err)) from None
 
 
 def wait(address: str, job_id: str, timeout: float = 3600, poll: float = 2.0) -> tuple[str, str]:

@@ -1,6 +1,6 @@
-"""`frozen-scale submit --launcher ray` and `--launcher k8s`: the Jobs API submission spec, the
-KubeRay RayJob manifest, and a real local Ray cluster (a head and a second node) running the
-tiny config as a 2-worker job submitted through the Jobs API."""
+"""`frozen-scale submit --launcher ray`: the Jobs API submission spec (the resolved config shipped
+with the job), and a real local Ray cluster (a head and a second node) running the tiny config as
+a 2-worker job submitted through the Jobs API. The k8s manifest: tests/test_launch_k8s.py."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from frozen_scale.config import ConfigError
-from launchers import cli
+from frozen_scale.config import ConfigError, load_config
+from launchers import cli, ray_driver, ray_job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,41 +27,47 @@ def _free_port() -> int:
 
 
 def test_ray_job_spec(tiny_run_config, capsys, tmp_path):
-    over = ["launcher.nodes=4", "launcher.gpus_per_node=8", "launcher.env={DS_ACCELERATOR: cpu}", "train.lr=0.01"]
+    shared = f"launcher.shared_mounts=[{tmp_path}]"
+    over = ["launcher.nodes=4", "launcher.gpus_per_node=8", "launcher.env={DS_ACCELERATOR: cpu}", "train.lr=0.01",
+            shared]
     assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--dry-run", *over]) == 0
-    spec = json.loads(capsys.readouterr().out)
+    shown = json.loads(capsys.readouterr().out)
+    spec = shown["submit_job"]
     entry = shlex.split(spec["entrypoint"].split(" && ", 1)[1])
-    assert entry[1:4] == ["-m", "launchers.ray_driver", str(tiny_run_config)]
-    assert "--num-workers=32" in entry and "--use-gpu" in entry and "train.lr=0.01" in entry
-    assert not any(a.startswith("launcher.") for a in entry)
+    assert entry[1:4] == ["-m", "launchers.ray_driver", ray_driver.SHIPPED_CONFIG]
+    assert "--num-workers=32" in entry and "--use-gpu" in entry
+    assert str(tiny_run_config) not in spec["entrypoint"]  # no path of the submitting machine
+    assert not any(a.startswith(("launcher.", "train.")) for a in entry)  # overrides are in the config
     assert spec["runtime_env"]["env_vars"]["DS_ACCELERATOR"] == "cpu"
-    # an uploaded working_dir must contain the config; the entrypoint then uses the relative path
-    with pytest.raises(ConfigError, match="must contain the config"):
-        cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--dry-run", f"launcher.ray_working_dir={REPO}"])
+    # the resolved config (overrides applied) is what the job uploads, in its py_modules folder
+    (shipped,) = spec["runtime_env"]["py_modules"]
+    assert Path(shipped).name == ray_driver.SHIPPED_PACKAGE
+    ((name, text),) = shown["uploaded_files"].items()
+    assert name == f"{ray_driver.SHIPPED_PACKAGE}/{ray_driver.SHIPPED_FILE}"
+    assert yaml.safe_load(text)["train"]["lr"] == 0.01
+    # with the code uploaded as working_dir the job runs there (no cd); the config still goes alone
+    assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--dry-run", shared,
+                            f"launcher.ray_working_dir={REPO}"]) == 0
+    spec = json.loads(capsys.readouterr().out)["submit_job"]
+    assert spec["entrypoint"].startswith("python -m launchers.ray_driver ")
+    assert spec["runtime_env"]["working_dir"] == str(REPO) and len(spec["runtime_env"]["py_modules"]) == 1
+    # and a run folder on one node's disk is refused
+    with pytest.raises(ConfigError, match="launcher.shared_mounts"):
+        cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--dry-run"])
 
 
-def test_kuberay_rayjob_manifest(tiny_run_config, capsys):
-    over = ["launcher.nodes=4", "launcher.gpus_per_node=8", "launcher.container=ghcr.io/org/frozen-scale:1",
-            "launcher.job_name=Frozen_7B run", "launcher.k8s_namespace=ml"]
-    assert cli.submit_main([str(tiny_run_config), "--launcher", "k8s", "--dry-run", *over]) == 0
-    doc = yaml.safe_load(capsys.readouterr().out)
-    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayJob"
-    assert doc["metadata"] == {"name": "frozen-7b-run", "namespace": "ml",
-                               "labels": {"app.kubernetes.io/name": "frozen-scale"}}
-    spec = doc["spec"]
-    assert spec["shutdownAfterJobFinishes"] is True
-    assert "launchers.ray_driver" in spec["entrypoint"] and "--num-workers=32" in spec["entrypoint"]
-    cluster = spec["rayClusterSpec"]
-    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert head["image"] == "ghcr.io/org/frozen-scale:1"
-    assert {p["containerPort"] for p in head["ports"]} == {6379, 8265, 10001}
-    (workers,) = cluster["workerGroupSpecs"]
-    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 4
-    worker = workers["template"]["spec"]["containers"][0]
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "8"
-    assert worker["resources"]["requests"] == worker["resources"]["limits"]
-    with pytest.raises(ConfigError, match="launcher.container"):
-        cli.submit_main([str(tiny_run_config), "--launcher", "k8s", "--dry-run"])
+def test_driver_reads_the_config_shipped_with_the_job(tmp_path, monkeypatch):
+    """What submit uploads is what the driver reads back on the cluster (its folder on the import
+    path, as Ray's py_modules puts it), equal to the resolved config."""
+    import importlib
+
+    cfg = load_config(None, ["train.lr=0.02", f"train.run_dir={tmp_path}"])
+    shipped = Path(ray_job.ship_config(cfg, str(tmp_path / "upload")))
+    monkeypatch.syspath_prepend(str(shipped.parent))
+    importlib.invalidate_caches()
+    text = ray_driver.read_config(ray_driver.SHIPPED_CONFIG)
+    (tmp_path / "read.yaml").write_text(text)
+    assert load_config(tmp_path / "read.yaml") == cfg
 
 
 @pytest.fixture
@@ -80,8 +86,10 @@ def two_node_ray():
         cluster.shutdown()
 
 
-def _trainer_pids(config_path: str) -> list[int]:
-    """Training processes of this test's run (their command line names its config), by pid."""
+def _trainer_pids(job_name: str) -> list[int]:
+    """Training processes of this test's job (their command line names the config file each Ray
+    worker writes for its trainer, `frozen-scale-{job}-rank{R}-*.yaml`), by pid."""
+    marker = f"frozen-scale-{job_name}-rank".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -89,7 +97,7 @@ def _trainer_pids(config_path: str) -> list[int]:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"frozen_scale.app.cli" in argv and config_path.encode() in argv:
+            if b"frozen_scale.app.cli" in argv and any(marker in arg for arg in argv):
                 pids.append(int(proc.name))
 
     def parent(pid: int) -> int:
@@ -109,13 +117,14 @@ def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_r
 
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from launchers import ray_job
 
     _, address = two_node_ray
     cfg = yaml.safe_load(Path(tiny_run_config).read_text())
     run_dir = Path(cfg["train"]["run_dir"])
     steps = 400  # ~50 ms a step: the signal must land before the end on a fast machine too
-    over = ["launcher.nodes=2", "launcher.gpus_per_node=1", "launcher.request_gpus=false",
+    job_name = f"preempt-{run_dir.parent.name}"
+    over = [f"launcher.shared_mounts=[{run_dir.parent}]", f"launcher.job_name={job_name}",
+            "launcher.nodes=2", "launcher.gpus_per_node=1", "launcher.request_gpus=false",
             f"launcher.python={sys.executable}", "launcher.env={DS_ACCELERATOR: cpu, OMP_NUM_THREADS: '1'}",
             f"launcher.workdir={REPO}", "launcher.max_requeues=2", f"train.steps={steps}", "checkpoint.every=1000"]
     assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--address", address, *over]) == 0
@@ -130,7 +139,7 @@ def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_r
         assert status in (JobStatus.PENDING, JobStatus.RUNNING), f"{status}\n{client.get_job_logs(job)[-4000:]}"
         assert time.time() < deadline, client.get_job_logs(job)[-4000:]
         time.sleep(0.5)
-    pids = _trainer_pids(str(tiny_run_config))
+    pids = _trainer_pids(job_name)
     assert len(pids) == 2, (pids, client.get_job_logs(job)[-4000:])
     if os.geteuid() == 0:  # Ray's workers run at nice 15; the trainers are put back at 0 where permitted
         assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [0, 0]
