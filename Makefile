@@ -1,6 +1,7 @@
 # frozen_scale: two commands do all set-up on a fresh machine.
 #   make demo   - create .venv, install, run the main job on the built-in world
 #   make test   - create .venv, install, check the import layers, run the test suite
+# Both install the versions pinned in constraints.txt; `make constraints` refreshes them.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,18 +11,16 @@ export DS_ACCELERATOR ?= cpu
 # DeepSpeed JIT-compiles a small comm op on first use: build it per checkout, not in a shared cache
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 
-.PHONY: demo test test-fast lint-imports bench bench-prep install clean
+.PHONY: demo test test-fast lint-imports bench bench-prep install constraints clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# Installs go through constraints.txt: the versions the test suite passes with (make constraints).
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	@# CPU-only machines get the CPU build of torch; with CUDA present, the default build.
-	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "CUDA found: installing torch (CUDA build)"; $(PIP) install -q "torch>=2.3,<2.15"; \
-	else \
-		echo "no CUDA: installing the CPU build torch==2.13.0"; $(PIP) install -q torch==2.13.0; \
-	fi
-	$(PIP) install -q -e ".[test]"
+	@# torch first (DeepSpeed's install needs it), at the version constraints.txt pins: the CPU build
+	@# where the package index offers one for that version, else the default (CUDA) build.
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -55,6 +54,30 @@ bench/.peer-venv/bin/img2dataset:
 
 bench-prep: install bench/.peer-venv/bin/img2dataset
 	$(PY) bench/prep_throughput.py --images 3000,20000
+
+# Refresh constraints.txt: a fresh environment in a temp folder takes the newest versions
+# pyproject.toml allows (no constraints; torch stays at the version pinned now: a torch change is
+# made by editing its pin), the import layers and the tests run there (-m "not slow": the
+# end-to-end tests take minutes each; CONSTRAINTS_TESTS changes the selection), and only if they
+# pass is its pip freeze written to constraints.txt. The temp folder is removed either way.
+CONSTRAINTS_TESTS ?= -m "not slow" tests
+constraints:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	torch=$$(grep '^torch==' constraints.txt); \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install -q --upgrade pip setuptools wheel; \
+	"$$tmp/venv/bin/pip" install -q "$$torch"; \
+	"$$tmp/venv/bin/pip" install -q -e ".[test]"; \
+	"$$tmp/venv/bin/lint-imports"; \
+	TORCH_EXTENSIONS_DIR="$$tmp/torch_extensions" "$$tmp/venv/bin/python" -m pytest -q $(CONSTRAINTS_TESTS); \
+	{ echo "# The versions the test suite passes with; \`make demo\` and \`make test\` install through this file."; \
+	  echo "# Made by \`make constraints\` on $$(date +%F) ($$("$$tmp/venv/bin/python" -V), $$(uname -sm)): the newest"; \
+	  echo "# versions pyproject.toml allows, torch kept at its pin, frozen after the import layers and"; \
+	  echo "# pytest $(subst ",,$(CONSTRAINTS_TESTS)) passed there; torch without its local build tag (it takes"; \
+	  echo "# the CPU or the CUDA build). Refresh: \`make constraints\`."; \
+	  "$$tmp/venv/bin/pip" freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" constraints.txt; \
+	echo "constraints.txt: $$(grep -c '==' constraints.txt) versions from the passing environment"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

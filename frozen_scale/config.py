@@ -5,7 +5,8 @@ One file describes a run. The DeepSpeed JSON is derived from it
 
     cfg = load_config("configs/tiny-cpu.yaml", ["train.lr=3e-4"])
 
-Unknown keys and wrong types raise `ConfigError` naming the key and the nearest valid one.
+Unknown keys and wrong types raise `ConfigError` naming the key and the nearest valid one. It is
+one of the `UserError`s, which the command line says in one line with exit code 2.
 """
 
 from __future__ import annotations
@@ -22,8 +23,23 @@ from typing import Any, Literal
 import yaml
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration mistake."""
+class UserError(Exception):
+    """A mistake the user can fix: a bad config value, a missing file or folder, unusable input.
+    Raised where the user's input is resolved; the `frozen-scale` command says it in one line
+    (once, from rank 0) and exits 2, without a traceback."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration mistake: an unknown key, a wrong type or value, a missing setting."""
+
+
+class NotFoundError(UserError, FileNotFoundError):
+    """A file, folder, URL or checkpoint the user named does not exist."""
+
+
+class InputError(UserError, ValueError):
+    """Input the user named exists but cannot be used: malformed, empty, or made for another
+    model."""
 
 
 @dataclass
@@ -527,7 +543,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read YAML (or start from defaults), apply dotted overrides, build and validate."""
     data: dict = {}
     if path is not None:
-        text = Path(path).read_text()
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise NotFoundError(f"config file not found: {path}") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:

@@ -3,6 +3,8 @@
 Exit codes of `frozen-scale train` (and of every launcher that wraps it):
 
     EXIT_OK          0   finished
+    EXIT_USER_ERROR  2   a mistake the user can fix (config.UserError), said in one line; as for
+                         a command-line usage error
     EXIT_NONFINITE   3   too many non-finite losses in a row
     EXIT_REQUEUE    75   preempted after committing a checkpoint: requeue the job, it resumes
 
@@ -15,6 +17,7 @@ Shards: data_prep writes `manifest.json` at the root of a shard folder, in SHARD
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_USER_ERROR = 2
 EXIT_NONFINITE = 3
 EXIT_REQUEUE = 75
 

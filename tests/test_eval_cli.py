@@ -367,12 +367,21 @@ def test_fewshot_classification_from_labelled_shards(tiny_run, tmp_path):
         tasks.shard_items("fewshot-cls", {}, ns, 16)
 
 
-def test_user_errors_are_messages(tiny_run, tmp_path, capsys):
-    assert cli.eval_main([str(tmp_path / "nothing"), "--task", "caption"]) == 2
-    assert cli.eval_main([str(tiny_run), "--task", "binding", "--shards", str(tmp_path)]) == 2
-    assert cli.eval_main([str(tiny_run), "--task", "vqa", "--shards", str(tmp_path)]) == 2
-    err = capsys.readouterr().out
-    assert "neither an export" in err and "world only" in err and "--questions" in err
+def test_user_errors_are_messages(tiny_run, tiny_shards, tmp_path, capsys):
+    from frozen_scale.app.cli import main
+
+    assert main(["eval", str(tmp_path / "nothing"), "--task", "caption"]) == 2
+    assert main(["eval", str(tiny_run), "--task", "binding", "--shards", str(tiny_shards)]) == 2
+    assert main(["eval", str(tiny_run), "--task", "vqa", "--shards", str(tiny_shards)]) == 2
+    assert main(["eval", str(tiny_run), "--task", "caption", "--shards", str(tmp_path)]) == 2
+    assert main(["eval", str(tiny_run), "--task", "caption", "--shards", str(tiny_shards),
+                 "--captions-json", str(tmp_path / "none.json")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("frozen-scale")]
+    assert len(err) == 5 and all(line.startswith("frozen-scale eval: error: ") for line in err), err
+    for line, said in zip(err, ["neither an export", "world only", "--questions", "no manifest", "no such file"]):
+        assert said in line, line
+    with pytest.raises(SystemExit, match="2"):
+        cli.eval_main([str(tiny_run), "--task", "fewshot-cls", "--ways", "4"])
 
 
 def _free_port() -> int:

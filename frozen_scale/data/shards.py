@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from webdataset.shardlists import expand_urls
 
 from frozen_scale import storage
+from frozen_scale.config import ConfigError, InputError, NotFoundError
 from frozen_scale.constants import SHARDS_MANIFEST
 
 
@@ -23,7 +24,7 @@ def list_shards(spec: str) -> list[Shard]:
     pattern such as s3://bucket/train/{00000..00099}.tar, or a folder of .tar shards without a
     manifest (img2dataset's layout; see `folder_shards`)."""
     if not spec:
-        raise ValueError("data.train_shards is empty: give a shard folder (with manifest.json or .tar files) "
+        raise ConfigError("data.train_shards is empty: give a shard folder (with manifest.json or .tar files) "
                          "or a pattern")
     if "{" in spec:
         return [Shard(u, None) for u in expand_urls(spec)]
@@ -35,13 +36,14 @@ def list_shards(spec: str) -> list[Shard]:
         shards = [] if spec.endswith(".json") else folder_shards(spec)
         if shards:
             return shards
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"no manifest at {manifest_url} and no .tar shards beside it: run `frozen-scale prep` to make "
             "shards, or give a folder of shards or a brace pattern like prefix/{00000..00009}.tar"
         ) from None
     shards = [Shard(storage.resolve(root, s["name"]), int(s["num_samples"])) for s in manifest.get("shards", [])]
     if not shards:
-        raise ValueError(f"{manifest_url} lists no committed shards")
+        raise InputError(f"{manifest_url} lists no committed shards: re-run its `frozen-scale prep` job (it "
+                         "retries what failed), or give other shards")
     return shards
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from frozen_scale.data.shards import list_shards
 from frozen_scale.eval.tasks import (TASKS, effective_shots, load_model, rank_and_world, resolve_export,
                                      run_task, shard_items)
 from frozen_scale.synthetic import world
@@ -82,23 +83,19 @@ def _eval_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.shots < 0 or args.num_samples < 1 or args.num_beams < 1:
         parser.error("--shots must be >= 0, --num-samples and --num-beams >= 1")
-    try:
-        export_dir = resolve_export(args.run)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"frozen-scale eval: {err}", flush=True)
-        return 2
+    if args.ways < 2 or (args.task == "fewshot-cls" and not args.shards and args.ways > len(world.SHAPES)):
+        parser.error(f"--ways must be >= 2 (at most {len(world.SHAPES)} on the built-in world: one class per shape)")
+    if args.shards:  # before any work (an export, a model load); every rank finds the same
+        list_shards(args.shards)
+    export_dir = resolve_export(args.run)
     model, tokenizer, meta = load_model(export_dir)
     if args.seed is None:
         args.seed = 0
-    try:
-        items = shard_items(args.task, meta, args, model.cfg.vision.image_size) if args.shards else None
-        result = run_task(model, tokenizer, meta, args.task, shots=args.shots, ways=args.ways, n=args.num_samples,
-                          split=args.split, seed=args.seed, blind=args.blind, num_beams=args.num_beams,
-                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                          tokenize=args.tokenize, progress=not args.no_progress, items=items)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"frozen-scale eval: {err}", flush=True)
-        return 2
+    items = shard_items(args.task, meta, args, model.cfg.vision.image_size) if args.shards else None
+    result = run_task(model, tokenizer, meta, args.task, shots=args.shots, ways=args.ways, n=args.num_samples,
+                      split=args.split, seed=args.seed, blind=args.blind, num_beams=args.num_beams,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      tokenize=args.tokenize, progress=not args.no_progress, items=items)
     rank, _ = rank_and_world()
     if rank == 0:
         out = Path(args.out or Path(args.run) / "eval" / f"{default_name(args)}.json")

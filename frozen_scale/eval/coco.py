@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from frozen_scale import storage
+from frozen_scale.config import InputError, NotFoundError
 from frozen_scale.data.loader import decode_image
 from frozen_scale.data.shards import list_shards
 
@@ -47,17 +48,27 @@ def iter_samples(spec: str, image_size: int, keys: set[str] | None = None) -> It
                 yield out
 
 
+def read_input_json(path: str):
+    """A json file the user named: NotFoundError when it is missing, InputError when it is not json."""
+    try:
+        return storage.read_json(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {path}") from None
+    except ValueError as err:
+        raise InputError(f"{path}: not valid json ({err})") from None
+
+
 def load_coco_captions(path: str) -> dict[str, list[str]]:
     """{key: [reference captions]} from a COCO captions json, under both the image id and the
     file-name stem of each image."""
-    data = storage.read_json(path)
+    data = read_input_json(path)
     if not isinstance(data, dict) or "annotations" not in data:
-        raise ValueError(f"{path}: not a COCO captions file (no 'annotations' list)")
+        raise InputError(f"{path}: not a COCO captions file (no 'annotations' list)")
     names = {img["id"]: PurePosixPath(img.get("file_name", "")).stem for img in data.get("images", [])}
     refs: dict[str, list[str]] = {}
     for ann in data["annotations"]:
         if "image_id" not in ann or "caption" not in ann:
-            raise ValueError(f"{path}: every annotation needs image_id and caption, got {ann}")
+            raise InputError(f"{path}: every annotation needs image_id and caption, got {ann}")
         image_id = ann["image_id"]
         for key in {str(image_id), names.get(image_id) or str(image_id)}:
             refs.setdefault(key, []).append(ann["caption"])

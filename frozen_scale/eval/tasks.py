@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from frozen_scale.config import InputError, NotFoundError
 from frozen_scale.data import prompts
 from frozen_scale.data.blind import black_image
 from frozen_scale.data.loader import to_tensor
@@ -48,7 +49,8 @@ def resolve_export(run: str) -> str:
         from frozen_scale.train.export import export
 
         return export(str(path))
-    raise ValueError(f"{run} is neither an export folder (frozen_vlm.json) nor a training run (config.yaml)")
+    raise NotFoundError(f"{run} is neither an export folder (frozen_vlm.json) nor a training run (config.yaml): "
+                        "give the folder `frozen-scale export` wrote, or a run folder of `frozen-scale train`")
 
 
 def load_model(export_dir: str):
@@ -178,11 +180,12 @@ def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
             if len(items) == args.num_samples:
                 break
         if not items:
-            raise ValueError(f"no shard sample of {args.shards} has a caption reference")
+            raise InputError(f"no shard sample of {args.shards} has a caption reference: give shards with captions "
+                             "(.txt) or --captions-json")
         return items
     if task == "vqa":
         if not (args.questions and args.annotations):
-            raise ValueError("--task vqa with --shards needs --questions and --annotations (VQAv2 json)")
+            raise InputError("--task vqa with --shards needs --questions and --annotations (VQAv2 json)")
         questions = vqa_data.load_vqa(args.questions, args.annotations)
         rng = np.random.default_rng([args.seed, 4242, args.shots])
         queries = questions[: args.num_samples]
@@ -195,7 +198,8 @@ def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
         images = {s["key"]: s["image"] for s in coco.iter_samples(args.shards, image_size, keys)}
         missing = sorted(keys - set(images))
         if missing:
-            raise ValueError(f"{len(missing)} question images are not in the shards, e.g. {missing[:5]}")
+            raise InputError(f"{len(missing)} question images are not in the shards, e.g. {missing[:5]} (a shard "
+                             "sample's __key__ must be the image id)")
         items = []
         for q, ss in zip(queries, shots):
             shot_list = [(images[s.image_key], s.question, s.answers[0]) for s in ss]
@@ -205,7 +209,7 @@ def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
         return items
     if task == "fewshot-cls":
         return _shard_classification(args, image_size)
-    raise ValueError(f"--task {task} runs on the built-in world only (drop --shards)")
+    raise InputError(f"--task {task} runs on the built-in world only (drop --shards)")
 
 
 def _label(sample: dict, label_key: str) -> str | None:
@@ -229,7 +233,7 @@ def _shard_classification(args, image_size: int) -> list[fw.Item]:
     ways, shots = args.ways, max(1, args.shots)
     classes = sorted(c for c, imgs in by_label.items() if len(imgs) > shots)
     if len(classes) < ways:
-        raise ValueError(f"{len(classes)} classes of {args.shards} have more than {shots} images "
+        raise InputError(f"{len(classes)} classes of {args.shards} have more than {shots} images "
                          f"(label {args.label_key}); {ways}-way episodes need {ways}")
     items = []
     for i in range(args.num_samples):

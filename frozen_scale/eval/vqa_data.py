@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frozen_scale import storage
+from frozen_scale.config import InputError
+from frozen_scale.eval.coco import read_input_json
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,9 @@ class Question:
 
 
 def _read(path: str, field: str) -> list[dict]:
-    data = storage.read_json(path)
+    data = read_input_json(path)
     if not isinstance(data, dict) or not isinstance(data.get(field), list):
-        raise ValueError(f"{path}: expected a json object with a '{field}' list")
+        raise InputError(f"{path}: expected a json object with a '{field}' list")
     return data[field]
 
 
@@ -38,16 +39,16 @@ def load_vqa(questions_path: str, annotations_path: str) -> list[Question]:
         try:
             answers[str(ann["question_id"])] = tuple(a["answer"] for a in ann["answers"])
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{annotations_path}: malformed annotation {ann}: missing {err}") from None
+            raise InputError(f"{annotations_path}: malformed annotation {ann}: missing {err}") from None
     out = []
     for q in _read(questions_path, "questions"):
         try:
             qid, image_id, text = str(q["question_id"]), q["image_id"], q["question"]
         except KeyError as err:
-            raise ValueError(f"{questions_path}: question {q} lacks {err}") from None
+            raise InputError(f"{questions_path}: question {q} lacks {err}") from None
         if qid not in answers or not answers[qid]:
-            raise ValueError(f"question {qid} has no annotation in {annotations_path}")
+            raise InputError(f"question {qid} has no annotation in {annotations_path}")
         out.append(Question(qid, str(image_id), text, answers[qid]))
     if not out:
-        raise ValueError(f"{questions_path} holds no questions")
+        raise InputError(f"{questions_path} holds no questions")
     return out

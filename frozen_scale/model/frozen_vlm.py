@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozen_scale.config import ModelConfig, VisionConfig, from_dict
+from frozen_scale.config import InputError, ModelConfig, VisionConfig, from_dict
 from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model import lm_identity
@@ -161,7 +161,7 @@ class FrozenVLM(nn.Module):
         if any(k.startswith("lm.") for k in state) and hasattr(model.lm, "tie_weights"):
             model.lm.tie_weights()
         if missing or unexpected:
-            raise ValueError(f"export does not fit the model: missing {missing}, unexpected {unexpected}")
+            raise InputError(f"export does not fit the model: missing {missing}, unexpected {unexpected}")
         return model.eval()
 
 
@@ -175,7 +175,7 @@ def _check_lm(path: str, local: str, recorded: dict) -> None:
     else:
         differs = []
     if differs:
-        raise ValueError(
+        raise InputError(
             f"the LM at {path} is not the one this export was trained against ({recorded.get('path')}): "
             + "; ".join(differs) + ". Pass the right LM (lm_path=...), or check_lm=False to load anyway"
         )

@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 
 from frozen_scale import storage
+from frozen_scale.config import NotFoundError
 from frozen_scale.model.lm_source import cache_root, wanted_files
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -48,13 +49,13 @@ def lm_identity(path: str) -> dict:
     root = root.rstrip("/")
     names = [storage.base_name(p) for p in fs.ls(root, detail=False)]
     if "config.json" not in names:
-        raise FileNotFoundError(f"no config.json in {path}")
+        raise NotFoundError(f"no config.json in {path}: not a model folder (save_pretrained layout)")
     config = json.loads(fs.cat_file(f"{root}/config.json"))
     for key in IGNORED_CONFIG_KEYS:
         config.pop(key, None)
     weights = [n for n in wanted_files(names) if n.endswith((".safetensors", ".bin"))]
     if not weights:
-        raise FileNotFoundError(f"no weight files (.safetensors or .bin) in {path}")
+        raise NotFoundError(f"no weight files (.safetensors or .bin) in {path}")
     if weights[0].endswith(".safetensors"):
         fmt, tensors, values, size = "safetensors", *_safetensors_parts(fs, [f"{root}/{n}" for n in weights])
     else:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from frozen_scale import storage
+from frozen_scale.config import ConfigError, NotFoundError
 
 log = logging.getLogger("frozen_scale.model")
 
@@ -40,7 +41,7 @@ _HUB_ID = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<rev>[A-Za-z0-9._/-]+))
 _LOCK_WAIT_LOG_S = 10.0
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(NotFoundError):
     """A model path that is neither a local folder, a reachable URL, nor a Hub model."""
 
 
@@ -59,7 +60,8 @@ def cache_root() -> Path:
 def parse_source(path: str) -> Source:
     """Local folder, fsspec URL or Hub id; raises ModelNotFoundError for anything else."""
     if not path:
-        raise ValueError("no model path given (model.lm_path is empty)")
+        raise ConfigError("model.lm_path is empty: set it to the LM's folder, an fsspec URL (s3://bucket/lm) "
+                          "or a Hugging Face Hub id (org/name)")
     if path.startswith("file://"):
         return _local(path[len("file://"):], path)
     if storage.is_remote(path):

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from frozen_scale import storage
-from frozen_scale.config import FrozenConfig, to_dict
+from frozen_scale.config import FrozenConfig, InputError, NotFoundError, to_dict
 from frozen_scale.data.loader import StreamState
 from frozen_scale.distributed import engine as dist_engine
 
@@ -88,10 +88,15 @@ def resolve_resume(resume: str, checkpoint_dir: str) -> str | None:
     if resume == "auto":
         steps = committed_steps(checkpoint_dir)
         return storage.join(checkpoint_dir, step_name(steps[-1])) if steps else None
-    fs, root = storage.filesystem(resume, fresh=True)
+    return require_committed(resume)
+
+
+def require_committed(url: str) -> str:
+    """`url` itself when it is a committed checkpoint; NotFoundError otherwise."""
+    fs, root = storage.filesystem(url, fresh=True)
     if not fs.exists(storage.join(root, COMMIT_MARKER)):
-        raise ValueError(f"{resume} is not a committed checkpoint (no {COMMIT_MARKER} marker)")
-    return resume
+        raise NotFoundError(f"{url} is not a committed checkpoint (no {COMMIT_MARKER} marker)")
+    return url
 
 
 def commit(url: str, payload: dict | None = None) -> None:
@@ -231,7 +236,7 @@ class CheckpointManager:
             current["lm_sha256"] = lm_sha256()
         diffs = describe_mismatch(saved, current)
         if diffs:
-            raise ValueError(f"checkpoint {self.resume_url} was made under an incompatible config: "
+            raise InputError(f"checkpoint {self.resume_url} was made under an incompatible config: "
                              + "; ".join(diffs))
         self.resume_state = state
         return state
@@ -251,7 +256,7 @@ class CheckpointManager:
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.startswith("lm.")]
         if missing or unexpected:
-            raise ValueError(f"checkpoint weights do not fit: missing {missing}, unexpected {unexpected}")
+            raise InputError(f"checkpoint weights do not fit: missing {missing}, unexpected {unexpected}")
 
     def attach(self, engine, optimizer) -> None:
         """The DeepSpeed engine and its optimizer, once built."""

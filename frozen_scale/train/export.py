@@ -13,18 +13,13 @@ import json
 from pathlib import Path
 
 from frozen_scale import storage
+from frozen_scale.config import NotFoundError, load_config
 from frozen_scale.train import checkpoint as ckpt
 
 
 def export(run_dir: str, out_dir: str | None = None, checkpoint_url: str | None = None) -> str:
-    cfg_dict = None
-    if checkpoint_url is None:
-        from frozen_scale.config import load_config
-
-        cfg = load_config(Path(run_dir) / "config.yaml")
-        checkpoint_url = ckpt.resolve_resume("auto", cfg.checkpoint_dir)
-        if checkpoint_url is None:
-            raise FileNotFoundError(f"no committed checkpoint under {cfg.checkpoint_dir}")
+    """Export a committed checkpoint (default: the run's newest) into `out_dir` (default RUN/export)."""
+    checkpoint_url = ckpt.require_committed(checkpoint_url) if checkpoint_url else newest_checkpoint(run_dir)
     state = storage.read_json(storage.join(checkpoint_url, ckpt.TRAINER_STATE))
     cfg_dict = state["config"]
     out = Path(out_dir or Path(run_dir) / "export")
@@ -38,6 +33,20 @@ def export(run_dir: str, out_dir: str | None = None, checkpoint_url: str | None 
 
     load_tokenizer(cfg_dict["model"]["tokenizer_path"] or cfg_dict["model"]["lm_path"]).save_pretrained(str(out / "tokenizer"))
     return str(out)
+
+
+def newest_checkpoint(run_dir: str) -> str:
+    """The newest committed checkpoint of the training run in `run_dir`."""
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        raise NotFoundError(f"no training run at {run_dir} (no config.yaml): give the run folder of "
+                            "`frozen-scale train` (its train.run_dir)")
+    cfg = load_config(config)
+    checkpoint_url = ckpt.resolve_resume("auto", cfg.checkpoint_dir)
+    if checkpoint_url is None:
+        raise NotFoundError(f"no committed checkpoint under {cfg.checkpoint_dir}: train the run until it saves "
+                            "one (checkpoint.every, or the end of training), or pass --checkpoint")
+    return checkpoint_url
 
 
 def main(argv: list[str]) -> int:

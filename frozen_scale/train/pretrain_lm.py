@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from frozen_scale.config import LMPretrainConfig, load_config
+from frozen_scale.config import ConfigError, LMPretrainConfig, load_config
 from frozen_scale.synthetic import text
 
 log = logging.getLogger("frozen_scale.pretrain_lm")
@@ -68,9 +68,9 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     torch.manual_seed(seed)
     out = Path(out_dir)
     if not 0.0 <= pc.naming_fraction < 1.0:
-        raise ValueError(f"lm_pretrain.naming_fraction must be in [0, 1), got {pc.naming_fraction}")
+        raise ConfigError(f"lm_pretrain.naming_fraction must be in [0, 1), got {pc.naming_fraction}")
     if not 0 <= pc.naming_steps < pc.steps:
-        raise ValueError(f"lm_pretrain.naming_steps must be in [0, steps={pc.steps}), got {pc.naming_steps}")
+        raise ConfigError(f"lm_pretrain.naming_steps must be in [0, steps={pc.steps}), got {pc.naming_steps}")
     naming = uses_naming(pc)
     tokenizer = text.build_tokenizer(naming=naming)
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len)

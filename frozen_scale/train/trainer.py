@@ -76,6 +76,7 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world_size = dist_engine.init_distributed()
         self.is_main = self.rank == 0
+        self.shards = list_shards(cfg.data.train_shards)  # every rank; missing shards stop it before the LM loads
         logging.basicConfig(level=logging.INFO if self.is_main else logging.WARNING,
                             format="%(asctime)s %(name)s: %(message)s")
         self.run_dir = Path(cfg.train.run_dir)
@@ -145,10 +146,9 @@ class Trainer:
         self.param_counts = counts
 
     def _data(self, state: StreamState | None, seed: int) -> ResumableBatches:
-        shards = list_shards(self.cfg.data.train_shards)
-        dataset = CaptionStream.from_config(self.cfg, shards, self.tokenizer, seed=seed, rank=self.rank,
+        dataset = CaptionStream.from_config(self.cfg, self.shards, self.tokenizer, seed=seed, rank=self.rank,
                                             world_size=self.world_size, state=state)
-        self.epoch_samples = total_samples(shards)
+        self.epoch_samples = total_samples(self.shards)
         return ResumableBatches(dataset, self.cfg.data.num_workers)
 
     # -- signals -----------------------------------------------------------------------------
