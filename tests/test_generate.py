@@ -16,7 +16,7 @@ from frozen_scale.data.prompts import (IMAGE_TOKEN, Image, Text, caption_prompt,
                                        parse_prompt)
 from frozen_scale.eval import fewshot_world as fw
 from frozen_scale.eval import tasks
-from frozen_scale.model.attention import shares_over_slots
+from frozen_scale.model.attention import lm_attentions, shares_over_slots
 from frozen_scale.synthetic import text, world
 from tests.core_fixtures import TINY, train_tiny_run
 
@@ -107,6 +107,18 @@ def test_attention_shares_of_a_generation(tiny_vlm):
         pixels = tiny_vlm.pixel_values(images)
         logits = tiny_vlm.lm(inputs_embeds=tiny_vlm.embed(ids, pixels)).logits[0]
     assert logits[shares.queries].argmax(-1).tolist() == new_ids
+    # the shares are sums over the slots the prompt put the images in (positions counted by hand)
+    first = 1 + len(tok("question", add_special_tokens=False)["input_ids"])
+    second = first + K + len(tok("answer :", add_special_tokens=False)["input_ids"])
+    assert shares.slots == [list(range(first, first + K)), list(range(second, second + K))]
+    with torch.no_grad():
+        weights = lm_attentions(tiny_vlm.lm, tiny_vlm.embed(ids, pixels))
+    for layer, w in enumerate(weights):
+        rows = w[0].mean(0)[shares.queries]
+        by_hand = torch.stack([rows[:, first:first + K].sum(-1), rows[:, second:second + K].sum(-1),
+                               rows[:, :first].sum(-1) + rows[:, first + K:second].sum(-1)
+                               + rows[:, second + K:].sum(-1)], -1)
+        torch.testing.assert_close(shares.per_layer[:, layer], by_hand)
     assert tiny_vlm.lm.config._attn_implementation == "sdpa"  # eager only for the measuring pass
 
 

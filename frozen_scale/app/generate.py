@@ -78,13 +78,13 @@ def default_device() -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="frozen-scale generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="export folder or training run folder")
+    parser.add_argument("run", metavar="RUN", help="export folder or training run folder")
     parser.add_argument("--image", action="append", required=True, metavar="FILE",
                         help="an image file (repeat for several, in the prompt's order)")
     parser.add_argument("--prompt", default=None,
                         help=f"text with one {prompts.IMAGE_PLACEHOLDER} per --image (default: caption the image)")
-    parser.add_argument("--beams", type=int, default=1, help="beam search width (1: greedy)")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--beams", type=int, default=1, metavar="N", help="beam search width (1: greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="at most this many tokens")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--attention", default=None, metavar="PNG", help="also draw the attention map here")
     args = parser.parse_args(argv)
