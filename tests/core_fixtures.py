@@ -82,6 +82,18 @@ def tiny_config_dict(lm_dir: Path, shards: Path, run_dir: Path, **sections) -> d
     return cfg
 
 
+def train_tiny_run(root: Path, lm_dir: Path, shards: Path, steps: int = 2) -> Path:
+    """A finished tiny training run (one committed checkpoint at the end) in root/run."""
+    from frozen_scale.config import load_config
+    from frozen_scale.train.trainer import train
+
+    path = root / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(lm_dir, shards, root / "run",
+                                                    train={"steps": steps}, checkpoint={"every": 0})))
+    assert train(load_config(path)) == 0
+    return root / "run"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def node_cache(tmp_path_factory):
     """FROZEN_SCALE_CACHE (node cache of fetched models, LM hash records) in a temp folder, so no

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from frozen_scale.data.prompts import IMAGE_TOKEN, Image, Text, encode, pad_batch
 from frozen_scale.eval import cli, fewshot, tasks
 from frozen_scale.eval import fewshot_world as fw
 from frozen_scale.synthetic import text, world
-from tests.core_fixtures import tiny_config_dict
+from tests.core_fixtures import train_tiny_run
 
 K = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,15 +203,7 @@ def test_score_wiring():
 # -- a tiny trained run -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tiny_lm_dir, tiny_shards, tmp_path_factory) -> Path:
-    from frozen_scale.config import load_config
-    from frozen_scale.train.trainer import train
-
-    root = tmp_path_factory.mktemp("evalrun")
-    path = root / "cfg.yaml"
-    path.write_text(yaml.safe_dump(tiny_config_dict(tiny_lm_dir, tiny_shards, root / "run",
-                                                    train={"steps": 2}, checkpoint={"every": 0})))
-    assert train(load_config(path)) == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("evalrun"), tiny_lm_dir, tiny_shards)
 
 
 def _result(path: Path) -> dict:

@@ -5,6 +5,7 @@
     frozen-scale train CONFIG [k=v ...]    prefix training (launch under torchrun/deepspeed for >1 rank)
     frozen-scale export RUN                trained prefix -> safetensors + config + LM reference
     frozen-scale eval RUN --task ...       captioning, VQA, few-shot protocols
+    frozen-scale generate RUN --image F    caption an image, or answer a prompt (--attention: where it looked)
     frozen-scale reproduce                 the paper's ablation on the built-in world
     frozen-scale prep ...                  data_prep: corpora -> webdataset shards (Ray)
     frozen-scale submit CONFIG             cluster submission (SLURM, Ray, torchrun, k8s)
@@ -28,6 +29,7 @@ COMMANDS = {
     "train": ("frozen_scale.train.run", "main"),
     "export": ("frozen_scale.train.export", "main"),
     "eval": ("frozen_scale.eval.cli", "eval_main"),
+    "generate": ("frozen_scale.app.generate", "main"),
     "reproduce": ("frozen_scale.app.reproduce", "main"),
     "prep": ("data_prep.cli", "main"),
     "submit": ("launchers.cli", "submit_main"),

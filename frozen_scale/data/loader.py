@@ -24,21 +24,19 @@ Order policy (documented in README "Data loading"):
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import random
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from PIL import Image as PILImage
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from frozen_scale import storage
 from frozen_scale.config import FrozenConfig
 from frozen_scale.data import prompts
+from frozen_scale.data.images import decode_image, to_tensor  # noqa: F401  (also imported from here)
 from frozen_scale.data.shards import Shard
 
 log = logging.getLogger(__name__)
@@ -92,20 +90,6 @@ class Counter:
     def shard_error(self, exn) -> bool:
         self.shard_errors += 1
         return True  # skip the rest of the shard, go on
-
-
-def decode_image(data: bytes, image_size: int) -> PILImage.Image:
-    img = PILImage.open(io.BytesIO(data))
-    img.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale when possible
-    img = img.convert("RGB")
-    if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), PILImage.BICUBIC)
-    return img
-
-
-def to_tensor(img: PILImage.Image, mean, std) -> torch.Tensor:
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    return (arr - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 class CaptionStream(IterableDataset):

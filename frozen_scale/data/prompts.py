@@ -4,7 +4,8 @@ An image occupies `k` consecutive positions of `input_ids` holding IMAGE_TOKEN (
 no tokenizer produces); FrozenVLM replaces those positions with the image's k prefix vectors, in
 image order. Labels are IGNORE on image and prompt positions, so the loss covers target text only.
 
-A sequence is a list of segments: `Image()` or `Text(text, target=bool)`.
+A sequence is a list of segments: `Image()` or `Text(text, target=bool)`. Written as one string
+(`frozen-scale generate --prompt`), `<image>` marks each image: `parse_prompt`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 IMAGE_TOKEN = -200
 IGNORE = -100
+IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,42 @@ def encode(segments, tokenizer, k: int, add_bos: bool = True, add_eos_to_target:
             labels.extend([IGNORE] * len(toks))
         ids.extend(toks)
     return Encoded(ids, labels, num_images)
+
+
+def parse_prompt(prompt: str) -> list:
+    """A prompt string -> segments: each `<image>` an Image(), the text between them Text().
+
+    Spaces next to an `<image>` are dropped, as the task prompts write their text segments
+    ([Image(), Text("caption :")] is "<image> caption :"); other spacing is kept as written.
+    """
+    pieces = prompt.split(IMAGE_PLACEHOLDER)
+    segments: list = []
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            segments.append(Image())
+            piece = piece.lstrip()
+        if i < len(pieces) - 1:
+            piece = piece.rstrip()
+        if piece:
+            segments.append(Text(piece))
+    return segments
+
+
+def caption_prompt(prompt: str) -> str:
+    """The captioning prompt of training and evaluation ([Image(), Text(prompt)]) as a string."""
+    return f"{IMAGE_PLACEHOLDER} {prompt}" if prompt else IMAGE_PLACEHOLDER
+
+
+def image_slot_runs(input_ids, k: int) -> list[list[int]]:
+    """Positions of each image's k slots in a sequence of token ids, in image order."""
+    ids = input_ids.tolist() if hasattr(input_ids, "tolist") else list(input_ids)
+    slots = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN]
+    if len(slots) % k:
+        raise ValueError(f"{len(slots)} image slots is not a multiple of k={k}")
+    runs = [slots[i:i + k] for i in range(0, len(slots), k)]
+    if any(run[-1] - run[0] != k - 1 for run in runs):
+        raise ValueError(f"image slots are not in runs of k={k}: {slots}")
+    return runs
 
 
 def pad_batch(encoded: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:

@@ -10,4 +10,5 @@ classification, fast concept binding) on the built-in world or on webdataset eva
     metrics.py        CIDEr, BLEU (pycocoevalcap), VQAv2 accuracy
     world.py          the demo's evaluation (through the runner) and the world's caption scores
     report.py         the demo's report.md and loss curve
+    attention_map.py  the picture of where each generated token looked (`frozen-scale generate --attention`)
 """

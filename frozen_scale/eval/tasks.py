@@ -28,7 +28,6 @@ from tqdm import tqdm
 from frozen_scale.config import InputError, NotFoundError
 from frozen_scale.data import prompts
 from frozen_scale.data.blind import black_image
-from frozen_scale.data.loader import to_tensor
 from frozen_scale.eval import fewshot, metrics
 from frozen_scale.eval import fewshot_world as fw
 from frozen_scale.synthetic.names import assign_nonsense_names
@@ -53,16 +52,17 @@ def resolve_export(run: str) -> str:
                         "give the folder `frozen-scale export` wrote, or a run folder of `frozen-scale train`")
 
 
-def load_model(export_dir: str):
+def load_model(export_dir: str, device: str | None = None):
+    """(model, tokenizer, the export's record) on `device` (default: this rank's GPU if any)."""
     from frozen_scale.model.frozen_vlm import FrozenVLM
-    from frozen_scale.model.lm import load_tokenizer
 
     model = FrozenVLM.from_pretrained(export_dir)
-    if torch.cuda.is_available():
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    tokenizer = load_tokenizer(str(Path(export_dir) / "tokenizer"))
+    if device is None and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if device is not None:
+        model.to(device)
     meta = json.loads((Path(export_dir) / "frozen_vlm.json").read_text())
-    return model, tokenizer, meta
+    return model, model.tokenizer, meta
 
 
 # -- ranks ------------------------------------------------------------------------------------
@@ -95,24 +95,16 @@ def generate(model, tokenizer, items: list[fw.Item], *, max_new_tokens: int, num
     returns all of them in item order. blind: every image replaced by a black one."""
     rank, world_size = rank_and_world()
     model.eval()
-    dev = next(model.prefix.parameters()).device
-    v = model.cfg.vision
-    black = to_tensor(black_image(v.image_size), v.mean, v.std)
+    black = black_image(model.cfg.vision.image_size)
     mine = list(range(rank, len(items), world_size))
     local: dict[int, str] = {}
     for start in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress or rank != 0,
                       dynamic_ncols=True):
         idx = mine[start:start + batch_size]
-        enc = [prompts.encode(items[i].segments, tokenizer, model.k) for i in idx]
-        batch = prompts.pad_batch(enc, tokenizer.pad_token_id, left=True)
-        pixels = [black if blind else to_tensor(img.convert("RGB").resize((v.image_size, v.image_size)), v.mean, v.std)
-                  for i in idx for img in items[i].images]
-        new = model.generate(torch.stack(pixels).to(dev) if pixels else None, batch["input_ids"].to(dev),
-                             batch["attention_mask"].to(dev),
-                             max_new_tokens=max_new_tokens, num_beams=num_beams,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            local[i] = text.strip()
+        images = [[black] * len(items[i].images) if blind else items[i].images for i in idx]
+        texts = model.generate_from_segments(tokenizer, [items[i].segments for i in idx], images,
+                                             max_new_tokens=max_new_tokens, num_beams=num_beams)
+        local.update(zip(idx, texts))
     merged = gather_predictions(local, world_size)
     return [merged[i] for i in range(len(items))]
 

@@ -3,6 +3,13 @@
 Sequences are token ids in which each image occupies k slots holding IMAGE_TOKEN (see
 frozen_scale.data.prompts); those slots receive the image's prefix vectors, everything else the
 LM's own token embeddings. Images may be interleaved with text (few-shot prompts).
+
+Inference from a trained export, in a few lines:
+
+    model = FrozenVLM.from_pretrained("runs/demo/prefix")     # an export, or a run with its export/
+    model.generate_text([img])                                 # a PIL image's caption
+    model.generate_text([img], "<image> question : what color is the circle ? answer :")
+    text, shares = model.generate_text([img], return_attention=True)   # model.attention.AttentionShares
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from frozen_scale.config import InputError, ModelConfig, VisionConfig, from_dict
+from frozen_scale.config import InputError, ModelConfig, NotFoundError, VisionConfig, from_dict
+from frozen_scale.data import images as images_lib
+from frozen_scale.data import prompts
 from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
+from frozen_scale.model import attention
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model import lm_identity
 from frozen_scale.model.prefix import PrefixMapper
@@ -47,6 +57,10 @@ class FrozenVLM(nn.Module):
         self.prefix = PrefixMapper(self.vision.out_dim, cfg.prefix_length, hidden, norm)
         self.k = cfg.prefix_length
         self._takes_position_ids = "position_ids" in inspect.signature(lm.forward).parameters
+        self.tokenizer = None
+        """The export's tokenizer (set by `from_pretrained`): `generate_text`'s default."""
+        self.caption_prompt = ""
+        """The text after the image in training's captions (data.prompt; set by `from_pretrained`)."""
 
     # -- modes -------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -123,6 +137,61 @@ class FrozenVLM(nn.Module):
             **kwargs,
         )
 
+    def pixel_values(self, images) -> torch.Tensor | None:
+        """PIL images -> [N, 3, S, S], resized and normalised as training's shards are."""
+        v = self.cfg.vision
+        return images_lib.pixel_values(images, v.image_size, v.mean, v.std)
+
+    def generate_from_segments(self, tokenizer, sequences: list[list], images: list[list], *,
+                               max_new_tokens: int = 24, num_beams: int = 1) -> list[str]:
+        """Continuations of a batch of prompts (segment lists, frozen_scale.data.prompts), each
+        with its PIL images in slot order: the one generation path of evaluation and
+        `generate_text`."""
+        _, new, _ = self._generate_ids(tokenizer, sequences, images, max_new_tokens, num_beams)
+        return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def _generate_ids(self, tokenizer, sequences, images, max_new_tokens, num_beams):
+        encoded = [prompts.encode(segments, tokenizer, self.k) for segments in sequences]
+        batch = prompts.pad_batch(encoded, tokenizer.pad_token_id, left=True)
+        device = next(self.prefix.parameters()).device
+        pixels = self.pixel_values([img for imgs in images for img in imgs])
+        new = self.generate(None if pixels is None else pixels.to(device), batch["input_ids"].to(device),
+                            batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+                            num_beams=num_beams, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+        return encoded, new, pixels
+
+    def generate_text(self, images=(), prompt: str | None = None, *, max_new_tokens: int = 24,
+                      num_beams: int = 1, return_attention: bool = False, tokenizer=None):
+        """The model's continuation of `prompt`, one `<image>` per image (PIL) where it goes;
+        without a prompt, the caption of the one image (training's caption prompt). Greedy, or
+        beam search with num_beams > 1. With return_attention, (text, AttentionShares): the
+        share of attention each generated token puts on each image's slots vs the text."""
+        tokenizer = tokenizer or self.tokenizer
+        if tokenizer is None:
+            raise ValueError("no tokenizer: load the model with FrozenVLM.from_pretrained, or pass tokenizer=")
+        images = list(images)
+        if prompt is None:
+            if len(images) != 1:
+                raise InputError(f"without a prompt the model captions one image, got {len(images)}: write "
+                                 f"a prompt with one {prompts.IMAGE_PLACEHOLDER} per image")
+            prompt = prompts.caption_prompt(self.caption_prompt)
+        segments = prompts.parse_prompt(prompt)
+        slots = sum(isinstance(s, prompts.Image) for s in segments)
+        if slots != len(images):
+            raise InputError(f"the prompt has {slots} {prompts.IMAGE_PLACEHOLDER} but {len(images)} "
+                             f"image{'s' if len(images) != 1 else ''} were given")
+        if max_new_tokens < 1 or num_beams < 1:
+            raise InputError("max_new_tokens and num_beams must be >= 1")
+        encoded, new, pixels = self._generate_ids(tokenizer, [segments], [images], max_new_tokens, num_beams)
+        text = tokenizer.batch_decode(new, skip_special_tokens=True)[0].strip()
+        if not return_attention:
+            return text
+        new_ids = new[0].tolist()
+        if tokenizer.eos_token_id in new_ids:
+            new_ids = new_ids[: new_ids.index(tokenizer.eos_token_id) + 1]
+        return text, attention.measure(self, tokenizer, encoded[0].input_ids, new_ids, pixels)
+
     # -- export ------------------------------------------------------------------------------
     def trainable_state_dict(self, include_lm: bool = False) -> dict[str, torch.Tensor]:
         """The trained weights (vision + prefix; the LM too when it was finetuned); under
@@ -140,12 +209,13 @@ class FrozenVLM(nn.Module):
     @classmethod
     def from_pretrained(cls, export_dir: str, lm_path: str | None = None, dtype=torch.float32,
                         check_lm: bool = True) -> "FrozenVLM":
-        """Load an export (`frozen-scale export`) next to its LM on one machine, no DeepSpeed.
+        """Load an export (`frozen-scale export`), or the export/ of a training run folder, next
+        to its LM on one machine, no DeepSpeed; its tokenizer and caption prompt come along.
         `lm_path` (folder, URL or Hub id) overrides the recorded one; the LM must match the
         export's record (its cheap identity) unless `check_lm=False`."""
         from safetensors.torch import load_file
 
-        export = Path(lm_lib.local_copy(export_dir))
+        export = _export_folder(export_dir)
         meta = json.loads((export / "frozen_vlm.json").read_text())
         model_cfg = from_dict(ModelConfig, meta["model"])
         model_cfg.vision = from_dict(VisionConfig, meta["model"]["vision"])
@@ -162,7 +232,23 @@ class FrozenVLM(nn.Module):
             model.lm.tie_weights()
         if missing or unexpected:
             raise InputError(f"export does not fit the model: missing {missing}, unexpected {unexpected}")
+        tokenizer_dir = export / "tokenizer"
+        model.tokenizer = lm_lib.load_tokenizer(str(tokenizer_dir) if tokenizer_dir.is_dir()
+                                                else model_cfg.tokenizer_path or local)
+        model.caption_prompt = meta.get("data", {}).get("prompt", "")
         return model.eval()
+
+
+def _export_folder(path: str) -> Path:
+    """The local export folder of `path`: an export, or a training run folder holding export/."""
+    local = Path(lm_lib.local_copy(path))
+    for folder in (local, local / "export"):
+        if (folder / "frozen_vlm.json").exists():
+            return folder
+    if (local / "config.yaml").exists():
+        raise NotFoundError(f"the training run {path} has no export yet: make it with `frozen-scale export "
+                                f"{path}` (`frozen-scale generate` and `eval` make it themselves)")
+    raise NotFoundError(f"{path} is neither an export folder (frozen_vlm.json) nor a training run folder")
 
 
 def _check_lm(path: str, local: str, recorded: dict) -> None:
