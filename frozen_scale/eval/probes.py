@@ -7,10 +7,11 @@ scenes written as text, and the same captions at shifted positions.
   the image evaluation. The two mixed layouts tell which side of the prompt the prefix fails on:
   being read as support after other text, or being the query after it.
 - `caption_accuracy_at_offsets`: teacher-forced caption accuracy of a trained prefix with every
-  position id shifted by an offset (the image at positions offset+1.., the text the same). An LM
-  with learned absolute positions (GPT-2) sees its prefix at positions it was never trained at;
-  a rotary one (Llama) is unchanged by construction. The written caption at the same offsets is
-  the control: how far the LM itself depends on absolute positions.
+  position id shifted by an offset (the image at positions offset+1.., the text the same), or with
+  other captions written before the image (`text_before`, positions natural). An LM with learned
+  absolute positions (GPT-2) sees its prefix at positions it was never trained at; a rotary one
+  (Llama) is unchanged by a shift by construction. The written caption at the same places is the
+  control: how far the LM itself depends on where a caption stands.
 """
 
 from __future__ import annotations
@@ -63,19 +64,24 @@ def episode_items(kind: str, seed: int, n: int, image_size: int, language: fw.Na
 
 @torch.no_grad()
 def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets, prompt: str = "caption :",
-                                written: bool = False) -> dict[int, float]:
-    """offset -> fraction of held-out captions whose every target token is the LM's argmax, teacher
-    forced, with position ids offset.. instead of 0.. (written: the caption given as text first,
-    no image: the LM's own copying at the same positions)."""
+                                written: bool = False, text_before: int = 0) -> dict[int, float]:
+    """offset -> fraction of held-out captions whose every word (the end token aside: after a written
+    caption the LM's text goes on with " .") is the LM's argmax, teacher forced, with position ids offset.. instead of 0.. (written: the caption given as text first,
+    no image: the LM's own copying at the same positions). text_before: that many other held-out
+    captions written first ("a blue square ."), position ids natural: the image at later positions
+    after real text, as in a few-shot prompt."""
     from frozen_scale.data.loader import to_tensor
 
     v = model.cfg.vision
-    scenes = world.scenes(seed, "eval", n)
+    scenes = list(world.scenes(seed, "eval", n))
     encoded, pixels = [], []
-    for scene in scenes:
+    for i, scene in enumerate(scenes):
         head = [prompts.Text(text.context(scene))] if written else [prompts.Image()]
+        if text_before:
+            others = " ".join(text.context(scenes[(i + j + 1) % len(scenes)]) for j in range(text_before))
+            head = [prompts.Text(others)] + head
         segments = head + [prompts.Text(prompt), prompts.Text(" " + world.caption(scene), target=True)]
-        encoded.append(prompts.encode(segments, tokenizer, model.k))
+        encoded.append(prompts.encode(segments, tokenizer, model.k, add_eos_to_target=False))
         if not written:
             pixels.append(to_tensor(world.render(scene, v.image_size), v.mean, v.std))
     batch = prompts.pad_batch(encoded, tokenizer.pad_token_id)
@@ -92,23 +98,29 @@ def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets,
     return out
 
 
-OFFSETS = (0, 8, 16, 32)
+OFFSETS = (0, 1, 8, 32)
+TEXT_BEFORE = (0, 1, 2, 3)
 
 
 def run_probes(model, tokenizer, *, seed: int, n: int, batch_size: int = 50, progress: bool = False) -> dict:
     """Both probes on `n` held-out items: accuracy of every written layout of both episode kinds,
-    and caption accuracy at OFFSETS, shown and written."""
+    and caption accuracy at OFFSETS and after TEXT_BEFORE written captions, shown and written."""
     from frozen_scale.eval import tasks
 
     language = fw.naming_language(tokenizer)
-    out: dict = {"episodes": {}, "caption_at_offset": {}}
+    out: dict = {"episodes": {}, "caption_at_offset": {}}  # caption_after_text added below
     for kind, task in (("classification", "fewshot-cls"), ("binding", "binding")):
         for written in WRITTEN:
             items = episode_items(kind, seed, n, model.cfg.vision.image_size, language, written)
             result = tasks.run_task(model, tokenizer, {}, task, items=items, batch_size=batch_size, progress=progress)
             out["episodes"][f"{kind}-{written}"] = {"accuracy": result["accuracy"], "n": result["n"],
                                                     "examples": result["examples"][:4]}
+    out["caption_after_text"] = {}
     for written in (False, True):
-        out["caption_at_offset"]["written" if written else "image"] = caption_accuracy_at_offsets(
-            model, tokenizer, seed=seed, n=n, offsets=OFFSETS, written=written)
+        shown = "written" if written else "image"
+        out["caption_at_offset"][shown] = caption_accuracy_at_offsets(model, tokenizer, seed=seed, n=n,
+                                                                      offsets=OFFSETS, written=written)
+        out["caption_after_text"][shown] = {
+            m: caption_accuracy_at_offsets(model, tokenizer, seed=seed, n=n, offsets=(0,), written=written,
+                                           text_before=m)[0] for m in TEXT_BEFORE}
     return out
