@@ -208,3 +208,21 @@ def test_interleaved_sequences_train_through_the_model(tiny_lm_dir, tiny_shards)
     loss = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"])
     loss.backward()
     assert torch.isfinite(loss) and any(p.grad is not None for p in model.vision.parameters())
+
+
+def test_probes_run_on_a_model_and_a_shift_changes_a_gpt2_prefix(tiny_lm_dir):
+    from frozen_scale.eval import probes
+
+    model = build(tiny_lm_dir).eval()
+    tok = load_tokenizer(str(tiny_lm_dir))
+    out = probes.run_probes(model, tok, seed=0, n=2, batch_size=2)
+    assert set(out["episodes"]) == {f"{k}-{w}" for k in ("classification", "binding") for w in probes.WRITTEN}
+    assert all(0.0 <= v["accuracy"] <= 1.0 and v["n"] == 2 for v in out["episodes"].values())
+    for key, places in (("caption_at_offset", probes.OFFSETS), ("caption_after_text", probes.TEXT_BEFORE)):
+        assert set(out[key]) == {"image", "written"} and set(out[key]["image"]) == set(places)
+    # learned absolute positions: the same prefix at shifted position ids gives other logits
+    enc = prompts.pad_batch([prompts.encode([prompts.Image(), prompts.Text("caption :")], tok, 2)], tok.pad_token_id)
+    embeds = model.embed(enc["input_ids"], torch.randn(1, 3, 16, 16))
+    logits = [model.lm(inputs_embeds=embeds, position_ids=torch.arange(embeds.shape[1])[None] + s).logits
+              for s in (0, 8)]
+    assert not torch.allclose(logits[0], logits[1])
