@@ -117,6 +117,15 @@ class DataConfig:
     """Text placed after the image prefix and before the caption; masked from the loss."""
     resample: bool = False
     """Endless stream: shards are drawn with replacement (no epochs)."""
+    images_per_sequence: int = 1
+    """Training sequences hold between 1 and this many image-caption pairs of the batch, interleaved
+    ("[image] prompt caption . [image] prompt caption ..."), the loss on every caption: the prefix
+    then learns to work after other images and text, as few-shot prompts use it. 1 (the default, and
+    the paper's training) keeps one pair per sequence."""
+    text_before_image: int = 0
+    """Up to this many other captions of the batch, written as text ("a red circle ."), go before a
+    sequence's first image (a random count per sequence, no loss on them): the image then sits at
+    later positions than 1..k. 0 (the default) starts every sequence with its image."""
     image_key: str = "png;jpg;jpeg;webp"
     caption_key: str = "txt"
 
@@ -125,6 +134,10 @@ class DataConfig:
             raise ConfigError("data.num_workers must be >= 0")
         if self.max_text_len < 2:
             raise ConfigError("data.max_text_len must be >= 2")
+        if self.images_per_sequence < 1:
+            raise ConfigError("data.images_per_sequence must be >= 1")
+        if self.text_before_image < 0:
+            raise ConfigError("data.text_before_image must be >= 0")
 
 
 @dataclass

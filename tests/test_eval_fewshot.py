@@ -149,3 +149,24 @@ def test_nshot_vqa_with_the_worlds_format():
         Image(), Text("question : what shape is the red object ? answer :"),
     ]
     assert prompt.answer == "circle" and prompt.target_text == " circle ."
+
+
+def test_probe_episodes_match_the_evaluation_and_write_the_asked_scenes():
+    from frozen_scale.data.prompts import Image, Text
+    from frozen_scale.eval import fewshot_world as fw
+    from frozen_scale.eval import probes
+
+    lang = fw.PAPER_NAMING
+    shown = probes.episode_items("classification", 0, 3, 16, lang, "none")
+    evaluation = fw.classification_items(0, 3, 2, 1, 16, lang)
+    assert [it.segments for it in shown] == [it.segments for it in evaluation]
+    assert [it.answers for it in shown] == [it.answers for it in evaluation]
+    assert [probes.episode_items("binding", 0, 3, 16, lang, "none")[i].segments for i in range(3)] == \
+        [it.segments for it in fw.binding_items(0, 3, 1, 16, lang)]
+    for written, images in (("all", 0), ("support", 1), ("query", 2), ("none", 3)):
+        for it in probes.episode_items("classification", 0, 3, 16, lang, written):
+            assert len(it.images) == images == sum(isinstance(s, Image) for s in it.segments)
+            texts = [s.text for s in it.segments if isinstance(s, Text)]
+            assert sum(t.endswith(" .") and not t.startswith("this") for t in texts) == 3 - images
+    with pytest.raises(ValueError, match="written"):
+        probes.episode_items("binding", 0, 1, 16, lang, "some")

@@ -144,3 +144,85 @@ def test_forward_logits_do_not_depend_on_left_padding(tiny_lm_dir):
         a = model(pix, both["input_ids"], both["attention_mask"])[1, -1]
         b = model(pix[1:], alone["input_ids"], alone["attention_mask"])[0, -1]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _interleaved_stream(tok, shards, **kw):
+    from frozen_scale.data.loader import CaptionStream
+    from frozen_scale.data.shards import list_shards
+
+    return CaptionStream(list_shards(str(shards)), tok, k=2, image_size=16, batch_size=6, seed=0, rank=0,
+                         world_size=1, prompt="caption :", max_text_len=8, **kw)
+
+
+def test_interleaved_collation_puts_each_image_where_its_caption_follows(tiny_lm_dir, tiny_shards):
+    tok = load_tokenizer(str(tiny_lm_dir))
+    ds = _interleaved_stream(tok, tiny_shards, images_per_sequence=3)
+    caps = ["a big red circle", "a small cat", "a red circle", "a blue square", "a cat", "a big blue square"]
+    items = [(torch.full((3, 16, 16), float(i)), cap, f"k{i}") for i, cap in enumerate(caps)]
+    batch = ds.collate(items)
+    assert batch is not None and batch["pixel_values"].shape[0] == 6 and batch["input_ids"].shape[0] < 6
+    order = [int(v) for v in batch["pixel_values"][:, 0, 0, 0]]
+    assert sorted(order) == list(range(6)) and batch["keys"] == [f"k{i}" for i in order]
+    images = iter(order)
+    prompt_ids = tok("caption :", add_special_tokens=False)["input_ids"]
+    period = tok(" .", add_special_tokens=False)["input_ids"]
+    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                 batch["attention_mask"].tolist()):
+        n = sum(mask)
+        ids, labels = ids[:n], labels[:n]
+        assert ids[0] == tok.bos_token_id and labels[0] == prompts.IGNORE
+        starts = [j for j in range(1, n) if ids[j] == prompts.IMAGE_TOKEN and ids[j - 1] != prompts.IMAGE_TOKEN]
+        assert starts and starts[0] == 1  # no text before the first image unless asked for
+        for s, e in zip(starts, starts[1:] + [n]):
+            assert ids[s:s + 2] == [prompts.IMAGE_TOKEN] * 2 and labels[s:s + 2 + len(prompt_ids)] == [prompts.IGNORE] * 4
+            assert ids[s + 2:s + 2 + len(prompt_ids)] == prompt_ids
+            target = ids[s + 2 + len(prompt_ids):e]
+            assert labels[s + 2 + len(prompt_ids):e] == target  # loss on every caption, nothing else
+            cap_ids = tok(" " + caps[next(images)], add_special_tokens=False)["input_ids"]
+            end = [tok.eos_token_id] if e == n else period
+            assert target == (cap_ids + end)[:8]
+    assert next(images, None) is None
+    assert torch.equal(ds.collate(items)["input_ids"], batch["input_ids"])  # rebuilt the same (resume)
+
+
+def test_text_before_image_shifts_the_image_and_is_masked(tiny_lm_dir, tiny_shards):
+    tok = load_tokenizer(str(tiny_lm_dir))
+    ds = _interleaved_stream(tok, tiny_shards, text_before_image=3)
+    items = [(torch.zeros(3, 16, 16), f"a {c} circle", f"k{i}") for i, c in enumerate(["red", "blue", "green"] * 2)]
+    batch = ds.collate(items)
+    assert batch["input_ids"].shape[0] == 6 and batch["pixel_values"].shape[0] == 6
+    firsts = [row.index(prompts.IMAGE_TOKEN) for row in batch["input_ids"].tolist()]
+    assert max(firsts) > 1  # some images start after written captions
+    for row, labels, first in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), firsts):
+        assert row.count(prompts.IMAGE_TOKEN) == 2 and all(x == prompts.IGNORE for x in labels[:first + 2])
+        written = tok.decode(row[1:first])
+        assert all(w.strip() == "" or w.strip().endswith("circle") for w in written.split(" ."))
+
+
+def test_interleaved_sequences_train_through_the_model(tiny_lm_dir, tiny_shards):
+    tok = load_tokenizer(str(tiny_lm_dir))
+    ds = _interleaved_stream(tok, tiny_shards, images_per_sequence=3, text_before_image=2)
+    model = build(tiny_lm_dir)
+    items = [(torch.randn(3, 16, 16), "a red circle", f"k{i}") for i in range(6)]
+    batch = ds.collate(items)
+    loss = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in model.vision.parameters())
+
+
+def test_probes_run_on_a_model_and_a_shift_changes_a_gpt2_prefix(tiny_lm_dir):
+    from frozen_scale.eval import probes
+
+    model = build(tiny_lm_dir).eval()
+    tok = load_tokenizer(str(tiny_lm_dir))
+    out = probes.run_probes(model, tok, seed=0, n=2, batch_size=2)
+    assert set(out["episodes"]) == {f"{k}-{w}" for k in ("classification", "binding") for w in probes.WRITTEN}
+    assert all(0.0 <= v["accuracy"] <= 1.0 and v["n"] == 2 for v in out["episodes"].values())
+    for key, places in (("caption_at_offset", probes.OFFSETS), ("caption_after_text", probes.TEXT_BEFORE)):
+        assert set(out[key]) == {"image", "written"} and set(out[key]["image"]) == set(places)
+    # learned absolute positions: the same prefix at shifted position ids gives other logits
+    enc = prompts.pad_batch([prompts.encode([prompts.Image(), prompts.Text("caption :")], tok, 2)], tok.pad_token_id)
+    embeds = model.embed(enc["input_ids"], torch.randn(1, 3, 16, 16))
+    logits = [model.lm(inputs_embeds=embeds, position_ids=torch.arange(embeds.shape[1])[None] + s).logits
+              for s in (0, 8)]
+    assert not torch.allclose(logits[0], logits[1])

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from frozen_scale.app import reproduce as rp
 
@@ -78,6 +79,21 @@ def test_scratch_lm_is_untrained_and_shaped_like_the_pretrained_one(tmp_path):
         assert p.shape == q.shape and bool((p == q).all()), n  # seeded: the same random init
 
 
+def test_wilson_interval():
+    lo, hi = rp.wilson_interval(0.5, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    assert rp.wilson_interval(0.0, 100)[0] == 0.0 and 0.03 < rp.wilson_interval(0.0, 100)[1] < 0.04
+    assert rp.wilson_interval(1.0, 10)[1] == 1.0 and rp.wilson_interval(1.0, 10)[0] < 0.75
+
+
+def test_candidate_configs_apply_their_overrides():
+    cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), [])
+    assert cfg.data.images_per_sequence == 1 and cfg.data.text_before_image == 0  # off by default
+    assert rp.candidate_config(cfg, "single") == cfg
+    assert rp.candidate_config(cfg, "interleaved").data.images_per_sequence == 3
+    assert rp.candidate_config(cfg, "offset").data.text_before_image == 3
+
+
 def test_finding_verdict():
     def res(f, t):
         return {"frozen": {"scores": {"vqa_0shot": f}}, "finetuned": {"scores": {"vqa_0shot": t}}}
@@ -94,8 +110,11 @@ def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
     assert rp.main(["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress",
                     "--base", str(BASE), "--config", str(OVERLAY)]) == 0
     table = (run / "ablation.md").read_text()
-    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:]
+    variants_table, candidates_table = table.split("\n\n| setting |")
+    rows = [line.split("|")[1].strip() for line in variants_table.splitlines() if line.startswith("| ")][1:]
     assert rows == list(rp.VARIANTS)
+    assert [line.split("|")[1].strip() for line in candidates_table.splitlines()[2:] if line.startswith("| ")] \
+        == list(rp.CANDIDATES)
     png = (run / "ablation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     result = json.loads((run / "ablation.json").read_text())
@@ -104,12 +123,27 @@ def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
         assert set(r["scores"]) == {c for c, *_ in rp.EVALS}
         assert all(0.0 <= v <= 10.0 for v in r["scores"].values())
         assert r["train_seconds"] > 0 and r["final_loss"] is not None
-        assert (run / name / "prefix" / "export" / "frozen_vlm.json").exists()
+        assert r["setting"] == result["info"]["setting"] and set(r["intervals"]) <= set(r["scores"])
+        assert all(lo <= r["scores"][c] <= hi for c, (lo, hi) in r["intervals"].items())
+        assert (run / r["folder"] / "prefix" / "export" / "frozen_vlm.json").exists()
+    # every candidate setting trained the frozen prefix with its overrides and was probed
+    assert set(result["candidates"]) == set(rp.CANDIDATES)
+    assert result["variants"]["frozen"] == result["candidates"][result["info"]["setting"]]
+    for name, r in result["candidates"].items():
+        cfg = yaml.safe_load((run / "candidates" / name / "train_config.yaml").read_text())
+        for override in rp.CANDIDATES[name]:
+            section, key = override.split("=")[0].split(".")
+            assert str(cfg[section][key]) == override.split("=")[1]
+        assert set(r["probes"]["episodes"]) == {f"{k}-{w}" for k in ("classification", "binding")
+                                                for w in ("none", "support", "query", "all")}
+    assert result["info"]["setting"] == max(rp.CANDIDATES, key=lambda n: (rp.fewshot_score(result["candidates"][n]),
+                                                                          -list(rp.CANDIDATES).index(n)))
     # the finetuned and scratch exports carry LM weights, the frozen one does not
     from safetensors.torch import load_file
 
-    has_lm = {n: any(k.startswith("lm.") for k in load_file(str(run / n / "prefix" / "export" / "prefix.safetensors")))
-              for n in rp.VARIANTS}
+    has_lm = {n: any(k.startswith("lm.") for k in load_file(str(run / r["folder"] / "prefix" / "export"
+                                                                / "prefix.safetensors")))
+              for n, r in result["variants"].items()}
     assert has_lm == {"frozen": False, "finetuned": True, "scratch": True, "blind": False}
     assert result["info"]["total_seconds"] > 0
     # a second call reuses every finished stage

@@ -9,7 +9,14 @@ Variants (Tsimpoukelli et al. 2021, Table 1), each trained on the world's captio
              can only learn a constant prompt (the language prior alone)
 Each is evaluated on captioning (CIDEr, BLEU-4, exact match), zero-shot and 2-shot VQA (the
 questions were never seen with images), open-ended 2-way 1-shot classification and fast
-concept binding. Writes {run}/ablation.md, ablation.json and ablation.png.
+concept binding, with 95% Wilson intervals. Writes {run}/ablation.md, ablation.json and ablation.png.
+
+Before the variants, the frozen prefix is trained once per candidate training setting (CANDIDATES:
+one image per sequence as in the paper, captions written before the image, 1-3 interleaved
+image-caption pairs per sequence) on the same LM and shards, evaluated on the same held-out items
+and probed (`eval.probes`: episodes with the support or the query written as text, captions at
+shifted positions); the setting with the best few-shot score is used for every variant
+(`--candidates single` skips the search).
 
 The LM's text includes naming episodes (configs/reproduce-cpu.yaml: lm_pretrain.naming_steps,
 naming_fraction), so that the few-shot tasks probe an ability the LM has in text; the table's
@@ -52,6 +59,15 @@ EVALS = (
     ("cls_2way_1shot", "fewshot-cls", {"shots": 1, "ways": 2}, "accuracy"),
     ("binding_1shot", "binding", {"shots": 1}, "accuracy"),
 )
+# Training settings of the frozen prefix measured before the variants (the issue #15 ablation):
+# each trains the frozen variant on the same LM and shards and is evaluated on the same held-out
+# items; the one with the best few-shot score (FEWSHOT_COLUMNS) is then used for every variant.
+CANDIDATES = {
+    "single": [],  # the paper's training: one image-caption pair per sequence, the image first
+    "offset": ["data.text_before_image=3"],  # 0-3 other captions written before the image
+    "interleaved": ["data.images_per_sequence=3"],  # 1-3 pairs per sequence, loss on every caption
+}
+FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
 QUICK = [
     "lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2", "lm_pretrain.steps=5",
     "lm_pretrain.num_documents=100", "lm_pretrain.batch_size=8", "lm_pretrain.naming_steps=2",
@@ -69,6 +85,22 @@ def load_reproduce_config(base: str | None, overlay: str | None, overrides: list
         if path:
             data = deep_merge(data, yaml.safe_load(Path(path).read_text()) or {})
     return from_dict(FrozenConfig, apply_overrides(data, list(overrides)))
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion p measured on n items."""
+    if n <= 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def candidate_config(cfg: FrozenConfig, name: str) -> FrozenConfig:
+    from frozen_scale.config import to_dict
+
+    return from_dict(FrozenConfig, apply_overrides(to_dict(cfg), list(CANDIDATES[name])))
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -116,14 +148,16 @@ def scratch_lm(run: Path, cfg: FrozenConfig) -> Path:
 
 
 # -- one variant ------------------------------------------------------------------------------
-def variant_config(cfg: FrozenConfig, run: Path, name: str, lm_dir: Path, shards: Path) -> Path:
+def variant_config(cfg: FrozenConfig, run: Path, name: str, lm_dir: Path, shards: Path,
+                   folder: str | None = None) -> Path:
     spec = VARIANTS[name]
+    folder = folder or name
     vcfg = copy.deepcopy(cfg)
-    vcfg.train.run_dir = str((run / name / "prefix").resolve())
+    vcfg.train.run_dir = str((run / folder / "prefix").resolve())
     vcfg.model.lm_path = str(lm_dir.resolve())
     vcfg.model.train_lm = spec["train_lm"]
     vcfg.data.train_shards = str(shards.resolve())
-    path = run / name / "train_config.yaml"
+    path = run / folder / "train_config.yaml"
     save_config(vcfg, path)
     return path
 
@@ -132,7 +166,7 @@ def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: 
     from frozen_scale.eval import tasks
 
     model, tokenizer, meta = tasks.load_model(export_dir)
-    scores, details, cache = {}, {}, {}
+    scores, intervals, details, cache = {}, {}, {}, {}
     for column, task, kwargs, metric in EVALS:
         key = (task, tuple(sorted(kwargs.items())))
         if key not in cache:
@@ -142,33 +176,61 @@ def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: 
                                       progress=progress, **kwargs)
             details["-".join([task, *(f"{k}{v}" for k, v in sorted(kwargs.items()))])] = cache[key]
         scores[column] = cache[key][metric]
-    return {"scores": scores, "details": details}
+        if metric in ("accuracy", "vqa_accuracy", "exact_match"):
+            intervals[column] = wilson_interval(scores[column], cache[key]["n"])
+    return {"scores": scores, "intervals": intervals, "details": details}
 
 
 def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: Path, nproc: int,
-                progress: bool) -> dict:
+                progress: bool, folder: str | None = None, setting: str = "single", probe: bool = False) -> dict:
+    """Train and evaluate one variant in run/folder (default: its name) with the candidate
+    `setting`; a finished folder of the same setting is reused. probe: also the mechanism probes
+    (`eval.probes`)."""
     from frozen_scale.train.export import export
 
-    done = run / name / "results.json"
+    folder = folder or name
+    done = run / folder / "results.json"
     if done.exists():
-        return json.loads(done.read_text())
-    config_path = variant_config(cfg, run, name, lm_dir, shards)
+        result = json.loads(done.read_text())
+        if result.get("setting", "single") == setting and (not probe or "probes" in result):
+            return result
+    config_path = variant_config(cfg, run, name, lm_dir, shards, folder)
     t0 = time.perf_counter()
     overrides = [] if progress else ["train.progress=false"]
     code = launch_training(config_path, nproc, overrides)
     train_seconds = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"training of variant '{name}' failed (exit {code}); see the log above")
-    export_dir = export(str(run / name / "prefix"))
+    export_dir = export(str(run / folder / "prefix"))
     import torch
 
     torch.set_num_threads(os.cpu_count() or 2)
     t1 = time.perf_counter()
     result = evaluate_variant(export_dir, cfg, VARIANTS[name]["blind"], progress)
-    result.update(variant=name, **VARIANTS[name], train_seconds=train_seconds,
-                  eval_seconds=time.perf_counter() - t1, final_loss=_final_loss(run / name / "prefix"))
+    if probe:
+        result["probes"] = probe_variant(export_dir, cfg, progress)
+    result.update(variant=name, **VARIANTS[name], folder=folder, setting=setting, overrides=list(CANDIDATES[setting]),
+                  train_seconds=train_seconds, eval_seconds=time.perf_counter() - t1,
+                  final_loss=_final_loss(run / folder / "prefix"))
     done.write_text(json.dumps(result, indent=1))
     return result
+
+
+def probe_variant(export_dir: str, cfg: FrozenConfig, progress: bool) -> dict:
+    """The mechanism probes of `eval.probes` on the variant's export (the same held-out items)."""
+    from frozen_scale.eval import probes, tasks
+
+    model, tokenizer, _ = tasks.load_model(export_dir)
+    out = probes.run_probes(model, tokenizer, seed=cfg.world.seed, n=cfg.eval.num_samples,
+                            batch_size=cfg.eval.batch_size, progress=progress)
+    for entry in out["episodes"].values():
+        entry["interval"] = wilson_interval(entry["accuracy"], entry["n"])
+    return out
+
+
+def fewshot_score(result: dict) -> float:
+    """What a candidate setting is chosen by: the mean of its few-shot columns (with images)."""
+    return sum(result["scores"][c] for c in FEWSHOT_COLUMNS) / len(FEWSHOT_COLUMNS)
 
 
 def _final_loss(prefix_run: Path) -> float | None:
@@ -179,12 +241,18 @@ def _final_loss(prefix_run: Path) -> float | None:
 
 
 # -- report -----------------------------------------------------------------------------------
-def write_table(run: Path, results: dict[str, dict], info: dict) -> Path:
+def _cell(r: dict, column: str) -> str:
+    value = f"{r['scores'][column]:.3f}"
+    interval = r.get("intervals", {}).get(column)
+    return value + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval and column != "caption_exact" else "")
+
+
+def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dict[str, dict] | None = None) -> Path:
     columns = [c for c, *_ in EVALS]
     lines = ["| variant | " + " | ".join(columns) + " | final train loss | train s |",
              "|---|" + "---|" * (len(columns) + 2)]
     for name, r in results.items():
-        cells = [f"{r['scores'][c]:.3f}" for c in columns]
+        cells = [_cell(r, c) for c in columns]
         loss = f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
     lm = info.get("lm", {})
@@ -192,18 +260,30 @@ def write_table(run: Path, results: dict[str, dict], info: dict) -> Path:
     if "text_binding_accuracy" in lm:
         naming = (f", with naming episodes written as text: 2-way 1-shot classification "
                   f"{lm['text_classification_accuracy']:.3f}, binding {lm['text_binding_accuracy']:.3f}")
+    setting = info.get("setting", "single")
     head = [
         "# The Frozen ablation on the built-in world",
         "",
         f"LM: {lm.get('arch')} with {lm.get('parameters', 0):,} parameters, pretrained {info['lm_steps']} steps "
         f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{naming}). "
-        f"Prefix training: {info['train_steps']} steps x {info['batch']} captions on {info['nproc']} rank(s). "
-        f"Evaluation: {info['num_samples']} held-out items per task, greedy decoding. "
-        f"Wall time {info['total_seconds']:.0f} s.",
+        f"Prefix training: {info['train_steps']} steps x {info['batch']} captions on {info['nproc']} rank(s), "
+        f"setting '{setting}' ({' '.join(info.get('setting_overrides', [])) or 'as configured'}). "
+        f"Evaluation: {info['num_samples']} held-out items per task, greedy decoding; 95% Wilson intervals "
+        f"in brackets. Wall time {info['total_seconds']:.0f} s.",
         "",
     ]
-    finding = info.get("finding")
-    tail = ["", finding, ""] if finding else [""]
+    tail = [""]
+    if candidates:
+        tail += ["Frozen prefix training settings (the same LM, shards and held-out items; chosen by the mean of "
+                 + ", ".join(FEWSHOT_COLUMNS) + "):", "",
+                 "| setting | " + " | ".join(columns[2:]) + " | few-shot score |", "|---|" + "---|" * (len(columns) - 1)]
+        for name, r in candidates.items():
+            tail.append(f"| {name} | " + " | ".join(_cell(r, c) for c in columns[2:])
+                        + f" | {fewshot_score(r):.3f} |")
+        tail.append("")
+    finding_text = info.get("finding")
+    if finding_text:
+        tail += [finding_text, ""]
     path = run / "ablation.md"
     path.write_text("\n".join(head + lines + tail))
     return path
@@ -270,8 +350,35 @@ def check_same_config(run: Path, cfg: FrozenConfig) -> None:
                          f"Use another --run-dir, or delete {run} to start over.")
 
 
-def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str], progress: bool) -> dict:
+def choose_setting(run: Path, cfg: FrozenConfig, candidates: list[str], lm_dir: Path, shards: Path, nproc: int,
+                   progress: bool, timings: dict) -> tuple[str, dict]:
+    """Train and evaluate the frozen variant with every candidate setting (run/candidates/NAME),
+    probes included; returns the best setting by `fewshot_score` (the first on a tie) and all results."""
+    results = {}
+    for name in candidates:
+        log.info("candidate %s (%s): training the frozen prefix", name, " ".join(CANDIDATES[name]) or "as configured")
+        results[name] = run_variant("frozen", candidate_config(cfg, name), run, lm_dir, shards, nproc, progress,
+                                    folder=f"candidates/{name}", setting=name, probe=True)
+        timings[f"candidate_{name}"] = results[name]["train_seconds"] + results[name]["eval_seconds"]
+        log.info("candidate %s: %s", name, results[name]["scores"])
+    best = max(candidates, key=lambda n: (fewshot_score(results[n]), -candidates.index(n)))
+    return best, results
+
+
+def text_ceilings(lm_summary: dict, n: int = 200) -> dict:
+    """The LM's text-only accuracies (what can transfer at most) with 95% intervals (`pretrain_lm`
+    measures them on 200 held-out items)."""
+    out = {}
+    for key in ("text_qa_accuracy", "text_classification_accuracy", "text_binding_accuracy"):
+        if key in lm_summary:
+            out[key] = {"accuracy": lm_summary[key], "n": n, "interval": wilson_interval(lm_summary[key], n)}
+    return out
+
+
+def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str], progress: bool,
+              candidates: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
+    candidates = list(candidates or ["single"])
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     check_same_config(run, cfg)
@@ -284,22 +391,33 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
     t = time.perf_counter()
     lm_dir, lm_summary = pretrained_lm(run, cfg, progress)
     timings["lm_pretrain"] = time.perf_counter() - t
+    setting, tried = "single", {}
+    if len(candidates) > 1:
+        setting, tried = choose_setting(run, cfg, candidates, lm_dir, shards, nproc, progress, timings)
+        log.info("chosen setting: %s", setting)
+    chosen = candidate_config(cfg, setting)
     results = {}
     for name in variants:
         spec = VARIANTS[name]
+        if name == "frozen" and setting in tried:
+            results[name] = tried[setting]  # already trained and evaluated as a candidate
+            continue
         lm = scratch_lm(run, cfg) if spec["lm"] == "scratch" else lm_dir
         log.info("variant %s: training", name)
-        results[name] = run_variant(name, cfg, run, lm, blind_shards if spec["blind"] else shards, nproc, progress)
+        results[name] = run_variant(name, chosen, run, lm, blind_shards if spec["blind"] else shards, nproc,
+                                    progress, setting=setting)
         timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
         log.info("variant %s: %s", name, results[name]["scores"])
     info = {"lm": lm_summary, "lm_steps": cfg.lm_pretrain.steps, "train_steps": cfg.train.steps,
             "batch": cfg.train.micro_batch_size * cfg.train.grad_accum * nproc, "nproc": nproc,
-            "num_samples": cfg.eval.num_samples, "finding": finding(results)}
+            "num_samples": cfg.eval.num_samples, "finding": finding(results), "setting": setting,
+            "setting_overrides": list(CANDIDATES[setting]), "text_ceilings": text_ceilings(lm_summary)}
     info["total_seconds"] = time.perf_counter() - t_start
     info["timings"] = timings
-    write_table(run, results, info)
+    write_table(run, results, info, tried)
     plot(run, results)
-    out = {"info": info, "variants": {n: {k: v for k, v in r.items() if k != "details"} for n, r in results.items()}}
+    out = {"info": info, "variants": {n: {k: v for k, v in r.items() if k != "details"} for n, r in results.items()},
+           "candidates": {n: {k: v for k, v in r.items() if k != "details"} for n, r in tried.items()}}
     (run / "ablation.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -313,6 +431,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of "
                         + ", ".join(VARIANTS))
+    parser.add_argument("--candidates", default=",".join(CANDIDATES),
+                        help="comma-separated training settings of the frozen prefix to measure first; the best "
+                        "by few-shot score is used for every variant (one name: no search). Choose from "
+                        + ", ".join(f"{n} ({' '.join(o) or 'as configured'})" for n, o in CANDIDATES.items()))
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds of training)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
@@ -321,12 +443,17 @@ def main(argv: list[str]) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    wrong = [c for c in candidates if c not in CANDIDATES]
+    if wrong or not candidates:
+        parser.error(f"unknown candidate(s) {wrong}; choose from {', '.join(CANDIDATES)}")
     for path in (args.base, args.config):
         if path and not Path(path).exists():
             parser.error(f"config {path} not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_reproduce_config(args.base, args.config, (QUICK if args.quick else []) + args.overrides)
-    out = reproduce(args.run_dir, cfg, nproc=args.nproc, variants=variants, progress=not args.no_progress)
+    out = reproduce(args.run_dir, cfg, nproc=args.nproc, variants=variants, progress=not args.no_progress,
+                    candidates=candidates)
     print(Path(args.run_dir, "ablation.md").read_text())
     print(f"total {out['info']['total_seconds']:.0f} s; table {Path(args.run_dir) / 'ablation.md'}, "
           f"plot {Path(args.run_dir) / 'ablation.png'}")

@@ -99,6 +99,7 @@ class CaptionStream(IterableDataset):
                  seed: int, rank: int, world_size: int, shuffle_buffer: int = 256, resample: bool = False,
                  prompt: str = "", max_text_len: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  image_keys=("png", "jpg", "jpeg", "webp"), caption_key: str = "txt",
+                 images_per_sequence: int = 1, text_before_image: int = 0,
                  state: StreamState | None = None):
         super().__init__()
         self.shards, self.tokenizer, self.k = shards, tokenizer, k
@@ -108,6 +109,7 @@ class CaptionStream(IterableDataset):
         self.prompt, self.max_text_len = prompt, max_text_len
         self.mean, self.std = list(mean), list(std)
         self.image_keys, self.caption_key = tuple(image_keys), caption_key
+        self.images_per_sequence, self.text_before_image = images_per_sequence, text_before_image
         self.state = state or StreamState()
         self.fingerprint = self._fingerprint()
         if self.state.positions and any(p.get("stream") != self.fingerprint for p in self.state.positions.values()):
@@ -125,7 +127,9 @@ class CaptionStream(IterableDataset):
                    batch_size=cfg.train.micro_batch_size, seed=seed, rank=rank, world_size=world_size,
                    shuffle_buffer=data.shuffle_buffer, resample=data.resample, prompt=data.prompt,
                    max_text_len=data.max_text_len, mean=model.vision.mean, std=model.vision.std,
-                   image_keys=data.image_key.split(";"), caption_key=data.caption_key, state=state)
+                   image_keys=data.image_key.split(";"), caption_key=data.caption_key,
+                   images_per_sequence=data.images_per_sequence, text_before_image=data.text_before_image,
+                   state=state)
 
     def _fingerprint(self) -> str:
         """What a saved position depends on besides the seed and the slot: the shard list, the
@@ -234,6 +238,8 @@ class CaptionStream(IterableDataset):
         return to_tensor(img, self.mean, self.std), caption, sample["__key__"]
 
     def collate(self, items):
+        if self.images_per_sequence > 1 or self.text_before_image > 0:
+            return self.collate_interleaved(items)
         # [bos] [k image slots] [prompt] caption [eos]: the head is the same for every sample and
         # the captions are tokenized in one call (same ids as prompts.encode, per sample).
         if not hasattr(self, "_head"):
@@ -251,6 +257,47 @@ class CaptionStream(IterableDataset):
         batch["captions"] = [cap for _, cap, _ in items]
         batch["keys"] = [key for _, _, key in items]
         return batch
+
+    def collate_interleaved(self, items):
+        """Items grouped into sequences of 1..images_per_sequence pairs, each group preceded by
+        0..text_before_image other captions written as text (no loss):
+        [bos] (other caption .)* ([image] prompt caption .)* [image] prompt caption [eos].
+        Group sizes and counts are drawn from the items' keys, so a batch is the same however
+        often it is rebuilt (exact resume). pixel_values holds the images in slot order."""
+        rng = random.Random("|".join(key for _, _, key in items))
+        groups, start = [], 0
+        while start < len(items):
+            size = rng.randint(1, self.images_per_sequence)
+            groups.append(list(range(start, min(start + size, len(items)))))
+            start += size
+        encoded = []
+        for group in groups:
+            others = [i for i in range(len(items)) if i not in group]
+            count = min(rng.randint(0, self.text_before_image), len(others))
+            written = [items[i][1] for i in rng.sample(others, count)]
+            head = [prompts.Text(" ".join(f"{cap} ." for cap in written))] if written else []
+            seq = prompts.encode(head, self.tokenizer, self.k)
+            for place, i in enumerate(group):
+                pair = prompts.encode([prompts.Image()] + ([prompts.Text(self.prompt)] if self.prompt else []),
+                                      self.tokenizer, self.k, add_bos=False)
+                target = self._caption_ids(items[i][1], last=place == len(group) - 1)
+                seq.input_ids += pair.input_ids + target
+                seq.labels += pair.labels + target
+                seq.num_images += 1
+            encoded.append(seq)
+        batch = prompts.pad_batch(encoded, self.tokenizer.pad_token_id)
+        batch["pixel_values"] = torch.stack([items[i][0] for group in groups for i in group])
+        batch["captions"] = [items[i][1] for group in groups for i in group]
+        batch["keys"] = [items[i][2] for group in groups for i in group]
+        return batch
+
+    def _caption_ids(self, caption: str, last: bool) -> list[int]:
+        """A caption's target ids: as in the single-pair layout (caption + [eos]) for a sequence's
+        last pair, 'caption .' (the world's sentence end) for the others; max_text_len at most."""
+        ids = self.tokenizer((" " + caption) if self.prompt else caption, add_special_tokens=False)["input_ids"]
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        end = eos if last else self.tokenizer(" .", add_special_tokens=False)["input_ids"]
+        return (ids + end)[: self.max_text_len]
 
     def __iter__(self):
         info = get_worker_info()
