@@ -108,7 +108,7 @@ def test_finding_verdict():
 def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
     run = tmp_path / "rq"
     assert rp.main(["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress",
-                    "--base", str(BASE), "--config", str(OVERLAY)]) == 0
+                    "--candidates", ",".join(rp.CANDIDATES), "--base", str(BASE), "--config", str(OVERLAY)]) == 0
     table = (run / "ablation.md").read_text()
     variants_table, candidates_table = table.split("\n\n| setting |")
     rows = [line.split("|")[1].strip() for line in variants_table.splitlines() if line.startswith("| ")][1:]
@@ -148,7 +148,7 @@ def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
     assert result["info"]["total_seconds"] > 0
     # a second call reuses every finished stage
     assert rp.main(["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress",
-                    "--base", str(BASE), "--config", str(OVERLAY)]) == 0
+                    "--candidates", ",".join(rp.CANDIDATES), "--base", str(BASE), "--config", str(OVERLAY)]) == 0
     assert json.loads((run / "ablation.json").read_text())["info"]["total_seconds"] < result["info"]["total_seconds"]
 
 
