@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from frozen_scale import storage
@@ -18,20 +20,32 @@ from frozen_scale.train import checkpoint as ckpt
 
 
 def export(run_dir: str, out_dir: str | None = None, checkpoint_url: str | None = None) -> str:
-    """Export a committed checkpoint (default: the run's newest) into `out_dir` (default RUN/export)."""
+    """Export a committed checkpoint (default: the run's newest) into `out_dir` (default RUN/export).
+
+    Written in a temporary folder beside `out_dir`, then moved in file by file (os.replace),
+    frozen_vlm.json last: every rank of a multi-rank `eval`/`generate` on a run folder without an
+    export may do this at once, and none reads a half-written file."""
     checkpoint_url = ckpt.require_committed(checkpoint_url) if checkpoint_url else newest_checkpoint(run_dir)
     state = storage.read_json(storage.join(checkpoint_url, ckpt.TRAINER_STATE))
     cfg_dict = state["config"]
     out = Path(out_dir or Path(run_dir) / "export")
-    out.mkdir(parents=True, exist_ok=True)
-    storage.get_file(storage.join(checkpoint_url, ckpt.WEIGHTS), str(out / "prefix.safetensors"))
-    meta = {"format": "frozen_scale.export/1", "model": cfg_dict["model"], "lm": state["lm"],
-            "step": state["step"], "checkpoint": checkpoint_url,
-            "data": {"prompt": cfg_dict["data"]["prompt"], "max_text_len": cfg_dict["data"]["max_text_len"]}}
-    (out / "frozen_vlm.json").write_text(json.dumps(meta, indent=1))
-    from frozen_scale.model.lm import load_tokenizer
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
+        tmp = Path(tmp_dir)
+        storage.get_file(storage.join(checkpoint_url, ckpt.WEIGHTS), str(tmp / "prefix.safetensors"))
+        meta = {"format": "frozen_scale.export/1", "model": cfg_dict["model"], "lm": state["lm"],
+                "step": state["step"], "checkpoint": checkpoint_url,
+                "data": {"prompt": cfg_dict["data"]["prompt"], "max_text_len": cfg_dict["data"]["max_text_len"]}}
+        from frozen_scale.model.lm import load_tokenizer
 
-    load_tokenizer(cfg_dict["model"]["tokenizer_path"] or cfg_dict["model"]["lm_path"]).save_pretrained(str(out / "tokenizer"))
+        tokenizer_src = cfg_dict["model"]["tokenizer_path"] or cfg_dict["model"]["lm_path"]
+        load_tokenizer(tokenizer_src).save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "frozen_vlm.json").write_text(json.dumps(meta, indent=1))
+        files = sorted((f for f in tmp.rglob("*") if f.is_file()), key=lambda f: f.name == "frozen_vlm.json")
+        for f in files:
+            target = out / f.relative_to(tmp)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
     return str(out)
 
 
