@@ -126,6 +126,11 @@ class DataConfig:
     """Up to this many other captions of the batch, written as text ("a red circle ."), go before a
     sequence's first image (a random count per sequence, no loss on them): the image then sits at
     later positions than 1..k. 0 (the default) starts every sequence with its image."""
+    position_shift: int = 0
+    """Each training sequence's position ids start at a random 0..this (drawn from its samples'
+    keys) instead of 0: the prefix learns to work at the later positions few-shot prompts put
+    images at, without other text before it. Meant for an LM that reads text at every position
+    (one pretrained on packed rows, `lm_pretrain.pack`); 0 (the default) starts every row at 0."""
     image_key: str = "png;jpg;jpeg;webp"
     caption_key: str = "txt"
 
@@ -138,6 +143,8 @@ class DataConfig:
             raise ConfigError("data.images_per_sequence must be >= 1")
         if self.text_before_image < 0:
             raise ConfigError("data.text_before_image must be >= 0")
+        if self.position_shift < 0:
+            raise ConfigError("data.position_shift must be >= 0")
 
 
 @dataclass
@@ -296,6 +303,16 @@ class LMPretrainConfig:
     """A curriculum: the first naming_steps steps draw naming documents only, the rest the mixed
     corpus. A 0.8M-parameter LM learns in-context naming this way (text-only 2-way classification
     1.0 after ~1000 such steps) but not from a mixed corpus alone (chance after 3000 steps at 70%)."""
+    pack: Literal["none", "mixed", "all"] = "none"
+    """Pack documents back to back into full seq_len rows (each after an end-of-text token, a
+    document cut at a row's edge goes on in the next row), as real LMs are pretrained, so that every
+    kind of text stands at every position: "all" every row, "mixed" the mixed corpus after the
+    naming curriculum (its rows stay one naming document each, from position 0). "none": one
+    document per row from position 0; a GPT-2 shaped LM then ties what it learned to those
+    positions (README, issue #15)."""
+    multi_scene_fraction: float = 0.0
+    """Fraction of the captioning/QA documents that hold 2-3 scenes in a row, each its caption, a
+    question and the answer: n-shot VQA written as text (none by default)."""
 
 
 @dataclass

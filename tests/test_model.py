@@ -226,3 +226,24 @@ def test_probes_run_on_a_model_and_a_shift_changes_a_gpt2_prefix(tiny_lm_dir):
     logits = [model.lm(inputs_embeds=embeds, position_ids=torch.arange(embeds.shape[1])[None] + s).logits
               for s in (0, 8)]
     assert not torch.allclose(logits[0], logits[1])
+
+
+def test_position_shift_is_drawn_from_the_keys_and_moves_the_position_ids(tiny_lm_dir, tiny_shards):
+    tok = load_tokenizer(str(tiny_lm_dir))
+    ds = _interleaved_stream(tok, tiny_shards, position_shift=20)
+    items = [(torch.randn(3, 16, 16), "a red circle", f"k{i}") for i in range(6)]
+    batch = ds.collate(items)
+    shift = batch["position_shift"]
+    assert shift.shape == (6,) and int(shift.min()) >= 0 and int(shift.max()) <= 20 and len(set(shift.tolist())) > 1
+    assert torch.equal(ds.collate(items)["position_shift"], shift)  # rebuilt the same (exact resume)
+    assert "position_shift" not in _interleaved_stream(tok, tiny_shards).collate(items)  # off by default
+    model = build(tiny_lm_dir).eval()
+    args = (batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        shifted = model(*args, position_shift=shift)
+        embeds = model.embed(batch["input_ids"], batch["pixel_values"])
+        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0) + shift[:, None]
+        by_hand = model.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=positions).logits
+        plain = model(*args)
+    torch.testing.assert_close(shifted, by_hand)
+    assert not torch.allclose(shifted, plain)

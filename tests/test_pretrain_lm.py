@@ -1,8 +1,10 @@
 """`frozen-scale pretrain-lm`: the naming curriculum draws naming documents first, then the
 mixed corpus; the vocabulary has the naming words exactly when naming is on; bad settings are
-refused before any work."""
+refused before any work; packed pretraining fills every row and puts documents at every position."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 import torch
@@ -44,7 +46,8 @@ def test_naming_curriculum_then_mixed_corpus(tmp_path, monkeypatch):
     named = [bool((ids == this).any(dim=1).all()) for ids in seen]
     assert named[:3] == [True] * 3  # every document of the first steps names something
     assert not any(bool((ids == this).any()) for ids in seen[3:])  # naming_fraction 0 afterwards
-    assert {"text_classification_accuracy", "text_binding_accuracy"} <= set(summary)
+    assert {"text_classification_accuracy", "text_binding_accuracy", "text_qa_2shot_accuracy",
+            "text_classification_accuracy_after_naming_steps"} <= set(summary)
     from transformers import AutoTokenizer
 
     saved = AutoTokenizer.from_pretrained(str(tmp_path / "lm"))
@@ -67,3 +70,45 @@ def test_bad_naming_settings_are_refused(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         pretrain_lm.pretrain(pc, str(tmp_path / "lm"), progress=False)
     assert not (tmp_path / "lm").exists()
+
+
+def test_packed_rows_hold_every_document_once_at_many_positions():
+    tok = text.build_tokenizer(naming=True)
+    docs = text.corpus(0, 200, copy_fraction=0.5, naming_fraction=0.3, seq_len=72)
+    rows = pretrain_lm.pack_corpus(docs, tok, 72, torch.Generator().manual_seed(0))
+    assert rows.shape[1] == 72 and rows.shape[0] > 1
+    assert not bool((rows == tok.pad_token_id).any())  # full rows: no padding
+    stream = rows.flatten().tolist()
+    starts = [i for i, t in enumerate(stream) if t == tok.bos_token_id]
+    # every document whole once, in a shuffled order (the last one may be cut by the last row)
+    pieces = [tok.decode(stream[a + 1:b]) for a, b in zip(starts, starts[1:])]
+    assert len(pieces) >= len(docs) - 2
+    assert not Counter(pieces) - Counter(docs)
+    assert pieces != docs[: len(pieces)]
+    # a document starts at many positions of a row, not only at 0
+    assert len({s % 72 for s in starts}) > 30
+
+
+def test_multi_scene_documents_are_nshot_qa_in_text():
+    plain = text.corpus(0, 50, copy_fraction=0.5)
+    assert text.corpus(0, 50, copy_fraction=0.5, multi_scene_fraction=0.0) == plain  # off: unchanged
+    multi = text.corpus(0, 50, copy_fraction=0.5, multi_scene_fraction=1.0)
+    for doc in multi:
+        assert 2 <= doc.count("question :") == doc.count("answer :") <= 3
+        assert "caption :" not in doc
+
+
+def test_packed_pretraining_trains_on_full_rows(tmp_path, monkeypatch):
+    seen = _record_batches(monkeypatch)
+    pc = LMPretrainConfig(steps=4, naming_steps=2, pack=True, multi_scene_fraction=0.5, **TINY)
+    pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    tok = text.build_tokenizer(naming=True)
+    assert len(seen) == 4
+    for ids in seen:
+        assert ids.shape[1] == 72 and not bool((ids == tok.pad_token_id).any())
+
+
+def test_bad_multi_scene_fraction_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="multi_scene_fraction"):
+        pretrain_lm.pretrain(LMPretrainConfig(steps=2, multi_scene_fraction=1.5, **TINY), str(tmp_path / "lm"),
+                             progress=False)

@@ -261,12 +261,14 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
     if "text_binding_accuracy" in lm:
         naming = (f", with naming episodes written as text: 2-way 1-shot classification "
                   f"{lm['text_classification_accuracy']:.3f}, binding {lm['text_binding_accuracy']:.3f}")
+    qa_2shot = (f", after 2 solved examples {lm['text_qa_2shot_accuracy']:.3f}"
+                if "text_qa_2shot_accuracy" in lm else "")
     setting = info.get("setting", "single")
     head = [
         "# The Frozen ablation on the built-in world",
         "",
         f"LM: {lm.get('arch')} with {lm.get('parameters', 0):,} parameters, pretrained {info['lm_steps']} steps "
-        f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{naming}). "
+        f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{qa_2shot}{naming}). "
         f"Prefix training: {info['train_steps']} steps x {info['batch']} captions on {info['nproc']} rank(s), "
         f"setting '{setting}' ({' '.join(info.get('setting_overrides', [])) or 'as configured'}). "
         f"Evaluation: {info['num_samples']} held-out items per task, greedy decoding; 95% Wilson intervals "
@@ -370,7 +372,7 @@ def text_ceilings(lm_summary: dict, n: int = 200) -> dict:
     """The LM's text-only accuracies (what can transfer at most) with 95% intervals (`pretrain_lm`
     measures them on 200 held-out items)."""
     out = {}
-    for key in ("text_qa_accuracy", "text_classification_accuracy", "text_binding_accuracy"):
+    for key in ("text_qa_accuracy", "text_qa_2shot_accuracy", "text_classification_accuracy", "text_binding_accuracy"):
         if key in lm_summary:
             out[key] = {"accuracy": lm_summary[key], "n": n, "interval": wilson_interval(lm_summary[key], n)}
     return out

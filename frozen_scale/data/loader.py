@@ -99,7 +99,7 @@ class CaptionStream(IterableDataset):
                  seed: int, rank: int, world_size: int, shuffle_buffer: int = 256, resample: bool = False,
                  prompt: str = "", max_text_len: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  image_keys=("png", "jpg", "jpeg", "webp"), caption_key: str = "txt",
-                 images_per_sequence: int = 1, text_before_image: int = 0,
+                 images_per_sequence: int = 1, text_before_image: int = 0, position_shift: int = 0,
                  state: StreamState | None = None):
         super().__init__()
         self.shards, self.tokenizer, self.k = shards, tokenizer, k
@@ -110,6 +110,7 @@ class CaptionStream(IterableDataset):
         self.mean, self.std = list(mean), list(std)
         self.image_keys, self.caption_key = tuple(image_keys), caption_key
         self.images_per_sequence, self.text_before_image = images_per_sequence, text_before_image
+        self.position_shift = position_shift
         self.state = state or StreamState()
         self.fingerprint = self._fingerprint()
         if self.state.positions and any(p.get("stream") != self.fingerprint for p in self.state.positions.values()):
@@ -129,7 +130,7 @@ class CaptionStream(IterableDataset):
                    max_text_len=data.max_text_len, mean=model.vision.mean, std=model.vision.std,
                    image_keys=data.image_key.split(";"), caption_key=data.caption_key,
                    images_per_sequence=data.images_per_sequence, text_before_image=data.text_before_image,
-                   state=state)
+                   position_shift=data.position_shift, state=state)
 
     def _fingerprint(self) -> str:
         """What a saved position depends on besides the seed and the slot: the shard list, the
@@ -238,6 +239,15 @@ class CaptionStream(IterableDataset):
         return to_tensor(img, self.mean, self.std), caption, sample["__key__"]
 
     def collate(self, items):
+        batch = self._collate(items)
+        if self.position_shift:
+            # drawn from the keys, so a rebuilt batch is the same batch (exact resume)
+            rows = batch["input_ids"].shape[0]
+            rng = random.Random("shift|" + "|".join(key for _, _, key in items))
+            batch["position_shift"] = torch.tensor([rng.randint(0, self.position_shift) for _ in range(rows)])
+        return batch
+
+    def _collate(self, items):
         if self.images_per_sequence > 1 or self.text_before_image > 0:
             return self.collate_interleaved(items)
         # [bos] [k image slots] [prompt] caption [eos]: the head is the same for every sample and

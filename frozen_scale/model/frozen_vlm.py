@@ -105,12 +105,17 @@ class FrozenVLM(nn.Module):
         return tokens.masked_scatter(slots.unsqueeze(-1), prefix.reshape(-1, prefix.shape[-1]))
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, pixel_values, input_ids, attention_mask, labels=None, **_):
-        """Mean over samples of each sample's mean next-token loss on its target tokens."""
+    def forward(self, pixel_values, input_ids, attention_mask, labels=None, position_shift=None, **_):
+        """Mean over samples of each sample's mean next-token loss on its target tokens.
+        position_shift: [B] first position id of each row (data.position_shift; default 0)."""
         embeds = self.embed(input_ids, pixel_values)
         extra = {}
         if self._takes_position_ids:  # left-padded rows start at position 0 too
             extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            if position_shift is not None:
+                extra["position_ids"] = extra["position_ids"] + position_shift.to(input_ids.device).view(-1, 1)
+        elif position_shift is not None:
+            raise ValueError("data.position_shift needs an LM whose forward takes position_ids")
         out = self.lm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False, **extra)
         if labels is None:
             return out.logits

@@ -84,6 +84,16 @@ def document(scene: world.Scene, rng: np.random.Generator, copy_fraction: float)
     return " ".join(parts)
 
 
+def multi_scene_document(scenes: list[world.Scene], rng: np.random.Generator) -> str:
+    """Several scenes in a row, each its caption, a question and the answer: n-shot VQA as text."""
+    parts = []
+    for scene in scenes:
+        qa = world.questions(scene)
+        q, a = qa[int(rng.integers(len(qa)))]
+        parts.append(f"{context(scene)} {question_prompt(q)} {a} .")
+    return " ".join(parts)
+
+
 def knows_naming(tokenizer) -> bool:
     """Whether a tokenizer has the naming documents' words (the LM was pretrained on them)."""
     vocab = tokenizer.get_vocab()
@@ -132,12 +142,14 @@ def naming_corpus(seed: int, num_documents: int, seq_len: int = 48) -> list[str]
 
 
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
-           seq_len: int = 48) -> list[str]:
+           seq_len: int = 48, multi_scene_fraction: float = 0.0) -> list[str]:
     """The LM's pretraining text. Drawn from every split: the LM knows the whole language;
     only the image-caption pairs of prefix training avoid the held-out combinations.
-    A `naming_fraction` of the documents are naming episodes (none by default)."""
+    A `naming_fraction` of the documents are naming episodes, a `multi_scene_fraction` of the
+    others 2-3 scenes with a question each (none of either by default)."""
     rng = np.random.default_rng([seed, 7])
     naming_rng = np.random.default_rng([seed, 8])
+    multi_rng = np.random.default_rng([seed, 10])
     docs = []
     for i in range(num_documents):
         if naming_fraction > 0 and naming_rng.random() < naming_fraction:
@@ -145,5 +157,9 @@ def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fra
             continue
         split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
         scene = world.make_scene(seed + 1000, split, i)
+        if multi_scene_fraction > 0 and multi_rng.random() < multi_scene_fraction:
+            more = [world.make_scene(seed + 2000, split, i * 2 + j) for j in range(int(multi_rng.integers(1, 3)))]
+            docs.append(multi_scene_document([scene, *more], multi_rng))
+            continue
         docs.append(document(scene, rng, copy_fraction))
     return docs

@@ -61,6 +61,19 @@ def encode_corpus(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
     return rows
 
 
+def pack_corpus(docs: list[str], tokenizer, seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """[N, seq_len] ids: the documents in a shuffled order, each after an end-of-text token, back
+    to back and cut into rows; a document cut at a row's edge goes on in the next row. No padding:
+    every kind of text lands at every position."""
+    order = torch.randperm(len(docs), generator=generator).tolist()
+    stream = []
+    for i in order:
+        stream.append(tokenizer.bos_token_id)
+        stream += tokenizer(docs[i], add_special_tokens=False)["input_ids"]
+    rows = len(stream) // seq_len
+    return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
+
+
 def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool = True) -> dict:
     """Train and save the LM + tokenizer into out_dir; returns a summary."""
     from transformers import AutoModelForCausalLM
@@ -73,11 +86,21 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         raise ConfigError(f"lm_pretrain.naming_steps must be in [0, steps={pc.steps}), got {pc.naming_steps}")
     naming = uses_naming(pc)
     tokenizer = text.build_tokenizer(naming=naming)
-    docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len)
-    data = encode_corpus(docs, tokenizer, pc.seq_len)
+    if not 0.0 <= pc.multi_scene_fraction <= 1.0:
+        raise ConfigError(f"lm_pretrain.multi_scene_fraction must be in [0, 1], got {pc.multi_scene_fraction}")
+    docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
+                       pc.multi_scene_fraction)
+    pack_gen = torch.Generator().manual_seed(seed + 1)
+
+    def encode(documents, pack: bool):
+        if pack:
+            return pack_corpus(documents, tokenizer, pc.seq_len, pack_gen)
+        return encode_corpus(documents, tokenizer, pc.seq_len)
+
+    data = encode(docs, pc.pack in ("mixed", "all"))
     naming_data = None
     if pc.naming_steps:
-        naming_data = encode_corpus(text.naming_corpus(seed, pc.num_documents, pc.seq_len), tokenizer, pc.seq_len)
+        naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len), pc.pack == "all")
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
@@ -86,7 +109,13 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     gen = torch.Generator().manual_seed(seed)
     model.train()
     t0, losses = time.perf_counter(), []
+    after_naming = {}
     for step in tqdm(range(pc.steps), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
+        if step == pc.naming_steps and step > 0:  # the naming curriculum's result, before the mixed corpus
+            model.eval()
+            after_naming = {f"{k}_after_naming_steps": v for k, v in text_naming_accuracy(model, tokenizer, seed).items()}
+            log.info("after the naming curriculum: %s", after_naming)
+            model.train()
         source = naming_data if step < pc.naming_steps else data
         ids = source[torch.randint(0, len(source), (pc.batch_size,), generator=gen)]
         width = int((ids != tokenizer.pad_token_id).sum(1).max())
@@ -105,24 +134,31 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     tokenizer.save_pretrained(str(out))
     summary = {"arch": pc.arch, "parameters": sum(p.numel() for p in model.parameters()),
                "final_loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - t0,
-               "text_qa_accuracy": text_qa_accuracy(model, tokenizer, seed)}
+               "text_qa_accuracy": text_qa_accuracy(model, tokenizer, seed),
+               "text_qa_2shot_accuracy": text_qa_accuracy(model, tokenizer, seed, shots=2)}
     if naming:
         summary.update(text_naming_accuracy(model, tokenizer, seed))
+        summary.update(after_naming)
     log.info("LM pretrained: %s", summary)
     return summary
 
 
 @torch.no_grad()
-def text_qa_accuracy(model, tokenizer, seed: int, n: int = 200) -> float:
-    """Held-out text-only QA: written caption + question -> answer (greedy)."""
+def text_qa_accuracy(model, tokenizer, seed: int, n: int = 200, shots: int = 0) -> float:
+    """Held-out text-only QA: written caption + question -> answer (greedy); with `shots` solved
+    examples first (other scenes, each its caption, a question and the answer), as n-shot VQA
+    prompts put them."""
     from frozen_scale.synthetic import world
 
     rng = np.random.default_rng([seed, 99])
+    shot_rng = np.random.default_rng([seed, 97])
     prompts, answers = [], []
-    for scene in world.scenes(seed + 5000, "eval", n):
+    for i, scene in enumerate(world.scenes(seed + 5000, "eval", n)):
         qa = world.questions(scene)
         q, a = qa[int(rng.integers(len(qa)))]
-        prompts.append(f"{text.context(scene)} {text.question_prompt(q)}")
+        solved = [world.make_scene(seed + 6000, "eval", i * shots + j) for j in range(shots)]
+        head = text.multi_scene_document(solved, shot_rng) + " " if shots else ""
+        prompts.append(f"{head}{text.context(scene)} {text.question_prompt(q)}")
         answers.append(a)
     return _first_word_accuracy(model, tokenizer, prompts, answers)
 
