@@ -98,14 +98,18 @@ def test_multi_scene_documents_are_nshot_qa_in_text():
         assert "caption :" not in doc
 
 
-def test_packed_pretraining_trains_on_full_rows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pack", ["all", "mixed"])
+def test_packed_pretraining_trains_on_full_rows(tmp_path, monkeypatch, pack):
     seen = _record_batches(monkeypatch)
-    pc = LMPretrainConfig(steps=4, naming_steps=2, pack=True, multi_scene_fraction=0.5, **TINY)
+    pc = LMPretrainConfig(steps=4, naming_steps=2, pack=pack, multi_scene_fraction=0.5, **TINY)
     pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
     tok = text.build_tokenizer(naming=True)
     assert len(seen) == 4
-    for ids in seen:
-        assert ids.shape[1] == 72 and not bool((ids == tok.pad_token_id).any())
+    for step, ids in enumerate(seen):
+        full = pack == "all" or step >= 2  # "mixed": the naming curriculum keeps a document per row
+        starts_at_zero = bool((ids[:, 0] == tok.bos_token_id).all())
+        assert (ids.shape[1] == 72 and not bool((ids == tok.pad_token_id).any())) == full
+        assert starts_at_zero or full
 
 
 def test_bad_multi_scene_fraction_is_refused(tmp_path):
