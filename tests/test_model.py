@@ -247,3 +247,19 @@ def test_position_shift_is_drawn_from_the_keys_and_moves_the_position_ids(tiny_l
         plain = model(*args)
     torch.testing.assert_close(shifted, by_hand)
     assert not torch.allclose(shifted, plain)
+
+
+def test_position_shift_past_the_lms_positions_is_refused_before_training():
+    from types import SimpleNamespace
+
+    from frozen_scale.config import ConfigError, FrozenConfig
+    from frozen_scale.train.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # only the check: no model, no engine
+    trainer.cfg = FrozenConfig()
+    trainer.cfg.data.position_shift = 100
+    with pytest.raises(ConfigError, match="position_shift=100"):
+        trainer._check_positions(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=128)))
+    trainer._check_positions(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)))
+    trainer.cfg.data.position_shift = 0
+    trainer._check_positions(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=8)))

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from frozen_scale import storage
-from frozen_scale.config import FrozenConfig, save_config, to_dict
+from frozen_scale.config import ConfigError, FrozenConfig, save_config, to_dict
 from frozen_scale.constants import EXIT_NONFINITE, EXIT_OK, EXIT_REQUEUE
 from frozen_scale.data.loader import CaptionStream, ResumableBatches, StreamState
 from frozen_scale.data.shards import list_shards, total_samples
@@ -113,6 +113,18 @@ class Trainer:
         """The LM's full sha256 on every rank (rank 0 hashes it)."""
         return dist_engine.broadcast_object(self.lm_hash.result() if self.lm_hash else None)
 
+    def _check_positions(self, lm):
+        """data.position_shift must leave the longest training sequence inside the LM's positions
+        (past them an absolute-position LM indexes out of its table: a device assert on a GPU)."""
+        data, limit = self.cfg.data, getattr(lm.config, "max_position_embeddings", None)
+        if not data.position_shift or not limit:
+            return
+        longest = 1 + data.images_per_sequence * (self.cfg.model.prefix_length + 8 + data.max_text_len) \
+            + data.text_before_image * data.max_text_len
+        if data.position_shift + longest > limit:
+            raise ConfigError(f"data.position_shift={data.position_shift} with sequences up to ~{longest} tokens "
+                              f"passes the LM's {limit} positions; use at most {max(0, limit - longest)}")
+
     def _build_model(self):
         cfg = self.cfg
         self.tokenizer = lm_lib.load_tokenizer(self.model_dirs[cfg.model.tokenizer_path or cfg.model.lm_path])
@@ -123,6 +135,7 @@ class Trainer:
         emb = lm.get_input_embeddings().weight
         with dist_engine.gathered([emb]):
             norm = embedding_norm(lm)
+        self._check_positions(lm)
         torch.manual_seed(cfg.train.seed)  # LM loading may draw random numbers; the prefix must not depend on it
         self.model = FrozenVLM(lm_setup.with_local_paths(cfg.model, self.model_dirs), lm, lm_embedding_norm=norm)
         if dtype != torch.float32:
