@@ -67,9 +67,9 @@ def pack_corpus(docs: list[str], tokenizer, seq_len: int, generator: torch.Gener
     every kind of text lands at every position."""
     order = torch.randperm(len(docs), generator=generator).tolist()
     stream = []
-    for i in order:
+    for ids in tokenizer([docs[i] for i in order], add_special_tokens=False)["input_ids"]:  # one batched call
         stream.append(tokenizer.bos_token_id)
-        stream += tokenizer(docs[i], add_special_tokens=False)["input_ids"]
+        stream += ids
     rows = len(stream) // seq_len
     return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
@@ -84,10 +84,10 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         raise ConfigError(f"lm_pretrain.naming_fraction must be in [0, 1), got {pc.naming_fraction}")
     if not 0 <= pc.naming_steps < pc.steps:
         raise ConfigError(f"lm_pretrain.naming_steps must be in [0, steps={pc.steps}), got {pc.naming_steps}")
-    naming = uses_naming(pc)
-    tokenizer = text.build_tokenizer(naming=naming)
     if not 0.0 <= pc.multi_scene_fraction <= 1.0:
         raise ConfigError(f"lm_pretrain.multi_scene_fraction must be in [0, 1], got {pc.multi_scene_fraction}")
+    naming = uses_naming(pc)
+    tokenizer = text.build_tokenizer(naming=naming)
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
                        pc.multi_scene_fraction)
     pack_gen = torch.Generator().manual_seed(seed + 1)

@@ -119,6 +119,7 @@ class Trainer:
         data, limit = self.cfg.data, getattr(lm.config, "max_position_embeddings", None)
         if not data.position_shift or not limit:
             return
+        # bos, then per pair: k slots + the prompt and separators (8 at most) + the caption
         longest = 1 + data.images_per_sequence * (self.cfg.model.prefix_length + 8 + data.max_text_len) \
             + data.text_before_image * data.max_text_len
         if data.position_shift + longest > limit:
