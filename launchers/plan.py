@@ -51,16 +51,20 @@ bench/big_lm.py on a 2-core CPU, 0.06 GiB with a 4-layer LM and 0.08-0.09 GiB wi
 GPU this is host memory: it is in `on_cpu`, not in `total`."""
 
 
-def prefix_param_counts(cfg, lm_hidden: int) -> tuple[int, int, int]:
-    """(trainable, frozen, largest trainable layer) parameters of the vision side, on meta."""
+def prefix_param_counts(cfg, lm_hidden: int, lm_vocab: int = 0) -> tuple[int, int, int]:
+    """(trainable, frozen, largest trainable layer) parameters of the vision side, on meta (a
+    lexical prefix maps to k x vocabulary logits)."""
     import torch
 
-    from frozen_scale.model.prefix import PrefixMapper
+    from frozen_scale.model.prefix import LexicalPrefixMapper, PrefixMapper
     from frozen_scale.model.vision import build_vision_encoder
 
     with torch.device("meta"):
         vision = build_vision_encoder(cfg.model.vision)
-        prefix = PrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_hidden, 1.0)
+        if cfg.model.prefix_kind == "lexical":
+            prefix = LexicalPrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_vocab)
+        else:
+            prefix = PrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_hidden, 1.0)
     params = list(vision.parameters()) + list(prefix.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False) if p.requires_grad)
@@ -330,7 +334,7 @@ def deepspeed_reference(inputs: PlanInputs) -> dict:
 
 def plan_inputs(cfg, gpus: int, seq_len: int = 0, gpu_mem_gib: float = 80.0, lm_path: str = "") -> PlanInputs:
     lm = lm_shape(lm_path or cfg.model.lm_path)
-    trainable, frozen_vision, largest_prefix = prefix_param_counts(cfg, lm.hidden)
+    trainable, frozen_vision, largest_prefix = prefix_param_counts(cfg, lm.hidden, lm.vocab)
     prompt_tokens = len(cfg.data.prompt.split()) + 1 if cfg.data.prompt else 0
     zero_extra = cfg.deepspeed.extra.get("zero_optimization", {})
     zero = dict(ZERO_DEFAULTS)

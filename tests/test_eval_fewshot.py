@@ -170,3 +170,35 @@ def test_probe_episodes_match_the_evaluation_and_write_the_asked_scenes():
             assert sum(t.endswith(" .") and not t.startswith("this") for t in texts) == 3 - images
     with pytest.raises(ValueError, match="written"):
         probes.episode_items("binding", 0, 1, 16, lang, "some")
+
+
+def test_lexical_readout_reads_each_slots_top_word():
+    """The readout of a lexical prefix spells the scene's context exactly when the slots' top words
+    are its words: a prefix pushed to write one scene's context ("a red circle .") for every image
+    spells the context of just the scenes with that caption; a continuous prefix has no readout."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from frozen_scale.config import ModelConfig, VisionConfig
+    from frozen_scale.eval import probes
+    from frozen_scale.model.frozen_vlm import FrozenVLM
+    from frozen_scale.synthetic import text, world
+
+    tok = text.build_tokenizer(naming=True)
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=16, n_head=2, n_positions=64,
+                                    bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id))
+    vision = VisionConfig(image_size=16, resnet_widths=[8, 16])
+    model = FrozenVLM(ModelConfig(prefix_length=4, vision=vision, prefix_kind="lexical"), lm)
+    single = [s for s in world.scenes(0, "eval", 40) if len(s.objects) == 1]
+    written = text.context(single[0])
+    with torch.no_grad():
+        model.prefix.proj[-1].bias.view(4, -1)[torch.arange(4), tok.convert_tokens_to_ids(written.split())] += 1e3
+    out = probes.lexical_readout(model, tok, seed=0, n=40)
+    expected = sum(text.context(s) == written for s in single) / len(single)
+    assert 0 < expected < 1 and out["1_object"]["spells_context"] == pytest.approx(expected)
+    assert out["1_object"]["n"] == len(single) and out["1_object"]["top_weight"] > 0.99
+    assert out["2_object"]["spells_context"] == 0.0  # a one-object context is no two-object one
+    assert out["1_object"]["examples"][0]["writes"] == written
+    assert probes.lexical_readout(FrozenVLM(ModelConfig(prefix_length=4, vision=vision), lm), tok,
+                                  seed=0, n=4) is None

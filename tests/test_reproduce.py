@@ -92,6 +92,7 @@ def test_candidate_configs_apply_their_overrides():
     assert rp.candidate_config(cfg, "single") == cfg
     assert rp.candidate_config(cfg, "interleaved").data.images_per_sequence == 3
     assert rp.candidate_config(cfg, "offset").data.text_before_image == 3
+    assert cfg.model.prefix_kind == "continuous" and rp.candidate_config(cfg, "lexical").model.prefix_kind == "lexical"
 
 
 def test_finding_verdict():

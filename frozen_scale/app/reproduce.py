@@ -67,6 +67,7 @@ CANDIDATES = {
     "single": [],  # the paper's training: one image-caption pair per sequence, the image first
     "offset": ["data.text_before_image=3"],  # 0-3 other captions written before the image
     "interleaved": ["data.images_per_sequence=3"],  # 1-3 pairs per sequence, loss on every caption
+    "lexical": ["model.prefix_kind=lexical"],  # each prefix vector a mixture of the LM's token embeddings
 }
 FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
 QUICK = [
@@ -394,7 +395,7 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
     t = time.perf_counter()
     lm_dir, lm_summary = pretrained_lm(run, cfg, progress)
     timings["lm_pretrain"] = time.perf_counter() - t
-    setting, tried = "single", {}
+    setting, tried = candidates[0], {}  # one candidate: its setting, no search
     if len(candidates) > 1:
         setting, tried = choose_setting(run, cfg, candidates, lm_dir, shards, nproc, progress, timings)
         log.info("chosen setting: %s", setting)

@@ -98,6 +98,39 @@ def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets,
     return out
 
 
+@torch.no_grad()
+def lexical_readout(model, tokenizer, *, seed: int, n: int) -> dict | None:
+    """What a lexical prefix (`model.prefix_kind=lexical`) writes for held-out scenes: each slot's
+    most weighted word, read as text. Returns, per object count, the fraction of scenes whose
+    slots spell the start of the scene's written context ("a red circle ." in k=4 slots), the mean
+    weight of each slot's top word, and examples; None for a continuous prefix."""
+    from frozen_scale.data.loader import to_tensor
+
+    if not hasattr(model.prefix, "token_weights"):
+        return None
+    v = model.cfg.vision
+    scenes = list(world.scenes(seed, "eval", n))
+    pixels = torch.stack([to_tensor(world.render(s, v.image_size), v.mean, v.std) for s in scenes])
+    dev = next(model.prefix.parameters()).device
+    weights = model.prefix.token_weights(model.vision(pixels.to(dev))).float().cpu()
+    top, ids = weights.max(-1)
+    out: dict = {}
+    for count in (1, 2):
+        rows = [i for i, s in enumerate(scenes) if len(s.objects) == count]
+        if not rows:
+            continue
+        spelled, examples = 0, []
+        for i in rows:
+            written = tokenizer.convert_ids_to_tokens(ids[i].tolist())
+            context = text.context(scenes[i]).split()[: model.k]
+            spelled += written == context
+            if len(examples) < 4:
+                examples.append({"scene": world.caption(scenes[i]), "writes": " ".join(written)})
+        out[f"{count}_object"] = {"spells_context": spelled / len(rows), "n": len(rows),
+                                  "top_weight": float(top[rows].mean()), "examples": examples}
+    return out
+
+
 OFFSETS = (0, 1, 8, 32)
 TEXT_BEFORE = (0, 1, 2, 3)
 
@@ -123,4 +156,7 @@ def run_probes(model, tokenizer, *, seed: int, n: int, batch_size: int = 50, pro
         out["caption_after_text"][shown] = {
             m: caption_accuracy_at_offsets(model, tokenizer, seed=seed, n=n, offsets=(0,), written=written,
                                            text_before=m)[0] for m in TEXT_BEFORE}
+    readout = lexical_readout(model, tokenizer, seed=seed, n=n)
+    if readout is not None:
+        out["lexical_readout"] = readout
     return out

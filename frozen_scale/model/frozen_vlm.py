@@ -29,7 +29,7 @@ from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
 from frozen_scale.model import attention
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model import lm_identity
-from frozen_scale.model.prefix import PrefixMapper
+from frozen_scale.model.prefix import LexicalPrefixMapper, PrefixMapper
 from frozen_scale.model.vision import build_vision_encoder
 
 
@@ -39,6 +39,15 @@ def embedding_norm(lm: nn.Module) -> float:
     if weight.numel() == 0:  # partitioned: the caller passes the norm in instead
         raise ValueError("embedding weight is partitioned; compute the norm under GatheredParameters")
     return float(weight.detach().float().norm(dim=-1).mean())
+
+
+def build_prefix_mapper(cfg: ModelConfig, lm: nn.Module, in_dim: int, hidden: int, norm: float) -> nn.Module:
+    """The mapper `model.prefix_kind` names: free vectors, or mixtures of the LM's token embeddings."""
+    if cfg.prefix_kind == "lexical":
+        special = (getattr(lm.config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id"))
+        return LexicalPrefixMapper(in_dim, cfg.prefix_length, lm.get_input_embeddings().num_embeddings,
+                                   blocked_ids=list(special))
+    return PrefixMapper(in_dim, cfg.prefix_length, hidden, norm)
 
 
 class FrozenVLM(nn.Module):
@@ -54,7 +63,7 @@ class FrozenVLM(nn.Module):
         self.vision = build_vision_encoder(cfg.vision)
         hidden = lm.get_input_embeddings().embedding_dim
         norm = lm_embedding_norm if lm_embedding_norm is not None else embedding_norm(lm)
-        self.prefix = PrefixMapper(self.vision.out_dim, cfg.prefix_length, hidden, norm)
+        self.prefix = build_prefix_mapper(cfg, lm, self.vision.out_dim, hidden, norm)
         self.k = cfg.prefix_length
         self._takes_position_ids = "position_ids" in inspect.signature(lm.forward).parameters
         self.tokenizer = None
@@ -85,7 +94,7 @@ class FrozenVLM(nn.Module):
     # -- embedding ---------------------------------------------------------------------------
     def image_prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, C, H, W] -> [N, k, d]"""
-        return self.prefix(self.vision(pixel_values))
+        return self.prefix(self.vision(pixel_values), self.lm.get_input_embeddings())
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image slots filled by prefix vectors, in image order."""
