@@ -317,6 +317,10 @@ class LMPretrainConfig:
     multi_scene_fraction: float = 0.0
     """Fraction of the captioning/QA documents that hold 2-3 scenes in a row, each its caption, a
     question and the answer: n-shot VQA written as text (none by default)."""
+    naming_shape_questions: float = 0.0
+    """Fraction of the binding naming documents that ask only the first hop of binding, after the
+    support: "... this is a dax . question : what shape is the dax ? answer : circle ." (none by
+    default)."""
 
 
 @dataclass

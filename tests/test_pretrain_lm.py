@@ -116,3 +116,21 @@ def test_bad_multi_scene_fraction_is_refused(tmp_path):
     with pytest.raises(ValueError, match="multi_scene_fraction"):
         pretrain_lm.pretrain(LMPretrainConfig(steps=2, multi_scene_fraction=1.5, **TINY), str(tmp_path / "lm"),
                              progress=False)
+
+
+def test_shape_questions_ask_the_first_hop_of_binding():
+    """naming_shape_questions: that share of the binding documents ask which shape a name was given
+    to, answered by the support (no query scene); off, the naming corpus is unchanged."""
+    import re
+
+    assert text.naming_corpus(0, 60, 72, shape_questions=0.0) == text.naming_corpus(0, 60, 72)
+    docs = text.naming_corpus(0, 400, 72, shape_questions=1.0)
+    asked = [d for d in docs if "question :" in d]
+    assert asked and all("what color is" not in d for d in asked)  # every binding document asks the shape
+    for doc in asked:
+        name, shape = re.search(r"what shape is the (\w+) \? answer : (\w+) \.$", doc).groups()
+        named = re.findall(r"a \w+ (\w+) \. this is a (\w+) \.", doc)
+        assert (shape, name) in named and all(n != name for s, n in named if s != shape)
+    with pytest.raises(ValueError, match="naming_shape_questions"):
+        pretrain_lm.pretrain(LMPretrainConfig(steps=2, naming_shape_questions=2.0, **TINY), "/nonexistent/lm",
+                             progress=False)

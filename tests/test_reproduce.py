@@ -162,3 +162,18 @@ def test_a_run_folder_refuses_another_config(tmp_path):
     other = rp.load_reproduce_config(str(BASE), str(OVERLAY), ["lm_pretrain.naming_fraction=0.1"])
     with pytest.raises(SystemExit, match=r"lm_pretrain.naming_fraction: .* -> 0.1"):
         rp.check_same_config(tmp_path, other)
+
+
+def test_a_run_folder_from_before_a_new_config_key_is_still_reused(tmp_path):
+    """A key added to the config since the folder's run takes its default there: the folder is the
+    same run (model.prefix_kind came after the README's runs), while a changed value still differs."""
+    from frozen_scale.config import save_config
+
+    cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), [])
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del saved["model"]["prefix_kind"], saved["lm_pretrain"]["naming_shape_questions"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    rp.check_same_config(tmp_path, cfg)
+    with pytest.raises(SystemExit, match=r"model.prefix_kind: 'continuous' -> 'lexical'"):
+        rp.check_same_config(tmp_path, rp.load_reproduce_config(str(BASE), str(OVERLAY), ["model.prefix_kind=lexical"]))

@@ -345,7 +345,12 @@ def check_same_config(run: Path, cfg: FrozenConfig) -> None:
     old_path = run / "config.yaml"
     if not old_path.exists():
         return
-    old, new = _flatten(yaml.safe_load(old_path.read_text()) or {}), _flatten(to_dict(cfg))
+    old_data = yaml.safe_load(old_path.read_text()) or {}
+    try:  # keys added to the config since that run take their defaults there
+        old_data = to_dict(from_dict(FrozenConfig, old_data))
+    except ValueError:
+        pass  # a key that no longer exists: compared as written
+    old, new = _flatten(old_data), _flatten(to_dict(cfg))
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:6])

@@ -120,9 +120,19 @@ def _fits(scenes: int, tail: int, seq_len: int) -> bool:
     return 2 + 9 * scenes + tail <= seq_len
 
 
-def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48) -> str:
+def shape_question_text(ep: episodes.Episode) -> str:
+    """A binding episode's support, then the first hop of its question alone: which shape the asked
+    name was given to ("... question : what shape is the dax ? answer : circle .")."""
+    shape = next(s for s, name in ep.bound.items() if name == ep.asked)
+    parts = [f"{context(scene)} {NAMING_TEMPLATE.format(name=name)}" for scene, name in ep.support]
+    parts.append(f"{question_prompt(f'what shape is the {ep.asked} ?')} {shape} .")
+    return " ".join(parts)
+
+
+def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48, shape_questions: float = 0.0) -> str:
     """A naming episode as text: classification (several shots, so that every repeated shape's name
-    is predictable) or binding, as long as fits in `seq_len` tokens."""
+    is predictable) or binding, as long as fits in `seq_len` tokens. `shape_questions`: that fraction
+    of the binding documents ask only the question's first hop (`shape_question_text`)."""
     if rng.random() < 0.5:
         shapes = [ws for ws in _CLASSIFICATION_SHAPES if _fits(ws[0] * ws[1] + 1, 0, seq_len)]
         if not shapes:
@@ -132,17 +142,19 @@ def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48) -> 
     else:
         shots = [k for k in _BINDING_SHOTS if _fits(2 * k, 24, seq_len)] or [1]
         ep = episodes.binding(rng, shots[int(rng.integers(len(shots)))], NONSENSE_NAMES, split="train", index=index)
+        if shape_questions > 0 and rng.random() < shape_questions:
+            return shape_question_text(ep)
     return episode_text(ep)
 
 
-def naming_corpus(seed: int, num_documents: int, seq_len: int = 48) -> list[str]:
+def naming_corpus(seed: int, num_documents: int, seq_len: int = 48, shape_questions: float = 0.0) -> list[str]:
     """Naming documents only (the start of the naming curriculum, `lm_pretrain.naming_steps`)."""
     rng = np.random.default_rng([seed, 9])
-    return [naming_document(rng, i, seq_len) for i in range(num_documents)]
+    return [naming_document(rng, i, seq_len, shape_questions) for i in range(num_documents)]
 
 
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
-           seq_len: int = 48, multi_scene_fraction: float = 0.0) -> list[str]:
+           seq_len: int = 48, multi_scene_fraction: float = 0.0, shape_questions: float = 0.0) -> list[str]:
     """The LM's pretraining text. Drawn from every split: the LM knows the whole language;
     only the image-caption pairs of prefix training avoid the held-out combinations.
     A `naming_fraction` of the documents are naming episodes, a `multi_scene_fraction` of the
@@ -153,7 +165,7 @@ def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fra
     docs = []
     for i in range(num_documents):
         if naming_fraction > 0 and naming_rng.random() < naming_fraction:
-            docs.append(naming_document(naming_rng, i, seq_len))
+            docs.append(naming_document(naming_rng, i, seq_len, shape_questions))
             continue
         split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
         scene = world.make_scene(seed + 1000, split, i)

@@ -88,8 +88,10 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         raise ConfigError(f"lm_pretrain.multi_scene_fraction must be in [0, 1], got {pc.multi_scene_fraction}")
     naming = uses_naming(pc)
     tokenizer = text.build_tokenizer(naming=naming)
+    if not 0.0 <= pc.naming_shape_questions <= 1.0:
+        raise ConfigError(f"lm_pretrain.naming_shape_questions must be in [0, 1], got {pc.naming_shape_questions}")
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
-                       pc.multi_scene_fraction)
+                       pc.multi_scene_fraction, pc.naming_shape_questions)
     pack_gen = torch.Generator().manual_seed(seed + 1)
 
     def encode(documents, pack: bool):
@@ -100,7 +102,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     data = encode(docs, pc.pack in ("mixed", "all"))
     naming_data = None
     if pc.naming_steps:
-        naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len), pc.pack == "all")
+        naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions), pc.pack == "all")
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
