@@ -60,3 +60,23 @@ def test_optimizer_never_holds_lm_parameters(runs):
     for ranks in runs.values():
         for r in ranks:
             assert r["lm_params_in_optimizer"] == 0
+
+
+def test_a_lexical_prefix_under_zero3_matches_one_rank(tiny_lm_dir, tiny_shards, tmp_path):
+    """model.prefix_kind=lexical takes its mixture through the LM's embedding module, which ZeRO-3
+    partitions: two ZeRO-3 ranks give the loss and prefix gradients of one rank at stage 0."""
+    tiny_run_config = tmp_path / "tiny.yaml"
+    tiny_run_config.write_text(yaml.safe_dump(tiny_config_dict(tiny_lm_dir, tiny_shards, tmp_path / "run")))
+    results = {}
+    for stage, nproc in ((0, 1), (3, 2)):
+        path = tmp_path / f"s{stage}_w{nproc}"
+        check(torchrun(nproc, [str(REPO / "tests" / "dist_worker.py"), str(tiny_run_config), str(path),
+                               f"deepspeed.stage={stage}", "model.prefix_kind=lexical",
+                               f"train.run_dir={tmp_path / f'run_{stage}_{nproc}'}"]))
+        results[stage] = [json.loads((tmp_path / f"s{stage}_w{nproc}.rank{r}.json").read_text()) for r in range(nproc)]
+    ref = results[0][0]
+    assert any(k.startswith("prefix.proj") for k in ref["grads"]) and not any(k.startswith("lm.") for k in ref["grads"])
+    for r in results[3]:
+        assert abs(r["loss"] - ref["loss"]) < 1e-5 and r["lm_params_in_optimizer"] == 0
+        for name, g in r["grads"].items():
+            np.testing.assert_allclose(np.array(g), np.array(ref["grads"][name]), atol=1e-5, rtol=1e-4, err_msg=name)
