@@ -88,10 +88,12 @@ class ModelConfig:
     """Defaults to lm_path."""
     prefix_length: int = 2
     """k: number of prefix vectors per image (the paper used 2)."""
-    prefix_kind: Literal["continuous", "lexical"] = "continuous"
+    prefix_kind: Literal["continuous", "lexical", "lexical_hard"] = "continuous"
     """continuous (the paper's): each prefix vector is free, scaled to the LM's embedding norm.
-    lexical: each is a softmax mixture of the LM's own token embeddings (a point of their convex
-    hull), so the image is written in the LM's vocabulary; see frozen_scale/model/prefix.py."""
+    lexical: each is a softmax mixture of the LM's own token embeddings, weighted by its cosine
+    similarity to them; lexical_hard: each is exactly its most similar token's embedding (a
+    straight-through gradient): the image is written in the LM's vocabulary. See
+    frozen_scale/model/prefix.py."""
     vision: VisionConfig = field(default_factory=VisionConfig)
     train_lm: bool = False
     """Ablation only: finetune the LM together with the prefix (the paper's 'finetuned' row)."""

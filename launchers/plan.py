@@ -51,9 +51,8 @@ bench/big_lm.py on a 2-core CPU, 0.06 GiB with a 4-layer LM and 0.08-0.09 GiB wi
 GPU this is host memory: it is in `on_cpu`, not in `total`."""
 
 
-def prefix_param_counts(cfg, lm_hidden: int, lm_vocab: int = 0) -> tuple[int, int, int]:
-    """(trainable, frozen, largest trainable layer) parameters of the vision side, on meta (a
-    lexical prefix maps to k x vocabulary logits)."""
+def prefix_param_counts(cfg, lm_hidden: int, lm_vocab: int = 1) -> tuple[int, int, int]:
+    """(trainable, frozen, largest trainable layer) parameters of the vision side, on meta."""
     import torch
 
     from frozen_scale.model.prefix import LexicalPrefixMapper, PrefixMapper
@@ -61,8 +60,8 @@ def prefix_param_counts(cfg, lm_hidden: int, lm_vocab: int = 0) -> tuple[int, in
 
     with torch.device("meta"):
         vision = build_vision_encoder(cfg.model.vision)
-        if cfg.model.prefix_kind == "lexical":
-            prefix = LexicalPrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_vocab)
+        if cfg.model.prefix_kind != "continuous":
+            prefix = LexicalPrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_hidden, lm_vocab)
         else:
             prefix = PrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_hidden, 1.0)
     params = list(vision.parameters()) + list(prefix.parameters())

@@ -68,6 +68,7 @@ CANDIDATES = {
     "offset": ["data.text_before_image=3"],  # 0-3 other captions written before the image
     "interleaved": ["data.images_per_sequence=3"],  # 1-3 pairs per sequence, loss on every caption
     "lexical": ["model.prefix_kind=lexical"],  # each prefix vector a mixture of the LM's token embeddings
+    "lexical_hard": ["model.prefix_kind=lexical_hard"],  # each prefix vector one of the LM's token embeddings
 }
 FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
 QUICK = [

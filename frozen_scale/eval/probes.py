@@ -112,7 +112,7 @@ def lexical_readout(model, tokenizer, *, seed: int, n: int) -> dict | None:
     scenes = list(world.scenes(seed, "eval", n))
     pixels = torch.stack([to_tensor(world.render(s, v.image_size), v.mean, v.std) for s in scenes])
     dev = next(model.prefix.parameters()).device
-    weights = model.prefix.token_weights(model.vision(pixels.to(dev))).float().cpu()
+    weights = model.prefix.token_weights(model.vision(pixels.to(dev)), model.lm.get_input_embeddings()).float().cpu()
     top, ids = weights.max(-1)
     out: dict = {}
     for count in (1, 2):

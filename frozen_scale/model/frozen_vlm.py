@@ -42,11 +42,11 @@ def embedding_norm(lm: nn.Module) -> float:
 
 
 def build_prefix_mapper(cfg: ModelConfig, lm: nn.Module, in_dim: int, hidden: int, norm: float) -> nn.Module:
-    """The mapper `model.prefix_kind` names: free vectors, or mixtures of the LM's token embeddings."""
-    if cfg.prefix_kind == "lexical":
+    """The mapper `model.prefix_kind` names: free vectors, or vectors snapped to the LM's tokens."""
+    if cfg.prefix_kind in ("lexical", "lexical_hard"):
         special = (getattr(lm.config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id"))
-        return LexicalPrefixMapper(in_dim, cfg.prefix_length, lm.get_input_embeddings().num_embeddings,
-                                   blocked_ids=list(special))
+        return LexicalPrefixMapper(in_dim, cfg.prefix_length, hidden, lm.get_input_embeddings().num_embeddings,
+                                   norm, blocked_ids=list(special), hard=cfg.prefix_kind == "lexical_hard")
     return PrefixMapper(in_dim, cfg.prefix_length, hidden, norm)
 
 

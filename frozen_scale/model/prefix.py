@@ -35,27 +35,46 @@ class PrefixMapper(nn.Module):
 
 
 class LexicalPrefixMapper(nn.Module):
-    """Linear -> k x vocabulary logits -> softmax -> mixture of the LM's token embeddings.
-    Token ids in `blocked_ids` (the LM's special tokens) get no weight: an image cannot write an
-    end of text."""
+    """Free vectors as PrefixMapper makes them, snapped to the LM's vocabulary: each slot's weights
+    over the tokens are a softmax of its cosine similarity to every token embedding, times a learned
+    sharpness (started at `sharpness`). Soft (the default): the slot is that mixture of token
+    embeddings. hard: the slot is its most similar token's embedding, exactly, and the gradient
+    passes straight through to the free vector (VQ-VAE's straight-through estimator), so the LM
+    only ever reads its own tokens. Token ids in `blocked_ids` (the LM's special tokens) are never
+    chosen: an image cannot write an end of text."""
 
-    def __init__(self, in_dim: int, k: int, vocab_size: int, blocked_ids=()):
+    def __init__(self, in_dim: int, k: int, lm_dim: int, vocab_size: int, embedding_norm: float = 1.0,
+                 blocked_ids=(), hard: bool = False, sharpness: float = 10.0):
         super().__init__()
-        self.k, self.vocab_size = k, vocab_size
-        self.proj = nn.Sequential(nn.Linear(in_dim, in_dim), nn.SiLU(), nn.Linear(in_dim, k * vocab_size))
+        self.k, self.vocab_size, self.hard = k, vocab_size, hard
+        self.free = PrefixMapper(in_dim, k, lm_dim, embedding_norm)
+        self.log_sharpness = nn.Parameter(torch.full((1,), math.log(sharpness)))
         blocked = torch.zeros(vocab_size, dtype=torch.bool)
         blocked[[i for i in blocked_ids if i is not None and 0 <= i < vocab_size]] = True
         self.register_buffer("blocked", blocked, persistent=False)
 
-    def token_weights(self, features) -> torch.Tensor:
-        """[N, D] -> [N, k, V]: each slot's weights over the vocabulary (rows sum to 1)."""
-        logits = self.proj(features).view(features.shape[0], self.k, self.vocab_size)
-        return logits.masked_fill(self.blocked, float("-inf")).softmax(-1)
+    @staticmethod
+    def vocabulary(embeddings: nn.Module, device) -> torch.Tensor:
+        """[V, d]: every token's embedding, through the module (gathered under ZeRO-3)."""
+        return embeddings(torch.arange(embeddings.num_embeddings, device=device))
+
+    def _weights(self, free: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        cos = torch.nn.functional.normalize(free, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+        return (cos * self.log_sharpness.exp()).masked_fill(self.blocked, float("-inf")).softmax(-1)
+
+    def token_weights(self, features, embeddings: nn.Module) -> torch.Tensor:
+        """[N, D] -> [N, k, V]: each slot's weights over the vocabulary (rows sum to 1; hard: the
+        weights a soft prefix would use, whose argmax is the token written)."""
+        table = self.vocabulary(embeddings, features.device)
+        return self._weights(self.free(features).to(table.dtype), table)
 
     def forward(self, features, embeddings: nn.Module | None = None):
         if embeddings is None:
             raise ValueError("a lexical prefix needs the LM's input-embedding module")
-        weights = self.token_weights(features)
-        ids = torch.arange(self.vocab_size, device=features.device)
-        table = embeddings(ids)  # through the module: gathered under ZeRO-3
-        return weights.to(table.dtype) @ table
+        table = self.vocabulary(embeddings, features.device)
+        free = self.free(features).to(table.dtype)
+        weights = self._weights(free, table)
+        if not self.hard:
+            return weights @ table
+        tokens = table[weights.argmax(-1)]
+        return tokens + (free - free.detach())  # exactly the tokens; the gradient goes to free
