@@ -177,3 +177,24 @@ def test_a_run_folder_from_before_a_new_config_key_is_still_reused(tmp_path):
     rp.check_same_config(tmp_path, cfg)
     with pytest.raises(SystemExit, match=r"model.prefix_kind: 'continuous' -> 'lexical'"):
         rp.check_same_config(tmp_path, rp.load_reproduce_config(str(BASE), str(OVERLAY), ["model.prefix_kind=lexical"]))
+
+
+def test_one_candidate_is_the_setting_every_variant_trains_with(tmp_path, monkeypatch):
+    """`--candidates lexical` alone: no search, and every variant trains with that setting."""
+    cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), [])
+    trained = {}
+
+    def fake_run_variant(name, vcfg, run, lm, shards, nproc, progress, folder=None, setting="single", probe=False):
+        trained[name] = (vcfg.model.prefix_kind, setting, probe)
+        return {"scores": {c: 0.0 for c, *_ in rp.EVALS}, "train_seconds": 1.0, "eval_seconds": 1.0,
+                "final_loss": 0.0, "setting": setting}
+
+    monkeypatch.setattr(rp, "write_shards", lambda out, cfg, blind: out)
+    monkeypatch.setattr(rp, "pretrained_lm", lambda run, cfg, progress: (run / "lm", {"arch": "gpt2"}))
+    monkeypatch.setattr(rp, "scratch_lm", lambda run, cfg: run / "lm_scratch")
+    monkeypatch.setattr(rp, "run_variant", fake_run_variant)
+    monkeypatch.setattr(rp, "plot", lambda run, results: run / "ablation.png")
+    out = rp.reproduce(str(tmp_path), cfg, nproc=1, variants=list(rp.VARIANTS), progress=False, candidates=["lexical"])
+    assert trained == {name: ("lexical", "lexical", False) for name in rp.VARIANTS}
+    assert out["info"]["setting"] == "lexical" and out["candidates"] == {}
+    assert "setting 'lexical' (model.prefix_kind=lexical)" in (tmp_path / "ablation.md").read_text()

@@ -11,13 +11,15 @@ Each is evaluated on captioning (CIDEr, BLEU-4, exact match), zero-shot and 2-sh
 questions were never seen with images), open-ended 2-way 1-shot classification and fast
 concept binding, with 95% Wilson intervals. Writes {run}/ablation.md, ablation.json and ablation.png.
 
-With `--candidates single,offset,interleaved` (CANDIDATES: one image per sequence as in the
-paper, captions written before the image, 1-3 interleaved image-caption pairs per sequence), the
+With `--candidates single,offset,interleaved,lexical,lexical_hard` (CANDIDATES: one image per
+sequence as in the paper, captions written before the image, 1-3 interleaved image-caption pairs
+per sequence, a prefix of mixtures of the LM's token embeddings, one of exactly its tokens), the
 frozen prefix is first trained once per setting on the same LM and shards, evaluated on the same
 held-out items and probed (`eval.probes`: episodes with the support or the query written as text,
-captions at shifted positions); the setting with the best few-shot score is used for every
-variant. The default is `single` alone: no setting won on two seeds (README), so the search is
-not worth its minutes by default.
+captions at shifted positions, what a lexical prefix writes); the setting with the best few-shot
+score is used for every variant. One name trains that setting without a search. The default is
+`single` alone: no setting won on two seeds (README), so the search is not worth its minutes by
+default.
 
 The LM's text includes naming episodes (configs/reproduce-cpu.yaml: lm_pretrain.naming_steps,
 naming_fraction), so that the few-shot tasks probe an ability the LM has in text; the table's
