@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -64,6 +65,17 @@ def corrupt_first_png(path: Path) -> None:
                 data, done = b"this is not an image", True
                 m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
+
+
+class FixedVectors(torch.nn.Module):
+    """Stands in for a prefix's free vectors: the same [k, d] rows for every image."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = torch.nn.Parameter(rows.clone())
+
+    def forward(self, features):
+        return self.rows.expand(features.shape[0], *self.rows.shape)
 
 
 def tiny_config_dict(lm_dir: Path, shards: Path, run_dir: Path, **sections) -> dict:

@@ -192,7 +192,7 @@ def test_lexical_readout_reads_each_slots_top_word():
     model = FrozenVLM(ModelConfig(prefix_length=4, vision=vision, prefix_kind="lexical"), lm)
     single = [s for s in world.scenes(0, "eval", 40) if len(s.objects) == 1]
     written = text.context(single[0])
-    from tests.test_model import FixedVectors
+    from tests.core_fixtures import FixedVectors
 
     model.prefix.free = FixedVectors(lm.get_input_embeddings().weight[tok.convert_tokens_to_ids(written.split())] * 10)
     model.prefix.log_sharpness.data.fill_(6.0)  # cosine 1 against < 1: all weight on the nearest token

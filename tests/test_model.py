@@ -10,6 +10,7 @@ from frozen_scale.config import ModelConfig, VisionConfig
 from frozen_scale.data import prompts
 from frozen_scale.model.frozen_vlm import FrozenVLM
 from frozen_scale.model.lm import load_lm, load_tokenizer
+from tests.core_fixtures import FixedVectors
 
 
 def build(tiny_lm_dir, **model_kw) -> FrozenVLM:
@@ -263,17 +264,6 @@ def test_position_shift_past_the_lms_positions_is_refused_before_training():
     trainer._check_positions(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=1024)))
     trainer.cfg.data.position_shift = 0
     trainer._check_positions(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=8)))
-
-
-class FixedVectors(torch.nn.Module):
-    """Stands in for a prefix's free vectors: the same [k, d] rows for every image."""
-
-    def __init__(self, rows):
-        super().__init__()
-        self.rows = torch.nn.Parameter(rows.clone())
-
-    def forward(self, features):
-        return self.rows.expand(features.shape[0], *self.rows.shape)
 
 
 def test_lexical_prefix_is_a_mixture_of_the_lms_token_embeddings(tiny_lm_dir):

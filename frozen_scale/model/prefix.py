@@ -63,18 +63,21 @@ class LexicalPrefixMapper(nn.Module):
         cos = torch.nn.functional.normalize(free, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
         return (cos * self.log_sharpness.exp()).masked_fill(self.blocked, float("-inf")).softmax(-1)
 
+    def _snap(self, features, embeddings: nn.Module):
+        """(free vectors [N, k, d], the vocabulary [V, d], weights [N, k, V])."""
+        table = self.vocabulary(embeddings, features.device)
+        free = self.free(features).to(table.dtype)
+        return free, table, self._weights(free, table)
+
     def token_weights(self, features, embeddings: nn.Module) -> torch.Tensor:
         """[N, D] -> [N, k, V]: each slot's weights over the vocabulary (rows sum to 1; hard: the
         weights a soft prefix would use, whose argmax is the token written)."""
-        table = self.vocabulary(embeddings, features.device)
-        return self._weights(self.free(features).to(table.dtype), table)
+        return self._snap(features, embeddings)[2]
 
     def forward(self, features, embeddings: nn.Module | None = None):
         if embeddings is None:
             raise ValueError("a lexical prefix needs the LM's input-embedding module")
-        table = self.vocabulary(embeddings, features.device)
-        free = self.free(features).to(table.dtype)
-        weights = self._weights(free, table)
+        free, table, weights = self._snap(features, embeddings)
         if not self.hard:
             return weights @ table
         tokens = table[weights.argmax(-1)]
