@@ -60,7 +60,7 @@ def prefix_param_counts(cfg, lm_hidden: int, lm_vocab: int = 1) -> tuple[int, in
 
     with torch.device("meta"):
         vision = build_vision_encoder(cfg.model.vision)
-        if cfg.model.prefix_kind != "continuous":
+        if cfg.model.prefix_kind != "continuous":  # lexical, lexical_hard, words: the same parameters
             prefix = LexicalPrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_hidden, lm_vocab)
         else:
             prefix = PrefixMapper(vision.out_dim, cfg.model.prefix_length, lm_hidden, 1.0)

@@ -15,7 +15,7 @@ import deepspeed  # noqa: E402
 
 from frozen_scale.config import load_config  # noqa: E402
 from frozen_scale.data import prompts  # noqa: E402
-from frozen_scale.data.loader import to_tensor  # noqa: E402
+from frozen_scale.data.loader import to_tensor, word_targets  # noqa: E402
 from frozen_scale.synthetic import world  # noqa: E402
 
 GLOBAL_BATCH = 4
@@ -34,7 +34,7 @@ class CountingGathered(_Gathered):
         _gathered_max[0] = max(_gathered_max[0], n)
 
 
-def fixed_batch(tokenizer, k, image_size, rank, world_size):
+def fixed_batch(tokenizer, k, image_size, rank, world_size, words=False):
     scenes = [world.make_scene(123, "eval", i) for i in range(GLOBAL_BATCH)]
     per = GLOBAL_BATCH // world_size
     mine = scenes[rank * per:(rank + 1) * per]
@@ -51,6 +51,8 @@ def fixed_batch(tokenizer, k, image_size, rank, world_size):
         batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, pad), value=prompts.IGNORE)
         batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
     batch["pixel_values"] = torch.stack([to_tensor(world.render(s, image_size), [0.5] * 3, [0.5] * 3) for s in mine])
+    if words:
+        batch["prefix_targets"] = word_targets(tokenizer, [world.caption(s) for s in mine], k)
     return batch
 
 
@@ -68,7 +70,7 @@ def main():
     gathered_during_load = _gathered_max[0]
     model = trainer.engine.module
     batch = fixed_batch(trainer.tokenizer, cfg.model.prefix_length, cfg.model.vision.image_size,
-                        trainer.rank, trainer.world_size)
+                        trainer.rank, trainer.world_size, words=cfg.model.prefix_kind == "words")
     loss = trainer.engine(**batch)
     trainer.engine.backward(loss)
     grads = {}

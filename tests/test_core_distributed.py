@@ -62,16 +62,18 @@ def test_optimizer_never_holds_lm_parameters(runs):
             assert r["lm_params_in_optimizer"] == 0
 
 
-def test_a_lexical_prefix_under_zero3_matches_one_rank(tiny_lm_dir, tiny_shards, tmp_path):
-    """model.prefix_kind=lexical takes its mixture through the LM's embedding module, which ZeRO-3
-    partitions: two ZeRO-3 ranks give the loss and prefix gradients of one rank at stage 0."""
+@pytest.mark.parametrize("kind", ["lexical", "words"])
+def test_a_lexical_prefix_under_zero3_matches_one_rank(kind, tiny_lm_dir, tiny_shards, tmp_path):
+    """model.prefix_kind=lexical (and words, with its blank slots masked and its slot loss) takes
+    its tokens through the LM's embedding module, which ZeRO-3 partitions: two ZeRO-3 ranks give
+    the loss and prefix gradients of one rank at stage 0."""
     tiny_run_config = tmp_path / "tiny.yaml"
     tiny_run_config.write_text(yaml.safe_dump(tiny_config_dict(tiny_lm_dir, tiny_shards, tmp_path / "run")))
     results = {}
     for stage, nproc in ((0, 1), (3, 2)):
         path = tmp_path / f"s{stage}_w{nproc}"
         check(torchrun(nproc, [str(REPO / "tests" / "dist_worker.py"), str(tiny_run_config), str(path),
-                               f"deepspeed.stage={stage}", "model.prefix_kind=lexical",
+                               f"deepspeed.stage={stage}", f"model.prefix_kind={kind}", "model.prefix_length=6",
                                f"train.run_dir={tmp_path / f'run_{stage}_{nproc}'}"]))
         results[stage] = [json.loads((tmp_path / f"s{stage}_w{nproc}.rank{r}.json").read_text()) for r in range(nproc)]
     ref = results[0][0]

@@ -186,6 +186,16 @@ def test_nshot_vqa_world_layout():
     assert item.segments[2].text.endswith(" .") and len(item.images) == 3
 
 
+def test_nshot_vqa_items_are_paired_across_shot_counts():
+    """Item i asks the same question of the same scene at 0 and 2 shots: only the solved examples
+    differ, so the two columns compare like with like."""
+    zero = fw.vqa_items(seed=0, split="eval", n=20, shots=0, image_size=16)
+    two = fw.vqa_items(seed=0, split="eval", n=20, shots=2, image_size=16)
+    assert [(i.meta["question"], i.answers) for i in zero] == [(i.meta["question"], i.answers) for i in two]
+    assert [i.segments[-2:] for i in zero] == [i.segments[-2:] for i in two]
+    assert len({i.meta["question"] for i in zero}) > 3
+
+
 def test_score_wiring():
     items = [fw.Item("a", [], [], ["red"]), fw.Item("b", [], [], ["two"]), fw.Item("c", [], [], ["blue"])]
     res = tasks.score("vqa", items, ["red . question", "2 .", "green ."], tokenize="simple")

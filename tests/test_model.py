@@ -16,7 +16,8 @@ from tests.core_fixtures import FixedVectors
 def build(tiny_lm_dir, **model_kw) -> FrozenVLM:
     torch.manual_seed(0)
     vision = model_kw.pop("vision", VisionConfig(image_size=16, resnet_widths=[8, 16]))
-    cfg = ModelConfig(lm_path=str(tiny_lm_dir), prefix_length=2, vision=vision, **model_kw)
+    model_kw.setdefault("prefix_length", 2)
+    cfg = ModelConfig(lm_path=str(tiny_lm_dir), vision=vision, **model_kw)
     return FrozenVLM(cfg, load_lm(str(tiny_lm_dir)))
 
 
@@ -305,3 +306,86 @@ def test_hard_lexical_prefix_writes_exactly_the_nearest_tokens(tiny_lm_dir):
     model(b["pixel_values"], b["input_ids"], b["attention_mask"], b["labels"]).backward()
     assert model.prefix.free.rows.grad is not None and float(model.prefix.free.rows.grad.abs().sum()) > 0
     assert all(p.grad is None for p in model.lm.parameters())
+
+
+def _word_model(tiny_lm_dir, tok, words: list[str], k: int = 6) -> FrozenVLM:
+    """A word prefix (k slots) whose free vectors point at `words`, then blanks (the pad token)."""
+    model = build(tiny_lm_dir, prefix_kind="words", prefix_length=k).eval()
+    table = model.lm.get_input_embeddings().weight.detach()
+    ids = tok.convert_tokens_to_ids(words) + [tok.pad_token_id] * (k - len(words))
+    model.prefix.free = FixedVectors(table[ids] + 0.01 * torch.randn(k, table.shape[1]))
+    return model
+
+
+def test_word_prefix_is_read_exactly_as_the_same_words_written(tiny_lm_dir):
+    """model.prefix_kind=words: an image whose slots write "a red circle ." and two blanks gives the
+    LM's very logits of the text "a red circle ." in its place (blanks masked out of attention and
+    positions), in training's forward and in generation."""
+    tok = load_tokenizer(str(tiny_lm_dir))
+    words = ["a", "red", "circle", "."]
+    model = _word_model(tiny_lm_dir, tok, words)
+    shown = prompts.encode([prompts.Text("a blue square ."), prompts.Image(), prompts.Text("caption :")], tok, 6)
+    written = prompts.encode([prompts.Text("a blue square . a red circle . caption :")], tok, 6)
+    pixels = torch.randn(1, 3, 16, 16)
+    batch = prompts.pad_batch([shown], tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(pixels, batch["input_ids"], batch["attention_mask"])
+        text_ids = torch.tensor([written.input_ids])
+        reference = model.lm(input_ids=text_ids, attention_mask=torch.ones_like(text_ids)).logits
+    keep = [i for i, t in enumerate(shown.input_ids) if t != prompts.IMAGE_TOKEN]
+    keep[5:5] = [5, 6, 7, 8]  # the four written slots, where the blanks are not
+    keep = sorted(keep)
+    torch.testing.assert_close(logits[0, keep], reference[0], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        new = model.generate(pixels, batch["input_ids"], batch["attention_mask"], max_new_tokens=5,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        ref = model.lm.generate(input_ids=text_ids, attention_mask=torch.ones_like(text_ids), max_new_tokens=5,
+                                do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert new[0].tolist() == ref[0, text_ids.shape[1]:].tolist()
+
+
+def test_word_prefix_slot_loss_trains_the_writer_towards_the_captions_words(tiny_lm_dir, tiny_shards):
+    """The loader gives each image its caption's words ("a red circle ." then pad) as the word
+    prefix's slot targets; the slot loss adds their cross-entropy to the caption loss, its gradient
+    reaches the vision side and not the LM, and a few steps of it make the slots write them."""
+    from frozen_scale.data.loader import CaptionStream
+    from frozen_scale.data.shards import list_shards
+
+    tok = load_tokenizer(str(tiny_lm_dir))
+    stream = CaptionStream(list_shards(str(tiny_shards)), tok, k=14, image_size=16, batch_size=8, seed=0, rank=0,
+                           world_size=1, prompt="caption :", prefix_targets=True)
+    batch = next(iter(stream))
+    targets = batch["prefix_targets"]
+    assert targets.shape == (8, 14)
+    for caption, row in zip(batch["captions"], targets.tolist()):
+        assert tok.decode([t for t in row if t != tok.pad_token_id]) == f"{caption} ."
+    model = build(tiny_lm_dir, prefix_kind="words", prefix_length=14).train()
+    args = (batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["labels"])
+    caption_loss = model(*args)
+    with_slots = model(*args, prefix_targets=targets)
+    assert float(with_slots.detach()) > float(caption_loss.detach())
+    with_slots.backward()
+    assert all(p.grad is None for p in model.lm.parameters())
+    assert float(model.prefix.free.proj[0].weight.grad.abs().sum()) > 0
+    model.cfg.prefix_target_weight = 0.0
+    torch.testing.assert_close(model(*args, prefix_targets=targets), caption_loss)
+    model.cfg.prefix_target_weight = 1.0
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        model(*args, prefix_targets=targets).backward()
+        opt.step()
+    with torch.no_grad():
+        _, written, _ = model.prefix.write(model.vision(batch["pixel_values"]), model.lm.get_input_embeddings())
+    assert float((written == targets).float().mean()) > 0.9
+
+
+def test_word_prefix_needs_a_pad_token(tiny_lm_dir):
+    from frozen_scale.config import InputError
+
+    lm = load_lm(str(tiny_lm_dir))
+    lm.config.pad_token_id = None
+    cfg = ModelConfig(lm_path=str(tiny_lm_dir), prefix_length=4, prefix_kind="words",
+                      vision=VisionConfig(image_size=16, resnet_widths=[8, 16]))
+    with pytest.raises(InputError, match="pad_token_id"):
+        FrozenVLM(cfg, lm)

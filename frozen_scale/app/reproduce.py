@@ -11,9 +11,10 @@ Each is evaluated on captioning (CIDEr, BLEU-4, exact match), zero-shot and 2-sh
 questions were never seen with images), open-ended 2-way 1-shot classification and fast
 concept binding, with 95% Wilson intervals. Writes {run}/ablation.md, ablation.json and ablation.png.
 
-With `--candidates single,offset,interleaved,lexical,lexical_hard` (CANDIDATES: one image per
-sequence as in the paper, captions written before the image, 1-3 interleaved image-caption pairs
-per sequence, a prefix of mixtures of the LM's token embeddings, one of exactly its tokens), the
+With `--candidates single,offset,interleaved,lexical,lexical_hard,words` (CANDIDATES: one image
+per sequence as in the paper, captions written before the image, 1-3 interleaved image-caption
+pairs per sequence, a prefix of mixtures of the LM's token embeddings, one of exactly its tokens,
+one that writes a sentence of up to 14 of its words trained to be the caption's), the
 frozen prefix is first trained once per setting on the same LM and shards, evaluated on the same
 held-out items and probed (`eval.probes`: episodes with the support or the query written as text,
 captions at shifted positions, what a lexical prefix writes); the setting with the best few-shot
@@ -71,6 +72,8 @@ CANDIDATES = {
     "interleaved": ["data.images_per_sequence=3"],  # 1-3 pairs per sequence, loss on every caption
     "lexical": ["model.prefix_kind=lexical"],  # each prefix vector a mixture of the LM's token embeddings
     "lexical_hard": ["model.prefix_kind=lexical_hard"],  # each prefix vector one of the LM's token embeddings
+    # the image writes up to 14 of the LM's words (the longest caption and its "."), blanks masked out
+    "words": ["model.prefix_kind=words", "model.prefix_length=14", "train.lr=3e-3"],
 }
 FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
 QUICK = [

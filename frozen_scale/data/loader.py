@@ -92,6 +92,20 @@ class Counter:
         return True  # skip the rest of the shard, go on
 
 
+def word_targets(tokenizer, captions: list[str], k: int) -> torch.Tensor:
+    """[N, k]: what a word prefix (`model.prefix_kind=words`) is trained to write for each caption:
+    its words as a sentence ("a red circle ."; a final "." added where it has none, as the LM's text
+    writes a scene), cut at k, then the pad token (blank slots)."""
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        raise ValueError("model.prefix_kind=words needs a tokenizer with a pad token")
+    sentences = [cap if cap.rstrip().endswith(".") else f"{cap} ." for cap in captions]
+    out = torch.full((len(captions), k), pad, dtype=torch.long)
+    for row, ids in enumerate(tokenizer(sentences, add_special_tokens=False)["input_ids"]):
+        out[row, : min(len(ids), k)] = torch.tensor(ids[:k], dtype=torch.long)
+    return out
+
+
 class CaptionStream(IterableDataset):
     """Endless, deterministic, resumable stream of collated image-caption batches for one rank."""
 
@@ -100,7 +114,7 @@ class CaptionStream(IterableDataset):
                  prompt: str = "", max_text_len: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  image_keys=("png", "jpg", "jpeg", "webp"), caption_key: str = "txt",
                  images_per_sequence: int = 1, text_before_image: int = 0, position_shift: int = 0,
-                 state: StreamState | None = None):
+                 prefix_targets: bool = False, state: StreamState | None = None):
         super().__init__()
         self.shards, self.tokenizer, self.k = shards, tokenizer, k
         self.image_size, self.batch_size = image_size, batch_size
@@ -111,6 +125,7 @@ class CaptionStream(IterableDataset):
         self.image_keys, self.caption_key = tuple(image_keys), caption_key
         self.images_per_sequence, self.text_before_image = images_per_sequence, text_before_image
         self.position_shift = position_shift
+        self.prefix_targets = prefix_targets
         self.state = state or StreamState()
         self.fingerprint = self._fingerprint()
         if self.state.positions and any(p.get("stream") != self.fingerprint for p in self.state.positions.values()):
@@ -130,7 +145,8 @@ class CaptionStream(IterableDataset):
                    max_text_len=data.max_text_len, mean=model.vision.mean, std=model.vision.std,
                    image_keys=data.image_key.split(";"), caption_key=data.caption_key,
                    images_per_sequence=data.images_per_sequence, text_before_image=data.text_before_image,
-                   position_shift=data.position_shift, state=state)
+                   position_shift=data.position_shift, prefix_targets=model.prefix_kind == "words",
+                   state=state)
 
     def _fingerprint(self) -> str:
         """What a saved position depends on besides the seed and the slot: the shard list, the
@@ -245,6 +261,8 @@ class CaptionStream(IterableDataset):
             rows = batch["input_ids"].shape[0]
             rng = random.Random("shift|" + "|".join(key for _, _, key in items))
             batch["position_shift"] = torch.tensor([rng.randint(0, self.position_shift) for _ in range(rows)])
+        if self.prefix_targets:
+            batch["prefix_targets"] = word_targets(self.tokenizer, batch["captions"], self.k)
         return batch
 
     def _collate(self, items):

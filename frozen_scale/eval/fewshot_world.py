@@ -80,8 +80,11 @@ def _random_question(scene: world.Scene, rng: np.random.Generator) -> tuple[str,
 
 
 def vqa_items(seed: int, split: str, n: int, shots: int, image_size: int) -> list[Item]:
-    """Zero-shot (shots=0) or n-shot VQA in the world's question format."""
+    """Zero-shot (shots=0) or n-shot VQA in the world's question format. Paired across shot
+    counts: item i asks the same question of the same scene whatever `shots` is, so 2-shot vs
+    0-shot differs only by the solved examples before it."""
     rng = np.random.default_rng([seed, 4242, shots])
+    query_rng = np.random.default_rng([seed, 4243])
     items = []
     for i, scene in enumerate(world.scenes(seed, split, n)):
         shot_list = []
@@ -89,7 +92,7 @@ def vqa_items(seed: int, split: str, n: int, shots: int, image_size: int) -> lis
             shot = world.make_scene(seed, split, _SHOT_OFFSET + i * shots + j)
             q, a = _random_question(shot, rng)
             shot_list.append((world.render(shot, image_size), q, a))
-        q, a = _random_question(scene, rng)
+        q, a = _random_question(scene, query_rng)
         prompt = fewshot.nshot_vqa(shot_list, world.render(scene, image_size), q, a,
                                    format_question=text.question_prompt,
                                    format_answer=lambda ans: f" {ans} .")

@@ -86,12 +86,12 @@ def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets,
             pixels.append(to_tensor(world.render(scene, v.image_size), v.mean, v.std))
     batch = prompts.pad_batch(encoded, tokenizer.pad_token_id)
     dev = next(model.prefix.parameters()).device
-    embeds = model.embed(batch["input_ids"].to(dev), torch.stack(pixels).to(dev) if pixels else None)
-    mask = batch["attention_mask"].to(dev)
+    embeds, mask, _ = model.embed_images(batch["input_ids"].to(dev), torch.stack(pixels).to(dev) if pixels else None,
+                                         batch["attention_mask"].to(dev))
     labels = batch["labels"][:, 1:].to(dev)
     out = {}
-    for offset in offsets:
-        positions = torch.arange(mask.shape[1], device=dev).expand_as(mask) + int(offset)
+    for offset in offsets:  # positions skip a word prefix's blank slots, as the LM reads them
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0) + int(offset)
         logits = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).logits
         hit = (logits[:, :-1].argmax(-1) == labels) | (labels == prompts.IGNORE)
         out[int(offset)] = float(hit.all(dim=1).float().mean())
@@ -120,8 +120,8 @@ def lexical_readout(model, tokenizer, *, seed: int, n: int) -> dict | None:
         if not rows:
             continue
         spelled, examples = 0, []
-        for i in rows:
-            written = tokenizer.convert_ids_to_tokens(ids[i].tolist())
+        for i in rows:  # a word prefix's blank slots (the pad token) write nothing
+            written = tokenizer.convert_ids_to_tokens([t for t in ids[i].tolist() if t != tokenizer.pad_token_id])
             context = text.context(scenes[i]).split()[: model.k]
             spelled += written == context
             if len(examples) < 4:

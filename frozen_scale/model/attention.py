@@ -10,6 +10,7 @@ later tokens out), with the LM's eager attention: the fused kernels return no we
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -54,16 +55,23 @@ def shares_over_slots(attentions, queries: list[int], slots: list[list[int]]) ->
 
 
 @torch.no_grad()
-def lm_attentions(lm: nn.Module, inputs_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every layer's attention weights [1, heads, Q, K] for one unpadded sequence, with the
-    eager attention for this pass (the LM's own implementation is put back after)."""
+def lm_attentions(lm: nn.Module, inputs_embeds: torch.Tensor,
+                  attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Every layer's attention weights [1, heads, Q, K] for one unpadded sequence (its blank word
+    slots masked out by `attention_mask`, when given), with the eager attention for this pass
+    (the LM's own implementation is put back after)."""
     before = getattr(lm.config, "_attn_implementation", None)
     switch = before not in (None, "eager") and hasattr(lm, "set_attn_implementation")
     if switch:
         lm.set_attn_implementation("eager")
     try:
-        mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        out = lm(inputs_embeds=inputs_embeds, attention_mask=mask, output_attentions=True, use_cache=False)
+        mask = attention_mask
+        if mask is None:
+            mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+        extra = {}
+        if "position_ids" in inspect.signature(lm.forward).parameters:  # blank slots take no position
+            extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = lm(inputs_embeds=inputs_embeds, attention_mask=mask, output_attentions=True, use_cache=False, **extra)
     finally:
         if switch:
             lm.set_attn_implementation(before)
@@ -80,8 +88,8 @@ def measure(model, tokenizer, prompt_ids: list[int], new_ids: list[int], pixels)
         raise ValueError("nothing was generated")
     device = next(model.prefix.parameters()).device
     ids = torch.tensor([prompt_ids + new_ids[:-1]], dtype=torch.long, device=device)
-    embeds = model.embed(ids, None if pixels is None else pixels.to(device))
-    attentions = lm_attentions(model.lm, embeds)
+    embeds, mask, _ = model.embed_images(ids, None if pixels is None else pixels.to(device), torch.ones_like(ids))
+    attentions = lm_attentions(model.lm, embeds, mask)
     slots = image_slot_runs(prompt_ids, model.k)
     queries = list(range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(new_ids)))
     return AttentionShares(

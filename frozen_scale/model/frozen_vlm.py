@@ -29,7 +29,7 @@ from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
 from frozen_scale.model import attention
 from frozen_scale.model import lm as lm_lib
 from frozen_scale.model import lm_identity
-from frozen_scale.model.prefix import LexicalPrefixMapper, PrefixMapper
+from frozen_scale.model.prefix import LexicalPrefixMapper, PrefixMapper, WordPrefixMapper
 from frozen_scale.model.vision import build_vision_encoder
 
 
@@ -43,6 +43,14 @@ def embedding_norm(lm: nn.Module) -> float:
 
 def build_prefix_mapper(cfg: ModelConfig, lm: nn.Module, in_dim: int, hidden: int, norm: float) -> nn.Module:
     """The mapper `model.prefix_kind` names: free vectors, or vectors snapped to the LM's tokens."""
+    if cfg.prefix_kind == "words":
+        pad = getattr(lm.config, "pad_token_id", None)
+        if pad is None:
+            raise InputError("model.prefix_kind=words needs an LM whose config names a pad_token_id: the "
+                             "token a slot writes to write nothing")
+        special = [getattr(lm.config, name, None) for name in ("bos_token_id", "eos_token_id")]
+        return WordPrefixMapper(in_dim, cfg.prefix_length, hidden, lm.get_input_embeddings().num_embeddings,
+                                pad, norm, blocked_ids=special)
     if cfg.prefix_kind in ("lexical", "lexical_hard"):
         special = (getattr(lm.config, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id"))
         return LexicalPrefixMapper(in_dim, cfg.prefix_length, hidden, lm.get_input_embeddings().num_embeddings,
@@ -98,11 +106,18 @@ class FrozenVLM(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with image slots filled by prefix vectors, in image order."""
+        return self.embed_images(input_ids, pixel_values)[0]
+
+    def embed_images(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+                     attention_mask: torch.Tensor | None = None):
+        """(embeddings, attention mask, slot logits): `embed`'s embeddings; the attention mask with
+        the slots a word prefix left blank masked out (given back as is otherwise, None if None);
+        a word prefix's logits over the vocabulary [N_images, k, V] (None for other prefixes)."""
         slots = input_ids == IMAGE_TOKEN
         tokens = self.lm.get_input_embeddings()(input_ids.masked_fill(slots, 0))
         n_slots = int(slots.sum())
         if n_slots == 0:
-            return tokens
+            return tokens, attention_mask, None
         if pixel_values is None:
             raise ValueError("input_ids hold image slots but no pixel_values were given")
         images = pixel_values.flatten(0, 1) if pixel_values.dim() == 5 else pixel_values
@@ -110,14 +125,28 @@ class FrozenVLM(nn.Module):
             raise ValueError(
                 f"{n_slots} image slots in input_ids but {images.shape[0]} images x k={self.k}"
             )
-        prefix = self.image_prefix(images.to(tokens.dtype)).to(tokens.dtype)
-        return tokens.masked_scatter(slots.unsqueeze(-1), prefix.reshape(-1, prefix.shape[-1]))
+        features = self.vision(images.to(tokens.dtype))
+        embeddings = self.lm.get_input_embeddings()
+        logits = None
+        if isinstance(self.prefix, WordPrefixMapper):
+            prefix, written, logits = self.prefix.write(features, embeddings)
+            if attention_mask is not None:
+                blank = torch.zeros_like(slots)
+                blank[slots] = written.reshape(-1) == self.prefix.blank_id
+                attention_mask = attention_mask.masked_fill(blank, 0)
+        else:
+            prefix = self.prefix(features, embeddings)
+        prefix = prefix.to(tokens.dtype)
+        return tokens.masked_scatter(slots.unsqueeze(-1), prefix.reshape(-1, prefix.shape[-1])), attention_mask, logits
 
     # -- training ----------------------------------------------------------------------------
-    def forward(self, pixel_values, input_ids, attention_mask, labels=None, position_shift=None, **_):
-        """Mean over samples of each sample's mean next-token loss on its target tokens.
+    def forward(self, pixel_values, input_ids, attention_mask, labels=None, position_shift=None,
+                prefix_targets=None, **_):
+        """Mean over samples of each sample's mean next-token loss on its target tokens (a word
+        prefix: plus model.prefix_target_weight x its slots' mean cross-entropy against
+        `prefix_targets` [N_images, k], when given).
         position_shift: [B] first position id of each row (data.position_shift; default 0)."""
-        embeds = self.embed(input_ids, pixel_values)
+        embeds, attention_mask, slot_logits = self.embed_images(input_ids, pixel_values, attention_mask)
         extra = {}
         if self._takes_position_ids:  # left-padded rows start at position 0 too
             extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -136,7 +165,11 @@ class FrozenVLM(nn.Module):
         counts = (target != IGNORE).sum(1)
         per_sample = token_loss.sum(1) / counts.clamp(min=1)
         valid = counts > 0
-        return per_sample[valid].mean() if bool(valid.any()) else per_sample.sum() * 0.0
+        loss = per_sample[valid].mean() if bool(valid.any()) else per_sample.sum() * 0.0
+        if slot_logits is not None and prefix_targets is not None and self.cfg.prefix_target_weight > 0:
+            slot_loss = F.cross_entropy(slot_logits.float().flatten(0, 1), prefix_targets.to(input_ids.device).flatten())
+            loss = loss + self.cfg.prefix_target_weight * slot_loss
+        return loss
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -144,7 +177,7 @@ class FrozenVLM(nn.Module):
                  num_beams: int = 1, eos_token_id=None, pad_token_id=None, **kwargs) -> torch.Tensor:
         """Greedy (num_beams=1) or beam search through the LM's own `generate`; inputs are
         left-padded. Returns only the new token ids [B, T]."""
-        embeds = self.embed(input_ids, pixel_values)
+        embeds, attention_mask, _ = self.embed_images(input_ids, pixel_values, attention_mask)
         return self.lm.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
             num_beams=num_beams, do_sample=False, eos_token_id=eos_token_id, pad_token_id=pad_token_id,

@@ -8,6 +8,10 @@
   is readable as words (SPAE / LQAE put images in a frozen LM's token space the same way). The
   vocabulary is read through the LM's embedding module (one pass over it per forward), so it works
   with a partitioned (ZeRO-3) embedding. Measured on the built-in world in README (issue #15).
+- WordPrefixMapper (`model.prefix_kind=words`): exactly the LM's tokens, any of whose slots may
+  write the LM's pad token, which the model masks out of attention and positions: the image is a
+  sentence of variable length, read by the LM exactly as the same words written. Trained with a
+  slot loss against the caption's own words as well (`model.prefix_target_weight`).
 """
 
 from __future__ import annotations
@@ -59,9 +63,12 @@ class LexicalPrefixMapper(nn.Module):
         """[V, d]: every token's embedding, through the module (gathered under ZeRO-3)."""
         return embeddings(torch.arange(embeddings.num_embeddings, device=device))
 
-    def _weights(self, free: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def _logits(self, free: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         cos = torch.nn.functional.normalize(free, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
-        return (cos * self.log_sharpness.exp()).masked_fill(self.blocked, float("-inf")).softmax(-1)
+        return (cos * self.log_sharpness.exp()).masked_fill(self.blocked, float("-inf"))
+
+    def _weights(self, free: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return self._logits(free, table).softmax(-1)
 
     def _snap(self, features, embeddings: nn.Module):
         """(free vectors [N, k, d], the vocabulary [V, d], weights [N, k, V])."""
@@ -82,3 +89,34 @@ class LexicalPrefixMapper(nn.Module):
             return weights @ table
         tokens = table[weights.argmax(-1)]
         return tokens + (free - free.detach())  # exactly the tokens; the gradient goes to free
+
+
+class WordPrefixMapper(LexicalPrefixMapper):
+    """A hard lexical prefix that may write fewer than k words: a slot writing `blank_id` (the LM's
+    pad token) is dropped by the model (`FrozenVLM.embed_images` masks it out of attention and
+    position ids), so an image writes a sentence of 1..k words. `write` returns the slots' logits
+    over the vocabulary too (cosine x sharpness), which a slot loss trains against the caption's
+    words padded with `blank_id`."""
+
+    def __init__(self, in_dim: int, k: int, lm_dim: int, vocab_size: int, blank_id: int,
+                 embedding_norm: float = 1.0, blocked_ids=(), sharpness: float = 10.0):
+        blocked = [i for i in blocked_ids if i is not None and i != blank_id]
+        super().__init__(in_dim, k, lm_dim, vocab_size, embedding_norm, blocked, hard=True, sharpness=sharpness)
+        self.blank_id = int(blank_id)
+
+    def write(self, features, embeddings: nn.Module):
+        """(vectors [N, k, d]: exactly the written tokens' embeddings, with the gradient of the
+        softmax mixture (straight-through: the LM's loss reaches the writer through its weights over
+        the vocabulary, not as a free vector); token ids [N, k], blank_id where a slot writes
+        nothing; logits [N, k, V])."""
+        table = self.vocabulary(embeddings, features.device)
+        free = self.free(features).to(table.dtype)
+        logits = self._logits(free, table)
+        ids = logits.argmax(-1)
+        soft = logits.softmax(-1) @ table
+        return table[ids] + (soft - soft.detach()), ids, logits
+
+    def forward(self, features, embeddings: nn.Module | None = None):
+        if embeddings is None:
+            raise ValueError("a word prefix needs the LM's input-embedding module")
+        return self.write(features, embeddings)[0]
