@@ -92,16 +92,16 @@ class ModelConfig:
     """continuous (the paper's): each prefix vector is free, scaled to the LM's embedding norm.
     lexical: each is a softmax mixture of the LM's own token embeddings, weighted by its cosine
     similarity to them; lexical_hard: each is exactly its most similar token's embedding (a
-    straight-through gradient): the image is written in the LM's vocabulary. words: lexical_hard
-    whose slots may also write the LM's pad token, which is masked out: the image writes a
-    sentence of up to prefix_length words, trained to be its caption's (prefix_target_weight).
-    See frozen_scale/model/prefix.py."""
+    straight-through gradient): the image is written in the LM's vocabulary. words: each slot is
+    exactly one token, or the LM's pad token, which is masked out: the image writes a sentence of
+    up to prefix_length words (the gradient of the softmax mixture passes straight through),
+    trained to be its caption's (prefix_target_weight). See frozen_scale/model/prefix.py."""
     prefix_target_weight: float = 10.0
     """prefix_kind=words: weight of the slot loss (each slot's cross-entropy against the caption's
     words, "a red circle ." then pad), added to the LM's caption loss. Measured on the built-in
-    world (held-out scenes spelled exactly after 300 steps at lr 3e-3): 10 -> 1.00; 1 -> 0.13 at
-    lr 1e-3 (the caption loss, which written words cannot lower at the caption's end token, pulls
-    the writer off its words); 0 (the LM's loss alone) -> 0.00."""
+    world (held-out scenes spelled exactly, lr 3e-3): 10 -> 1.00 after 300 steps; 1 -> 0.66 after
+    200 (the caption loss, which written words cannot lower at the caption's end token, pulls the
+    writer off its words); 0 (the LM's loss alone) -> 0.00 (README, issue #15)."""
     vision: VisionConfig = field(default_factory=VisionConfig)
     train_lm: bool = False
     """Ablation only: finetune the LM together with the prefix (the paper's 'finetuned' row)."""
