@@ -102,6 +102,12 @@ def image_slot_runs(input_ids, k: int) -> list[list[int]]:
     return runs
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only the attended tokens: left padding and a word prefix's blank
+    slots take no position (each holds its predecessor's, clamped at 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def pad_batch(encoded: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
     """Stack encoded sequences; right padding for training, left padding for generation."""
     width = max(len(e.input_ids) for e in encoded)

@@ -91,7 +91,7 @@ def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets,
     labels = batch["labels"][:, 1:].to(dev)
     out = {}
     for offset in offsets:  # positions skip a word prefix's blank slots, as the LM reads them
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0) + int(offset)
+        positions = prompts.position_ids(mask) + int(offset)
         logits = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False).logits
         hit = (logits[:, :-1].argmax(-1) == labels) | (labels == prompts.IGNORE)
         out[int(offset)] = float(hit.all(dim=1).float().mean())

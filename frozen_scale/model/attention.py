@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from frozen_scale.data.prompts import image_slot_runs
+from frozen_scale.data.prompts import image_slot_runs, position_ids
 
 
 @dataclass
@@ -70,7 +70,7 @@ def lm_attentions(lm: nn.Module, inputs_embeds: torch.Tensor,
             mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
         extra = {}
         if "position_ids" in inspect.signature(lm.forward).parameters:  # blank slots take no position
-            extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            extra["position_ids"] = position_ids(mask)
         out = lm(inputs_embeds=inputs_embeds, attention_mask=mask, output_attentions=True, use_cache=False, **extra)
     finally:
         if switch:

@@ -149,7 +149,7 @@ class FrozenVLM(nn.Module):
         embeds, attention_mask, slot_logits = self.embed_images(input_ids, pixel_values, attention_mask)
         extra = {}
         if self._takes_position_ids:  # left-padded rows start at position 0 too
-            extra["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            extra["position_ids"] = prompts.position_ids(attention_mask)
             if position_shift is not None:
                 extra["position_ids"] = extra["position_ids"] + position_shift.to(input_ids.device).view(-1, 1)
         elif position_shift is not None:

@@ -67,24 +67,22 @@ class LexicalPrefixMapper(nn.Module):
         cos = torch.nn.functional.normalize(free, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
         return (cos * self.log_sharpness.exp()).masked_fill(self.blocked, float("-inf"))
 
-    def _weights(self, free: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        return self._logits(free, table).softmax(-1)
-
     def _snap(self, features, embeddings: nn.Module):
-        """(free vectors [N, k, d], the vocabulary [V, d], weights [N, k, V])."""
+        """(free vectors [N, k, d], the vocabulary [V, d], logits [N, k, V])."""
         table = self.vocabulary(embeddings, features.device)
         free = self.free(features).to(table.dtype)
-        return free, table, self._weights(free, table)
+        return free, table, self._logits(free, table)
 
     def token_weights(self, features, embeddings: nn.Module) -> torch.Tensor:
         """[N, D] -> [N, k, V]: each slot's weights over the vocabulary (rows sum to 1; hard: the
         weights a soft prefix would use, whose argmax is the token written)."""
-        return self._snap(features, embeddings)[2]
+        return self._snap(features, embeddings)[2].softmax(-1)
 
     def forward(self, features, embeddings: nn.Module | None = None):
         if embeddings is None:
             raise ValueError("a lexical prefix needs the LM's input-embedding module")
-        free, table, weights = self._snap(features, embeddings)
+        free, table, logits = self._snap(features, embeddings)
+        weights = logits.softmax(-1)
         if not self.hard:
             return weights @ table
         tokens = table[weights.argmax(-1)]
@@ -109,9 +107,7 @@ class WordPrefixMapper(LexicalPrefixMapper):
         softmax mixture (straight-through: the LM's loss reaches the writer through its weights over
         the vocabulary, not as a free vector); token ids [N, k], blank_id where a slot writes
         nothing; logits [N, k, V])."""
-        table = self.vocabulary(embeddings, features.device)
-        free = self.free(features).to(table.dtype)
-        logits = self._logits(free, table)
+        _, table, logits = self._snap(features, embeddings)
         ids = logits.argmax(-1)
         soft = logits.softmax(-1) @ table
         return table[ids] + (soft - soft.detach()), ids, logits
