@@ -36,10 +36,16 @@ def _record_batches(monkeypatch) -> list[torch.Tensor]:
     return seen
 
 
-def test_naming_curriculum_then_mixed_corpus(tmp_path, monkeypatch):
+def test_naming_curriculum_then_mixed_corpus(tmp_path, monkeypatch, caplog):
     seen = _record_batches(monkeypatch)
     pc = LMPretrainConfig(steps=6, naming_steps=3, naming_fraction=0.0, **TINY)
-    summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    with caplog.at_level("WARNING", logger="frozen_scale.pretrain_lm"):
+        summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    # 3 steps teach a 1-layer LM no naming: the curriculum's end and the summary both say so
+    assert summary["text_classification_accuracy"] < pretrain_lm.NAMING_LEARNED
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("naming curriculum ended after 3 steps without in-context naming" in w for w in warnings)
+    assert pretrain_lm.naming_warning(summary) in warnings
     tok = text.build_tokenizer(naming=True)
     this = tok.convert_tokens_to_ids("this")
     assert len(seen) == 6
@@ -134,3 +140,11 @@ def test_shape_questions_ask_the_first_hop_of_binding():
     with pytest.raises(ValueError, match="naming_shape_questions"):
         pretrain_lm.pretrain(LMPretrainConfig(steps=2, naming_shape_questions=2.0, **TINY), "/nonexistent/lm",
                              progress=False)
+
+
+def test_naming_warning_only_for_an_lm_that_should_name_and_does_not():
+    assert pretrain_lm.naming_warning({"text_qa_accuracy": 0.9}) is None  # no naming documents
+    assert pretrain_lm.naming_warning({"text_classification_accuracy": 1.0}) is None
+    assert pretrain_lm.naming_warning({"text_classification_accuracy": pretrain_lm.NAMING_LEARNED}) is None
+    warning = pretrain_lm.naming_warning({"text_classification_accuracy": 0.48})
+    assert "did not learn in-context naming" in warning and "0.480" in warning and "naming_steps" in warning

@@ -284,6 +284,11 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
         f"in brackets. Wall time {info['total_seconds']:.0f} s.",
         "",
     ]
+    from frozen_scale.train.pretrain_lm import naming_warning
+
+    warning = naming_warning(lm)
+    if warning:
+        head += [f"**Warning: {warning}.**", ""]
     tail = [""]
     if candidates:
         tail += ["Frozen prefix training settings (the same LM, shards and held-out items; chosen by the mean of "

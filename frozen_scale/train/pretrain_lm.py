@@ -21,6 +21,22 @@ from frozen_scale.synthetic import text
 
 log = logging.getLogger("frozen_scale.pretrain_lm")
 
+NAMING_LEARNED = 0.9
+"""Text-only 2-way 1-shot classification at or above which the LM names in context (chance: 0.5).
+The tiny LM learns it in a sudden phase change whose step varies between runs (README, issue #15)."""
+
+
+def naming_warning(summary: dict) -> str | None:
+    """The warning for an LM pretrained on naming documents that did not learn in-context naming,
+    or None (also for an LM without naming)."""
+    acc = summary.get("text_classification_accuracy")
+    if acc is None or acc >= NAMING_LEARNED:
+        return None
+    return (f"the LM did not learn in-context naming (text-only 2-way 1-shot classification {acc:.3f}, "
+            f"chance 0.5): its few-shot classification and binding cannot rise above chance; the naming "
+            f"phase change comes at a step that varies between runs, so rerun with a larger "
+            f"lm_pretrain.naming_steps or another seed")
+
 
 def tiny_lm_config(arch: str, vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int,
                    bos: int, eos: int, pad: int):
@@ -117,6 +133,9 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
             model.eval()
             after_naming = {f"{k}_after_naming_steps": v for k, v in text_naming_accuracy(model, tokenizer, seed).items()}
             log.info("after the naming curriculum: %s", after_naming)
+            if after_naming["text_classification_accuracy_after_naming_steps"] < NAMING_LEARNED:
+                log.warning("the naming curriculum ended after %d steps without in-context naming (%s)",
+                            pc.naming_steps, after_naming)
             model.train()
         source = naming_data if step < pc.naming_steps else data
         ids = source[torch.randint(0, len(source), (pc.batch_size,), generator=gen)]
@@ -142,6 +161,9 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         summary.update(text_naming_accuracy(model, tokenizer, seed))
         summary.update(after_naming)
     log.info("LM pretrained: %s", summary)
+    warning = naming_warning(summary)
+    if warning:
+        log.warning(warning)
     return summary
 
 
