@@ -34,8 +34,8 @@ def naming_warning(summary: dict) -> str | None:
         return None
     return (f"the LM did not learn in-context naming (text-only 2-way 1-shot classification {acc:.3f}, "
             f"chance 0.5): its few-shot classification and binding cannot rise above chance; the naming "
-            f"phase change comes at a step that varies between runs, so rerun with a larger "
-            f"lm_pretrain.naming_steps or another seed")
+            f"phase change comes at a step that varies between runs: rerun with a larger "
+            f"lm_pretrain.naming_steps (or another world.seed)")
 
 
 def tiny_lm_config(arch: str, vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int,
