@@ -131,9 +131,10 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     for step in tqdm(range(pc.steps), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
         if step == pc.naming_steps and step > 0:  # the naming curriculum's result, before the mixed corpus
             model.eval()
-            after_naming = {f"{k}_after_naming_steps": v for k, v in text_naming_accuracy(model, tokenizer, seed).items()}
+            measured = text_naming_accuracy(model, tokenizer, seed)
+            after_naming = {f"{k}_after_naming_steps": v for k, v in measured.items()}
             log.info("after the naming curriculum: %s", after_naming)
-            if after_naming["text_classification_accuracy_after_naming_steps"] < NAMING_LEARNED:
+            if naming_warning(measured):
                 log.warning("the naming curriculum ended after %d steps without in-context naming (%s)",
                             pc.naming_steps, after_naming)
             model.train()
