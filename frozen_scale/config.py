@@ -307,6 +307,10 @@ class LMPretrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     seq_len: int = 48
+    n_positions: int = 0
+    """The LM's position table (learned positions: the longest prompt it can read); 0: max(64,
+    2 * seq_len). The table's size is part of the LM's random initialisation, which decides the
+    naming curriculum's phase change (README, issue #15)."""
     num_documents: int = 30000
     copy_fraction: float = 0.5
     """Fraction of documents that repeat their caption ('caption. caption.'), which teaches the
@@ -319,6 +323,11 @@ class LMPretrainConfig:
     """A curriculum: the first naming_steps steps draw naming documents only, the rest the mixed
     corpus. A 0.8M-parameter LM learns in-context naming this way (text-only 2-way classification
     1.0 after ~1000 such steps) but not from a mixed corpus alone (chance after 3000 steps at 70%)."""
+    continue_steps: int = 0
+    """After the `steps` of the one-cycle schedule, this many more steps on the mixed corpus under a
+    new one-cycle schedule peaking at continue_lr: more mixed text (n-shot QA, copying) without
+    changing the LR of the steps before, on which the naming curriculum's phase change depends."""
+    continue_lr: float = 5e-4
     pack: Literal["none", "mixed", "all"] = "none"
     """Pack documents back to back into full seq_len rows (each after an end-of-text token, a
     document cut at a row's edge goes on in the next row), as real LMs are pretrained, so that every

@@ -60,6 +60,29 @@ def test_naming_curriculum_then_mixed_corpus(tmp_path, monkeypatch, caplog):
     assert text.knows_naming(saved)
 
 
+def test_continue_steps_go_on_with_the_mixed_corpus_under_a_new_schedule(tmp_path, monkeypatch):
+    """continue_steps: after the `steps` of the first one-cycle schedule (left as it was), more steps
+    on the mixed corpus under a second one-cycle schedule peaking at continue_lr."""
+    seen = _record_batches(monkeypatch)
+    schedules = []
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR
+
+    def recorded(opt, max_lr, total_steps, **kw):
+        schedules.append((max_lr, total_steps, len(seen)))
+        return one_cycle(opt, max_lr=max_lr, total_steps=total_steps, **kw)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "OneCycleLR", recorded)
+    pc = LMPretrainConfig(steps=4, naming_steps=2, continue_steps=3, continue_lr=2e-4, naming_fraction=0.0,
+                          n_positions=100, **TINY)
+    pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    assert schedules == [(pc.lr, 4, 0), (2e-4, 3, 4)]
+    this = text.build_tokenizer(naming=True).convert_tokens_to_ids("this")
+    assert len(seen) == 7 and not any(bool((ids == this).any()) for ids in seen[2:])
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(str(tmp_path / "lm")).n_positions == 100
+
+
 def test_without_naming_the_vocabulary_is_the_worlds(tmp_path):
     pc = LMPretrainConfig(steps=2, **TINY)
     summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
@@ -70,7 +93,9 @@ def test_without_naming_the_vocabulary_is_the_worlds(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [({"naming_steps": 6}, "naming_steps"),
-                                        ({"naming_fraction": 1.0}, "naming_fraction")])
+                                        ({"naming_fraction": 1.0}, "naming_fraction"),
+                                        ({"continue_steps": -1}, "continue_steps"),
+                                        ({"n_positions": 90}, "n_positions")])
 def test_bad_naming_settings_are_refused(tmp_path, bad, match):
     pc = LMPretrainConfig(**{**dict(steps=6, **TINY), **bad})
     with pytest.raises(ValueError, match=match):

@@ -30,7 +30,7 @@ def test_overlay_is_laid_over_the_demo_config():
     assert cfg.lm_pretrain.naming_steps > 0 and base.lm_pretrain.naming_steps == base.lm_pretrain.naming_fraction == 0
     assert cfg.train.lr == base.train.lr and cfg.eval.batch_size == 7
     quick = rp.load_reproduce_config(str(BASE), str(OVERLAY), rp.QUICK)
-    assert quick.train.steps <= 5 and quick.lm_pretrain.n_embd == 32
+    assert quick.train.steps <= 5 and quick.lm_pretrain.n_embd == 32 and quick.lm_pretrain.continue_steps <= 5
 
 
 def test_variant_configs(tmp_path):

@@ -81,6 +81,7 @@ FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
 QUICK = [
     "lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2", "lm_pretrain.steps=5",
     "lm_pretrain.num_documents=100", "lm_pretrain.batch_size=8", "lm_pretrain.naming_steps=2",
+    "lm_pretrain.continue_steps=2",
     "world.num_train=48",
     "world.samples_per_shard=24", "model.vision.image_size=16", "model.vision.resnet_widths=[8,16]",
     "model.prefix_length=2", "train.steps=2", "train.micro_batch_size=4", "train.log_every=1",
@@ -142,14 +143,14 @@ def scratch_lm(run: Path, cfg: FrozenConfig) -> Path:
     from transformers import AutoModelForCausalLM
 
     from frozen_scale.synthetic import text
-    from frozen_scale.train.pretrain_lm import tiny_lm_config, uses_naming
+    from frozen_scale.train.pretrain_lm import positions, tiny_lm_config, uses_naming
 
     out = run / "lm_scratch"
     if (out / "config.json").exists():
         return out
     pc = cfg.lm_pretrain
     tok = text.build_tokenizer(naming=uses_naming(pc))
-    lm_cfg = tiny_lm_config(pc.arch, len(tok), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
+    lm_cfg = tiny_lm_config(pc.arch, len(tok), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     torch.manual_seed(cfg.world.seed)
     AutoModelForCausalLM.from_config(lm_cfg).save_pretrained(str(out))
@@ -430,7 +431,7 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
                                     progress, setting=setting)
         timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
         log.info("variant %s: %s", name, results[name]["scores"])
-    info = {"lm": lm_summary, "lm_steps": cfg.lm_pretrain.steps, "train_steps": cfg.train.steps,
+    info = {"lm": lm_summary, "lm_steps": cfg.lm_pretrain.steps + cfg.lm_pretrain.continue_steps, "train_steps": cfg.train.steps,
             "batch": cfg.train.micro_batch_size * cfg.train.grad_accum * nproc, "nproc": nproc,
             "num_samples": cfg.eval.num_samples, "finding": finding(results), "setting": setting,
             "setting_overrides": list(CANDIDATES[setting]), "text_ceilings": text_ceilings(lm_summary)}

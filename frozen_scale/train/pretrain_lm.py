@@ -62,6 +62,16 @@ def tiny_lm_config(arch: str, vocab_size: int, n_layer: int, n_embd: int, n_head
     raise ValueError(f"unknown LM architecture '{arch}'")
 
 
+MIN_POSITIONS = 96
+"""The shortest position table lm_pretrain.n_positions may set: text QA after 2 solved scenes (the
+summary's text_qa_2shot_accuracy, as n-shot VQA asks it) runs to ~90 tokens."""
+
+
+def positions(pc: LMPretrainConfig) -> int:
+    """The LM's position table size (lm_pretrain.n_positions, default max(64, 2 * seq_len))."""
+    return pc.n_positions or max(64, pc.seq_len * 2)
+
+
 def uses_naming(pc: LMPretrainConfig) -> bool:
     """Whether the LM pretrains on naming documents (and so has their words in its vocabulary)."""
     return pc.naming_fraction > 0 or pc.naming_steps > 0
@@ -100,6 +110,11 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         raise ConfigError(f"lm_pretrain.naming_fraction must be in [0, 1), got {pc.naming_fraction}")
     if not 0 <= pc.naming_steps < pc.steps:
         raise ConfigError(f"lm_pretrain.naming_steps must be in [0, steps={pc.steps}), got {pc.naming_steps}")
+    if pc.n_positions and pc.n_positions < max(pc.seq_len, MIN_POSITIONS):
+        raise ConfigError(f"lm_pretrain.n_positions must be at least seq_len ({pc.seq_len}) and {MIN_POSITIONS} "
+                          f"(the 2-shot prompts the LM is measured on), got {pc.n_positions}")
+    if pc.continue_steps < 0:
+        raise ConfigError(f"lm_pretrain.continue_steps must be >= 0, got {pc.continue_steps}")
     if not 0.0 <= pc.multi_scene_fraction <= 1.0:
         raise ConfigError(f"lm_pretrain.multi_scene_fraction must be in [0, 1], got {pc.multi_scene_fraction}")
     naming = uses_naming(pc)
@@ -119,7 +134,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     naming_data = None
     if pc.naming_steps:
         naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions), pc.pack == "all")
-    lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, max(64, pc.seq_len * 2),
+    lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=0.01)
@@ -128,7 +143,10 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     model.train()
     t0, losses = time.perf_counter(), []
     after_naming = {}
-    for step in tqdm(range(pc.steps), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
+    for step in tqdm(range(pc.steps + pc.continue_steps), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
+        if step == pc.steps:  # the continuation: a new one-cycle schedule on the mixed corpus
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.continue_lr, total_steps=pc.continue_steps,
+                                                        pct_start=0.05)
         if step == pc.naming_steps and step > 0:  # the naming curriculum's result, before the mixed corpus
             model.eval()
             measured = text_naming_accuracy(model, tokenizer, seed)
