@@ -431,7 +431,8 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
                                     progress, setting=setting)
         timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
         log.info("variant %s: %s", name, results[name]["scores"])
-    info = {"lm": lm_summary, "lm_steps": cfg.lm_pretrain.steps + cfg.lm_pretrain.continue_steps, "train_steps": cfg.train.steps,
+    lm_steps = cfg.lm_pretrain.steps + cfg.lm_pretrain.continue_steps
+    info = {"lm": lm_summary, "lm_steps": lm_steps, "train_steps": cfg.train.steps,
             "batch": cfg.train.micro_batch_size * cfg.train.grad_accum * nproc, "nproc": nproc,
             "num_samples": cfg.eval.num_samples, "finding": finding(results), "setting": setting,
             "setting_overrides": list(CANDIDATES[setting]), "text_ceilings": text_ceilings(lm_summary)}

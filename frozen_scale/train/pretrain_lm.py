@@ -143,7 +143,8 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     model.train()
     t0, losses = time.perf_counter(), []
     after_naming = {}
-    for step in tqdm(range(pc.steps + pc.continue_steps), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
+    total = pc.steps + pc.continue_steps
+    for step in tqdm(range(total), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
         if step == pc.steps:  # the continuation: a new one-cycle schedule on the mixed corpus
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.continue_lr, total_steps=pc.continue_steps,
                                                         pct_start=0.05)
