@@ -338,6 +338,9 @@ class LMPretrainConfig:
     multi_scene_fraction: float = 0.0
     """Fraction of the captioning/QA documents that hold 2-3 scenes in a row, each its caption, a
     question and the answer: n-shot VQA written as text (none by default)."""
+    multi_scene_scenes: int = 0
+    """Scenes in each multi-scene document: 0 draws 2 or 3 (as before), 3 writes every one as 2-shot
+    VQA in text (two solved scenes, then the third), 2 as 1-shot (README, issue #15, seventh round)."""
     naming_shape_questions: float = 0.0
     """Fraction of the binding naming documents that ask only the first hop of binding, after the
     support: "... this is a dax . question : what shape is the dax ? answer : circle ." (none by

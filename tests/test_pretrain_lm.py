@@ -4,6 +4,7 @@ refused before any work; packed pretraining fills every row and puts documents a
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -127,6 +128,11 @@ def test_multi_scene_documents_are_nshot_qa_in_text():
     for doc in multi:
         assert 2 <= doc.count("question :") == doc.count("answer :") <= 3
         assert "caption :" not in doc
+    for scenes in (2, 3):  # fixed: every multi-scene document holds that many scenes, each with its question
+        fixed = text.corpus(0, 200, copy_fraction=0.5, multi_scene_fraction=0.5, multi_scene_scenes=scenes)
+        multi = [d for d in fixed if re.search(r"answer : \S+ \. (?!question|caption)", d)]  # a scene after an answer
+        assert 50 < len(multi) < 150
+        assert {d.count("question :") for d in multi} == {scenes}
 
 
 @pytest.mark.parametrize("pack", ["all", "mixed"])
@@ -141,6 +147,13 @@ def test_packed_pretraining_trains_on_full_rows(tmp_path, monkeypatch, pack):
         starts_at_zero = bool((ids[:, 0] == tok.bos_token_id).all())
         assert (ids.shape[1] == 72 and not bool((ids == tok.pad_token_id).any())) == full
         assert starts_at_zero or full
+
+
+def test_bad_multi_scene_scenes_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="multi_scene_scenes"):
+        pretrain_lm.pretrain(LMPretrainConfig(steps=2, multi_scene_fraction=0.5, multi_scene_scenes=4, **TINY),
+                             str(tmp_path / "lm"), seed=0, progress=False)
+    assert not (tmp_path / "lm").exists()
 
 
 def test_bad_multi_scene_fraction_is_refused(tmp_path):

@@ -154,11 +154,13 @@ def naming_corpus(seed: int, num_documents: int, seq_len: int = 48, shape_questi
 
 
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
-           seq_len: int = 48, multi_scene_fraction: float = 0.0, shape_questions: float = 0.0) -> list[str]:
+           seq_len: int = 48, multi_scene_fraction: float = 0.0, shape_questions: float = 0.0,
+           multi_scene_scenes: int = 0) -> list[str]:
     """The LM's pretraining text. Drawn from every split: the LM knows the whole language;
     only the image-caption pairs of prefix training avoid the held-out combinations.
     A `naming_fraction` of the documents are naming episodes, a `multi_scene_fraction` of the
-    others 2-3 scenes with a question each (none of either by default)."""
+    others 2-3 scenes with a question each (none of either by default; `multi_scene_scenes` 2 or 3
+    fixes their number, 0 draws it)."""
     rng = np.random.default_rng([seed, 7])
     naming_rng = np.random.default_rng([seed, 8])
     multi_rng = np.random.default_rng([seed, 10])
@@ -170,7 +172,10 @@ def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fra
         split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
         scene = world.make_scene(seed + 1000, split, i)
         if multi_scene_fraction > 0 and multi_rng.random() < multi_scene_fraction:
-            more = [world.make_scene(seed + 2000, split, i * 2 + j) for j in range(int(multi_rng.integers(1, 3)))]
+            extra = int(multi_rng.integers(1, 3))  # drawn even when fixed: the rest of the corpus stays as it was
+            if multi_scene_scenes:
+                extra = multi_scene_scenes - 1
+            more = [world.make_scene(seed + 2000, split, i * 2 + j) for j in range(extra)]
             docs.append(multi_scene_document([scene, *more], multi_rng))
             continue
         docs.append(document(scene, rng, copy_fraction))

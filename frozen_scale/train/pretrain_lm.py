@@ -117,12 +117,14 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         raise ConfigError(f"lm_pretrain.continue_steps must be >= 0, got {pc.continue_steps}")
     if not 0.0 <= pc.multi_scene_fraction <= 1.0:
         raise ConfigError(f"lm_pretrain.multi_scene_fraction must be in [0, 1], got {pc.multi_scene_fraction}")
+    if pc.multi_scene_scenes not in (0, 2, 3):
+        raise ConfigError(f"lm_pretrain.multi_scene_scenes must be 0 (2 or 3 drawn), 2 or 3, got {pc.multi_scene_scenes}")
     naming = uses_naming(pc)
     tokenizer = text.build_tokenizer(naming=naming)
     if not 0.0 <= pc.naming_shape_questions <= 1.0:
         raise ConfigError(f"lm_pretrain.naming_shape_questions must be in [0, 1], got {pc.naming_shape_questions}")
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
-                       pc.multi_scene_fraction, pc.naming_shape_questions)
+                       pc.multi_scene_fraction, pc.naming_shape_questions, pc.multi_scene_scenes)
     pack_gen = torch.Generator().manual_seed(seed + 1)
 
     def encode(documents, pack: bool):
