@@ -172,9 +172,8 @@ def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fra
         split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
         scene = world.make_scene(seed + 1000, split, i)
         if multi_scene_fraction > 0 and multi_rng.random() < multi_scene_fraction:
-            extra = int(multi_rng.integers(1, 3))  # drawn in either case: the corpus the default was measured on
-            if multi_scene_scenes:
-                extra = multi_scene_scenes - 1
+            drawn = int(multi_rng.integers(1, 3))  # drawn in either case: the corpus the default was measured on
+            extra = multi_scene_scenes - 1 if multi_scene_scenes else drawn
             more = [world.make_scene(seed + 2000, split, i * 2 + j) for j in range(extra)]
             docs.append(multi_scene_document([scene, *more], multi_rng))
             continue
