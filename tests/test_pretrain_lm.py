@@ -54,6 +54,7 @@ def test_naming_curriculum_then_mixed_corpus(tmp_path, monkeypatch, caplog):
     assert named[:3] == [True] * 3  # every document of the first steps names something
     assert not any(bool((ids == this).any()) for ids in seen[3:])  # naming_fraction 0 afterwards
     assert {"text_classification_accuracy", "text_binding_accuracy", "text_qa_2shot_accuracy",
+            "text_lookup_accuracy", "text_lookup_2shot_accuracy",
             "text_classification_accuracy_after_naming_steps"} <= set(summary)
     from transformers import AutoTokenizer
 
@@ -180,3 +181,30 @@ def test_naming_warning_only_for_an_lm_that_should_name_and_does_not():
     assert pretrain_lm.naming_warning({"text_classification_accuracy": pretrain_lm.NAMING_LEARNED}) is None
     warning = pretrain_lm.naming_warning({"text_classification_accuracy": 0.48})
     assert "did not learn in-context naming" in warning and "0.480" in warning and "naming_steps" in warning
+
+
+def test_lookup_items_are_answered_only_by_finding_the_asked_object(monkeypatch):
+    """text_lookup_accuracy asks two-object scenes only, about an attribute the two objects do not
+    share: answering by the object's place in the caption (always the first, always the last) is
+    right on part of the items only, so the measure tells a lookup from a positional rule."""
+    from frozen_scale.synthetic import world
+
+    asked = []
+    monkeypatch.setattr(pretrain_lm, "_first_word_accuracy", lambda m, t, prompts, answers: asked.append(
+        (prompts, answers)) or 0.0)
+    pretrain_lm.text_lookup_accuracy(None, None, seed=0, n=120)
+    pretrain_lm.text_lookup_accuracy(None, None, seed=0, n=120, shots=2)
+    (prompts, answers), (prompts2, answers2) = asked
+    assert len(prompts) == 120 and answers == answers2  # the same items, with solved examples first
+    assert all(p.count("question :") == 1 for p in prompts) and all(p.count("question :") == 3 for p in prompts2)
+    first = last = 0
+    for prompt, answer in zip(prompts, answers):
+        caption = prompt[: prompt.index(" . question :")]
+        left, right = caption.split(" on the left and ")
+        assert right.endswith(" on the right")
+        assert (answer in left.split()) != (answer in right.split())  # one object's attribute, not both
+        first += answer in left.split()
+        last += answer in right.split()
+    assert 0.3 < first / 120 < 0.7 and first + last == 120
+    scene = next(s for s in world.scenes(0, "eval", 50) if len(s.objects) == 1)
+    assert world.lookup_questions(scene) == []

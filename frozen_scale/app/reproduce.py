@@ -273,6 +273,9 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
                   f"{lm['text_classification_accuracy']:.3f}, binding {lm['text_binding_accuracy']:.3f}")
     qa_2shot = (f", after 2 solved examples {lm['text_qa_2shot_accuracy']:.3f}"
                 if "text_qa_2shot_accuracy" in lm else "")
+    if "text_lookup_accuracy" in lm:
+        qa_2shot += (f"; two-object lookups, where the answer differs between the scene's objects (chance 0.5): "
+                     f"{lm['text_lookup_accuracy']:.3f}, after 2 solved examples {lm['text_lookup_2shot_accuracy']:.3f}")
     setting = info.get("setting", "single")
     head = [
         "# The Frozen ablation on the built-in world",
@@ -392,7 +395,8 @@ def text_ceilings(lm_summary: dict, n: int = 200) -> dict:
     """The LM's text-only accuracies (what can transfer at most) with 95% intervals (`pretrain_lm`
     measures them on 200 held-out items)."""
     out = {}
-    for key in ("text_qa_accuracy", "text_qa_2shot_accuracy", "text_classification_accuracy", "text_binding_accuracy"):
+    for key in ("text_qa_accuracy", "text_qa_2shot_accuracy", "text_lookup_accuracy", "text_lookup_2shot_accuracy",
+                "text_classification_accuracy", "text_binding_accuracy"):
         if key in lm_summary:
             out[key] = {"accuracy": lm_summary[key], "n": n, "interval": wilson_interval(lm_summary[key], n)}
     return out

@@ -116,6 +116,20 @@ def questions(scene: Scene) -> list[tuple[str, str]]:
     return pairs
 
 
+def lookup_questions(scene: Scene) -> list[tuple[str, str]]:
+    """The questions of a two-object scene that only finding the asked object answers: the answer is
+    one object's colour or shape and the other object's differs (a reader that picks an object by
+    its place in the caption, not by what the question names, is right half of the time)."""
+    if len(scene.objects) != 2:
+        return []
+    out = []
+    for q, a in questions(scene):
+        attr = "color" if a in COLORS else "shape" if a in SHAPES else None
+        if attr and len({getattr(o, attr) for o in scene.objects}) == 2:
+            out.append((q, a))
+    return out
+
+
 SUPERSAMPLE = 4
 
 
