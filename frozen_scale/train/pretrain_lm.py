@@ -215,11 +215,8 @@ def text_lookup_accuracy(model, tokenizer, seed: int, n: int = 200, shots: int =
     from frozen_scale.synthetic import world
 
     rng = np.random.default_rng([seed, 96])
-    held_out = (s for s in world.scenes(seed + 7000, "eval", 50 * n) if world.lookup_questions(s))
-    items = []
-    for _, scene in zip(range(n), held_out):
-        qa = world.lookup_questions(scene)
-        items.append((scene, *qa[int(rng.integers(len(qa)))]))
+    held_out = ((s, qa) for s in world.scenes(seed + 7000, "eval", 50 * n) if (qa := world.lookup_questions(s)))
+    items = [(scene, *qa[int(rng.integers(len(qa)))]) for _, (scene, qa) in zip(range(n), held_out)]
     return _qa_accuracy(model, tokenizer, items, shots, seed + 8000, np.random.default_rng([seed, 95]))
 
 
