@@ -345,6 +345,12 @@ class LMPretrainConfig:
     """Fraction of the binding naming documents that ask only the first hop of binding, after the
     support: "... this is a dax . question : what shape is the dax ? answer : circle ." (none by
     default)."""
+    naming_query_names: float = 0.0
+    """In the naming curriculum (`naming_steps`), the fraction of the binding documents whose query
+    writes each object's name after its shape ("a green square dax on the left and ..."): this value
+    at the first step, falling linearly to 0 at the curriculum's end, the documents otherwise the
+    same. 0 (the default): none. With 1.0 the rotary LM named after a 2000-step curriculum (the
+    default needs 4000), but binding stayed at chance, named or not (README, issue #15, ninth round)."""
 
 
 @dataclass

@@ -175,6 +175,61 @@ def test_shape_questions_ask_the_first_hop_of_binding():
                              progress=False)
 
 
+def test_named_queries_are_the_same_episodes_with_the_query_objects_named():
+    """named_query: each binding query writes every object's bound name after its shape; everything
+    else, and every other document, is as without; the documents fit the rows they are cut to."""
+    import re
+
+    plain, named = text.naming_corpus(0, 300, 72), text.naming_corpus(0, 300, 72, named_query=True)
+    changed = 0
+    for p, n in zip(plain, named):
+        if "question :" not in p:
+            assert n == p  # classification documents are untouched
+            continue
+        changed += 1
+        bound = {shape: name for shape, name in re.findall(r"a \w+ (\w+) \. this is a (\w+) \.", p)}
+        query = re.search(r"(a \w+ \w+ on the left and a \w+ \w+ on the right) \.", p).group(1)
+        written = re.sub(r"a (\w+) (\w+) on", lambda m: f"a {m[1]} {m[2]} {bound[m[2]]} on", query)
+        assert n == p.replace(query, written) and n != p
+    assert changed > 100
+    tok = text.build_tokenizer(naming=True)
+    for seq_len in (48, 96):
+        assert all(len(tok(d)["input_ids"]) + 2 <= seq_len
+                   for d in text.naming_corpus(0, 300, seq_len, named_query=True))
+
+
+def test_naming_query_names_fall_to_none_over_the_curriculum(tmp_path, monkeypatch):
+    """naming_query_names: the curriculum's rows are its naming documents, a falling share of them
+    with the query objects named (all at step 0, none at its end); the mixed corpus after it has none."""
+    seen = _record_batches(monkeypatch)
+    cfg = dict(TINY, batch_size=64, num_documents=200)
+    pc = LMPretrainConfig(steps=6, naming_steps=4, naming_fraction=0.0, naming_query_names=1.0, **cfg)
+    pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    tok = text.build_tokenizer(naming=True)
+    def words(rows):  # each row's tokens without padding
+        return [tuple(t for t in row.tolist() if t != tok.pad_token_id) for row in rows]
+
+    plain = words(pretrain_lm.encode_corpus(text.naming_corpus(0, 200, 72), tok, 72))
+    named = words(pretrain_lm.encode_corpus(text.naming_corpus(0, 200, 72, named_query=True), tok, 72))
+    named_binding = {n for p, n in zip(plain, named) if n != p}
+    plain_binding = {p for p, n in zip(plain, named) if n != p}
+
+    def share(ids):  # of the batch's binding rows, the share written with named queries
+        rows = [r for r in words(ids) if r in named_binding or r in plain_binding]
+        assert rows and all(r in set(plain) | named_binding for r in words(ids))
+        return sum(r in named_binding for r in rows) / len(rows)
+
+    shares = [share(ids) for ids in seen[:4]]
+    assert shares[0] == 1.0 and shares[0] > shares[2] > 0.0 and shares[3] < 0.6
+    assert not any(bool((ids == tok.convert_tokens_to_ids("this")).any()) for ids in seen[4:])
+    with pytest.raises(ValueError, match="naming_query_names"):
+        pretrain_lm.pretrain(LMPretrainConfig(steps=4, naming_query_names=0.5, **TINY), "/nonexistent/lm",
+                             progress=False)  # no naming curriculum to write them in
+    with pytest.raises(ValueError, match="naming_query_names"):
+        pretrain_lm.pretrain(LMPretrainConfig(steps=4, naming_steps=2, naming_query_names=1.5, **TINY),
+                             "/nonexistent/lm", progress=False)
+
+
 def test_naming_warning_only_for_an_lm_that_should_name_and_does_not():
     assert pretrain_lm.naming_warning({"text_qa_accuracy": 0.9}) is None  # no naming documents
     assert pretrain_lm.naming_warning({"text_classification_accuracy": 1.0}) is None

@@ -100,13 +100,20 @@ def knows_naming(tokenizer) -> bool:
     return all(w in vocab for w in NAMING_WORDS)
 
 
-def episode_text(ep: episodes.Episode) -> str:
-    """A naming episode written as text: every scene as its caption, the names as statements."""
+def episode_text(ep: episodes.Episode, named_query: bool = False) -> str:
+    """A naming episode written as text: every scene as its caption, the names as statements.
+    named_query: a binding query's caption writes each object's name after its shape ("a yellow
+    square dax on the left and a green circle blicket on the right ."), the two names the question's
+    lookup needs as words of the query (`lm_pretrain.naming_query_names`)."""
     parts = [f"{context(scene)} {NAMING_TEMPLATE.format(name=name)}" for scene, name in ep.support]
     if ep.asked is None:
         parts.append(f"{context(ep.query)} {NAMING_TEMPLATE.format(name=ep.answer)}")
     else:
-        parts.append(f"{context(ep.query)} {question_prompt(ep.question())} {ep.answer} .")
+        query = context(ep.query)
+        if named_query:
+            for obj in ep.query.objects:
+                query = query.replace(world.describe(obj), f"{world.describe(obj)} {ep.bound[obj.shape]}", 1)
+        parts.append(f"{query} {question_prompt(ep.question())} {ep.answer} .")
     return " ".join(parts)
 
 
@@ -129,10 +136,12 @@ def shape_question_text(ep: episodes.Episode) -> str:
     return " ".join(parts)
 
 
-def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48, shape_questions: float = 0.0) -> str:
+def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48, shape_questions: float = 0.0,
+                    named_query: bool = False) -> str:
     """A naming episode as text: classification (several shots, so that every repeated shape's name
     is predictable) or binding, as long as fits in `seq_len` tokens. `shape_questions`: that fraction
-    of the binding documents ask only the question's first hop (`shape_question_text`)."""
+    of the binding documents ask only the question's first hop (`shape_question_text`). named_query:
+    binding queries name their objects (`episode_text`); the same draws, so the same episodes."""
     if rng.random() < 0.5:
         shapes = [ws for ws in _CLASSIFICATION_SHAPES if _fits(ws[0] * ws[1] + 1, 0, seq_len)]
         if not shapes:
@@ -144,13 +153,15 @@ def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48, sha
         ep = episodes.binding(rng, shots[int(rng.integers(len(shots)))], NONSENSE_NAMES, split="train", index=index)
         if shape_questions > 0 and rng.random() < shape_questions:
             return shape_question_text(ep)
-    return episode_text(ep)
+    return episode_text(ep, named_query)
 
 
-def naming_corpus(seed: int, num_documents: int, seq_len: int = 48, shape_questions: float = 0.0) -> list[str]:
-    """Naming documents only (the start of the naming curriculum, `lm_pretrain.naming_steps`)."""
+def naming_corpus(seed: int, num_documents: int, seq_len: int = 48, shape_questions: float = 0.0,
+                  named_query: bool = False) -> list[str]:
+    """Naming documents only (the start of the naming curriculum, `lm_pretrain.naming_steps`);
+    named_query: the same documents with their binding queries' objects named."""
     rng = np.random.default_rng([seed, 9])
-    return [naming_document(rng, i, seq_len, shape_questions) for i in range(num_documents)]
+    return [naming_document(rng, i, seq_len, shape_questions, named_query) for i in range(num_documents)]
 
 
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,

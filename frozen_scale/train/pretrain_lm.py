@@ -123,6 +123,11 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     tokenizer = text.build_tokenizer(naming=naming)
     if not 0.0 <= pc.naming_shape_questions <= 1.0:
         raise ConfigError(f"lm_pretrain.naming_shape_questions must be in [0, 1], got {pc.naming_shape_questions}")
+    if not 0.0 <= pc.naming_query_names <= 1.0:
+        raise ConfigError(f"lm_pretrain.naming_query_names must be in [0, 1], got {pc.naming_query_names}")
+    if pc.naming_query_names and (not pc.naming_steps or pc.pack == "all"):
+        raise ConfigError("lm_pretrain.naming_query_names needs a naming curriculum (naming_steps > 0) of "
+                          f"unpacked rows (pack 'none' or 'mixed'), got naming_steps={pc.naming_steps}, pack={pc.pack!r}")
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
                        pc.multi_scene_fraction, pc.naming_shape_questions, pc.multi_scene_scenes)
     pack_gen = torch.Generator().manual_seed(seed + 1)
@@ -136,6 +141,11 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     naming_data = None
     if pc.naming_steps:
         naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions), pc.pack == "all")
+    named_data = None  # the same naming documents, their binding queries' objects named (row for row)
+    if pc.naming_query_names:
+        named_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions,
+                                               named_query=True), False)
+    named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
@@ -160,7 +170,11 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
                             pc.naming_steps, after_naming)
             model.train()
         source = naming_data if step < pc.naming_steps else data
-        ids = source[torch.randint(0, len(source), (pc.batch_size,), generator=gen)]
+        rows = torch.randint(0, len(source), (pc.batch_size,), generator=gen)
+        ids = source[rows]
+        if named_data is not None and step < pc.naming_steps:
+            named = torch.rand(pc.batch_size, generator=named_gen) < pc.naming_query_names * (1 - step / pc.naming_steps)
+            ids = torch.where(named[:, None], named_data[rows], ids)
         width = int((ids != tokenizer.pad_token_id).sum(1).max())
         ids = ids[:, :width]
         labels = ids.masked_fill(ids == tokenizer.pad_token_id, -100)
