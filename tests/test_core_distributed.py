@@ -80,7 +80,11 @@ def test_a_lexical_prefix_under_zero3_matches_one_rank(kind, tiny_lm_dir, tiny_s
     assert {"prefix.free.proj.2.weight", "prefix.log_sharpness"} <= set(ref["grads"])
     assert not any(k.startswith("lm.") for k in ref["grads"])
     assert np.abs(np.array(ref["grads"]["prefix.free.proj.2.weight"])).sum() > 0
+    # words' slot loss gives gradients of ~10, and prefix.free.scale's is zero by construction (the
+    # cosine to the vocabulary does not see the free vectors' scale): its value is float32 rounding
+    # of terms that size, so the absolute tolerance scales with the largest gradient
+    atol = 1e-5 * max(1.0, max(float(np.abs(np.array(g)).max()) for g in ref["grads"].values()))
     for r in results[3]:
         assert abs(r["loss"] - ref["loss"]) < 1e-5 and r["lm_params_in_optimizer"] == 0
         for name, g in r["grads"].items():
-            np.testing.assert_allclose(np.array(g), np.array(ref["grads"][name]), atol=1e-5, rtol=1e-4, err_msg=name)
+            np.testing.assert_allclose(np.array(g), np.array(ref["grads"][name]), atol=atol, rtol=1e-4, err_msg=name)
