@@ -141,11 +141,11 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     naming_data = None
     if pc.naming_steps:
         naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions), pc.pack == "all")
-    named_data = None  # the same naming documents, their binding queries' objects named (row for row)
+    named_data = named_gen = None  # the same naming documents, their binding queries' objects named (row for row)
     if pc.naming_query_names:
         named_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions,
                                                named_query=True), False)
-    named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
+        named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
