@@ -33,7 +33,7 @@ lint-imports: install
 	$(VENV)/bin/lint-imports
 
 test: lint-imports
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: lint-imports
 	$(PY) -m pytest -q -m "not slow" tests

@@ -351,6 +351,10 @@ class LMPretrainConfig:
     at the first step, falling linearly to 0 at the curriculum's end, the documents otherwise the
     same. 0 (the default): none. With 1.0 the rotary LM named after a 2000-step curriculum (the
     default needs 4000), but binding stayed at chance, named or not (README, issue #15, ninth round)."""
+    mixed_query_names: float = 0.0
+    """In the mixed corpus (`naming_fraction`'s naming documents), the fraction of them whose binding
+    query writes each object's name after its shape, for every step: the phase in which the LM learns
+    to look up a scene's objects by a word of the question. 0 (the default): none."""
 
 
 @dataclass

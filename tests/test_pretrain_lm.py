@@ -230,6 +230,32 @@ def test_naming_query_names_fall_to_none_over_the_curriculum(tmp_path, monkeypat
                              "/nonexistent/lm", progress=False)
 
 
+def test_mixed_query_names_name_a_share_of_the_mixed_corpus_binding_queries():
+    """mixed_query_names: that share of the mixed corpus's naming documents are written with their
+    binding queries named; the corpus is otherwise the same document for document (0: unchanged)."""
+    args = (0, 3000, 0.5, 0.3, 96, 0.8, 0.0, 3)
+    plain = text.corpus(*args)
+    assert text.corpus(*args, named_queries=0.0) == plain
+    named = text.corpus(*args, named_queries=0.5)
+    every = text.corpus(*args, named_queries=1.0)
+    assert len(plain) == len(named) == len(every)
+    binding = [i for i, d in enumerate(plain) if "this is a" in d and "question :" in d]
+    assert len(binding) > 100
+    for i, (p, n, e) in enumerate(zip(plain, named, every)):
+        if i not in binding:
+            assert p == n == e
+    renamed = [i for i in binding if named[i] != plain[i]]
+    assert all(every[i] != plain[i] for i in binding)  # all of them at 1.0
+    assert all(named[i] == every[i] for i in renamed)  # the named ones are the same named documents
+    assert 0.4 < len(renamed) / len(binding) < 0.6
+    with pytest.raises(ValueError, match="mixed_query_names"):
+        pretrain_lm.pretrain(LMPretrainConfig(steps=2, mixed_query_names=1.5, naming_fraction=0.3, **TINY),
+                             "/nonexistent/lm", progress=False)
+    with pytest.raises(ValueError, match="mixed_query_names"):  # no naming documents to name
+        pretrain_lm.pretrain(LMPretrainConfig(steps=2, mixed_query_names=0.5, **TINY), "/nonexistent/lm",
+                             progress=False)
+
+
 def test_naming_warning_only_for_an_lm_that_should_name_and_does_not():
     assert pretrain_lm.naming_warning({"text_qa_accuracy": 0.9}) is None  # no naming documents
     assert pretrain_lm.naming_warning({"text_classification_accuracy": 1.0}) is None

@@ -166,19 +166,23 @@ def naming_corpus(seed: int, num_documents: int, seq_len: int = 48, shape_questi
 
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
            seq_len: int = 48, multi_scene_fraction: float = 0.0, shape_questions: float = 0.0,
-           multi_scene_scenes: int = 0) -> list[str]:
+           multi_scene_scenes: int = 0, named_queries: float = 0.0) -> list[str]:
     """The LM's pretraining text. Drawn from every split: the LM knows the whole language;
     only the image-caption pairs of prefix training avoid the held-out combinations.
     A `naming_fraction` of the documents are naming episodes, a `multi_scene_fraction` of the
     others 2-3 scenes with a question each (none of either by default; `multi_scene_scenes` 2 or 3
-    fixes their number, 0 draws it)."""
+    fixes their number, 0 draws it). `named_queries`: that share of the naming documents write a
+    binding query's objects named (`episode_text`), drawn on a generator of its own, so that the
+    documents are otherwise the same."""
     rng = np.random.default_rng([seed, 7])
     naming_rng = np.random.default_rng([seed, 8])
     multi_rng = np.random.default_rng([seed, 10])
+    named_rng = np.random.default_rng([seed, 11])
     docs = []
     for i in range(num_documents):
         if naming_fraction > 0 and naming_rng.random() < naming_fraction:
-            docs.append(naming_document(naming_rng, i, seq_len, shape_questions))
+            named = named_queries > 0 and named_rng.random() < named_queries
+            docs.append(naming_document(naming_rng, i, seq_len, shape_questions, named))
             continue
         split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
         scene = world.make_scene(seed + 1000, split, i)

@@ -128,8 +128,14 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     if pc.naming_query_names and (not pc.naming_steps or pc.pack == "all"):
         raise ConfigError("lm_pretrain.naming_query_names needs a naming curriculum (naming_steps > 0) of "
                           f"unpacked rows (pack 'none' or 'mixed'), got naming_steps={pc.naming_steps}, pack={pc.pack!r}")
+    if not 0.0 <= pc.mixed_query_names <= 1.0:
+        raise ConfigError(f"lm_pretrain.mixed_query_names must be in [0, 1], got {pc.mixed_query_names}")
+    if pc.mixed_query_names and not pc.naming_fraction:
+        raise ConfigError("lm_pretrain.mixed_query_names needs naming documents in the mixed corpus "
+                          "(naming_fraction > 0)")
     docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
-                       pc.multi_scene_fraction, pc.naming_shape_questions, pc.multi_scene_scenes)
+                       pc.multi_scene_fraction, pc.naming_shape_questions, pc.multi_scene_scenes,
+                       pc.mixed_query_names)
     pack_gen = torch.Generator().manual_seed(seed + 1)
 
     def encode(documents, pack: bool):
