@@ -350,11 +350,14 @@ class LMPretrainConfig:
     writes each object's name after its shape ("a green square dax on the left and ..."): this value
     at the first step, falling linearly to 0 at the curriculum's end, the documents otherwise the
     same. 0 (the default): none. With 1.0 the rotary LM named after a 2000-step curriculum (the
-    default needs 4000), but binding stayed at chance, named or not (README, issue #15, ninth round)."""
+    plain curriculum needs 4000), but binding stayed at chance, named or not (README, issue #15, ninth
+    round); configs/reproduce-cpu.yaml sets 1.0 with a 2000-step curriculum (tenth round)."""
     mixed_query_names: float = 0.0
     """In the mixed corpus (`naming_fraction`'s naming documents), the fraction of them whose binding
     query writes each object's name after its shape, for every step: the phase in which the LM learns
-    to look up a scene's objects by a word of the question. 0 (the default): none."""
+    to look up a scene's objects by a word of the question. 0 (the default): none. At 0.5 the rotary
+    LM learned its shape lookups and not the named ones: binding 0.47 with the names written (README,
+    issue #15, tenth round)."""
 
 
 @dataclass
