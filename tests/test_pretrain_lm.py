@@ -239,7 +239,7 @@ def test_mixed_query_names_name_a_share_of_the_mixed_corpus_binding_queries():
     named = text.corpus(*args, named_queries=0.5)
     every = text.corpus(*args, named_queries=1.0)
     assert len(plain) == len(named) == len(every)
-    binding = [i for i, d in enumerate(plain) if "this is a" in d and "question :" in d]
+    binding = {i for i, d in enumerate(plain) if "this is a" in d and "question :" in d}
     assert len(binding) > 100
     for i, (p, n, e) in enumerate(zip(plain, named, every)):
         if i not in binding:
