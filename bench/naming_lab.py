@@ -11,6 +11,7 @@ One JSON line per measurement; not a benchmark (no ratio), a record of what a mi
 
     python bench/naming_lab.py --mix cls:0.25,world:0.25,swaplook:0.5 --steps 2000
     python bench/naming_lab.py --mix swaplook:0.5,world:0.5 --switch 1000 --then cls:0.3,bind:0.3,... --steps 2500
+    python bench/naming_lab.py --mix swaplook:0.5,world:0.5 --switch-when swaplook:0.9 --then ... --every 250
 """
 
 from __future__ import annotations
@@ -35,22 +36,6 @@ def named_query(ep: episodes.Episode) -> str:
     return next(p for p in written.split(" . ") if " on the left " in p) + " ."
 
 
-def swapped_query(ep: episodes.Episode) -> str:
-    """The query's caption with each object's name instead of its shape ("a red dax on the left ...")."""
-    query = text.context(ep.query)
-    for obj in ep.query.objects:
-        query = query.replace(world.describe(obj), world.describe(obj).replace(obj.shape, ep.bound[obj.shape]), 1)
-    return query
-
-
-def _both_asked(ep: episodes.Episode, query: str, rng: np.random.Generator) -> str:
-    parts = [query]
-    for k in rng.permutation(len(ep.query.objects)):
-        obj = ep.query.objects[int(k)]
-        parts.append(f"{text.question_prompt(f'what color is the {ep.bound[obj.shape]} ?')} {obj.color} .")
-    return " ".join(parts)
-
-
 def document(kind: str, rng: np.random.Generator, i: int, seed: int) -> str:
     """One training document of a kind: cls, bind, bindnamed, namedlook, swaplook, hop1, world, multi."""
     if kind == "cls":
@@ -66,9 +51,9 @@ def document(kind: str, rng: np.random.Generator, i: int, seed: int) -> str:
     if kind == "bindnamed":
         return text.episode_text(ep, named_query=True)
     if kind == "namedlook":  # no support: the objects named after their shapes, both asked by name
-        return _both_asked(ep, named_query(ep), rng)
+        return text.name_lookup_text(ep, rng, named_query(ep))
     if kind == "swaplook":  # no support: names instead of shapes, both asked by name
-        return _both_asked(ep, swapped_query(ep), rng)
+        return text.name_lookup_text(ep, rng)
     if kind == "hop1":
         return text.shape_question_text(ep)
     raise ValueError(f"unknown document kind '{kind}'")
@@ -90,7 +75,7 @@ def probe_prompts(seed: int, n: int = 200) -> dict[str, tuple[list[str], list[st
         for kind, written in (("bind", text.episode_text(ep)), ("bindnamed", text.episode_text(ep, True))):
             add(kind, written[: written.rindex(f" {ep.answer} .")], ep.answer)
         add("namedlook", f"{named_query(ep)} {text.question_prompt(ep.question())}", ep.answer)
-        add("swaplook", f"{swapped_query(ep)} {text.question_prompt(ep.question())}", ep.answer)
+        add("swaplook", f"{text.name_lookup_query(ep)} {text.question_prompt(ep.question())}", ep.answer)
         written = text.shape_question_text(ep)
         shape = written.split()[-2]
         add("hop1", written[: written.rindex(f" {shape} .")], shape)
@@ -101,7 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mix", default="cls:0.3,bind:0.3,world:0.4", help="kind:weight,... of the training documents")
     ap.add_argument("--then", default="", help="a second mixture, drawn from step --switch on (same schedule)")
-    ap.add_argument("--switch", type=int, default=0)
+    ap.add_argument("--switch", type=int, default=0, help="the step --then starts at (0: only by --switch-when)")
+    ap.add_argument("--switch-when", default="", help="probe:level; --then starts after the first measurement "
+                    "at which that probe reaches the level (e.g. swaplook:0.9)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--embd", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
@@ -135,20 +122,14 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(a.seed)
     probes = probe_prompts(a.seed, a.probe_items)
-    t0, losses = time.perf_counter(), []
+    when = a.switch_when.split(":") if a.switch_when else None
+    t0, losses, switched = time.perf_counter(), [], False
     model.train()
     for step in range(1, a.steps + 1):
-        source = later if a.then and step > a.switch else data
+        switched = switched or bool(a.then and a.switch and step > a.switch)
+        source = later if switched else data
         ids = source[torch.randint(0, len(source), (64,), generator=gen)]
-        ids = ids[:, : int((ids != tok.pad_token_id).sum(1).max())]
-        labels = ids.masked_fill(ids == tok.pad_token_id, -100)
-        loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(pretrain_lm.train_step(model, opt, sched, ids, tok.pad_token_id))
         if step % a.every == 0 or step == a.steps:
             model.eval()
             row = {"step": step, "loss": round(float(np.mean(losses[-50:])), 4),
@@ -156,6 +137,9 @@ def main() -> None:
             for kind, (prompts, answers) in probes.items():
                 row[kind] = pretrain_lm._first_word_accuracy(model, tok, prompts, answers)
             row["lookup"] = pretrain_lm.text_lookup_accuracy(model, tok, a.seed, n=a.probe_items)
+            if a.then and when and not switched and row[when[0]] >= float(when[1]):
+                switched, row["switch"] = True, step
+            row["mixture"] = "then" if switched else "mix"
             print(json.dumps(row), flush=True)
             model.train()
 

@@ -358,7 +358,18 @@ class LMPretrainConfig:
     to look up a scene's objects by a word of the question. 0 (the default): none. At 0.5 the rotary
     LM learned its shape lookups and not the named ones: binding 0.47 with the names written (README,
     issue #15, tenth round)."""
-
+    lookup_steps: int = 0
+    """A lookup phase before the naming curriculum: rows of `text.lookup_corpus` (the world's
+    documents and name lookups, objects named by words drawn afresh and asked by them), for at most
+    this many steps of the `steps`, ended at the first measurement (every 250 steps) at which
+    held-out name lookups reach `lookup_level`; the naming curriculum starts there. 0 (the default):
+    none. An LM that learned naming first never learns to look up by a name; one that learned the
+    lookup first keeps it through naming (README, issue #15, twelfth round)."""
+    lookup_level: float = 0.9
+    """The held-out name-lookup accuracy that ends the lookup phase (chance 0.5)."""
+    lookup_fraction: float = 0.0
+    """After the lookup phase, the fraction of every batch's rows that are name lookups, drawn on a
+    generator of their own (the other rows as without): keeps the lookup by names alive."""
 
 @dataclass
 class K8sVolume:

@@ -101,9 +101,12 @@ def test_gpu_acceptance_tiny_on_cpu():
 
 def test_naming_lab_runs_and_writes_each_probe():
     lines = run_bench("naming_lab.py", "--mix", "cls:1,swaplook:1,world:1", "--steps", "4", "--every", "2",
-                      "--documents", "200", "--probe-items", "10", timeout=300)
+                      "--documents", "200", "--probe-items", "10", "--then", "world:1", "--switch-when", "lookup:0",
+                      timeout=300)
     rows = [json.loads(line) for line in lines if line.startswith("{")]
     assert [r["step"] for r in rows] == [2, 4]
+    # --switch-when: the second mixture from the first measurement that reaches the level on
+    assert [r.get("switch") for r in rows] == [2, None] and [r["mixture"] for r in rows] == ["then", "then"]
     for row in rows:
         for key in ("cls", "bind", "bindnamed", "namedlook", "swaplook", "hop1", "lookup"):
             assert 0.0 <= row[key] <= 1.0, (key, row)

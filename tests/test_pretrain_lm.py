@@ -98,7 +98,10 @@ def test_without_naming_the_vocabulary_is_the_worlds(tmp_path):
                                         ({"naming_fraction": 1.0}, "naming_fraction"),
                                         ({"continue_steps": -1}, "continue_steps"),
                                         ({"n_positions": 90}, "n_positions"),
-                                        ({"multi_scene_fraction": 0.5, "multi_scene_scenes": 4}, "multi_scene_scenes")])
+                                        ({"multi_scene_fraction": 0.5, "multi_scene_scenes": 4}, "multi_scene_scenes"),
+                                        ({"naming_steps": 3, "lookup_steps": 3}, "lookup_steps"),
+                                        ({"lookup_fraction": 1.0}, "lookup_fraction"),
+                                        ({"lookup_steps": 2, "lookup_level": 0.0}, "lookup_level")])
 def test_bad_pretraining_settings_are_refused(tmp_path, bad, match):
     pc = LMPretrainConfig(**{**dict(steps=6, **TINY), **bad})
     with pytest.raises(ValueError, match=match):
@@ -289,3 +292,58 @@ def test_lookup_items_are_answered_only_by_finding_the_asked_object(monkeypatch)
     assert 0.3 < first / 120 < 0.7 and first + last == 120
     scene = next(s for s in world.scenes(0, "eval", 50) if len(s.objects) == 1)
     assert world.lookup_questions(scene) == []
+
+
+def test_name_lookups_write_names_instead_of_shapes_and_ask_each_object_by_its_name():
+    import numpy as np
+
+    from frozen_scale.synthetic import episodes
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
+
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        ep = episodes.binding(rng, 1, NONSENSE_NAMES, index=i)
+        doc = text.name_lookup_text(ep, rng)
+        query, *asked = doc.split(" question : ")
+        assert "this is" not in doc and len(asked) == 2
+        for obj in ep.query.objects:
+            name = ep.bound[obj.shape]
+            assert f"{obj.color} {name}" in query and obj.shape not in query.split()
+            assert f"what color is the {name} ? answer : {obj.color} ." in doc
+    docs = text.lookup_corpus(0, 400)
+    lookups = [d for d in docs if any(f"the {n} ?" in d for n in NONSENSE_NAMES)]
+    assert 0.4 < len(lookups) / len(docs) < 0.6
+    assert all(d in set(text.name_lookup_corpus(0, 400)) for d in lookups)
+    assert not any(n in d.split() for d in docs if d not in lookups for n in NONSENSE_NAMES)  # the others: the world's
+
+
+@pytest.mark.parametrize("levels, ends_at", [((0.5, 0.95), 4), ((0.5, 0.6, 0.7), 5)])
+def test_lookup_phase_ends_at_the_measured_level_then_names_with_lookups_kept(tmp_path, monkeypatch, caplog,
+                                                                                levels, ends_at):
+    """lookup_steps: rows of the lookup corpus until held-out name lookups reach lookup_level (measured
+    every LOOKUP_EVERY steps, at most lookup_steps: a warning then), then the naming curriculum and the
+    mixed corpus, a lookup_fraction share of every later batch's rows name lookups."""
+    seen = _record_batches(monkeypatch)
+    measured = iter(levels)
+    monkeypatch.setattr(pretrain_lm, "LOOKUP_EVERY", 2)
+    monkeypatch.setattr(pretrain_lm, "text_name_lookup_accuracy", lambda *a, **k: next(measured, 0.5))
+    cfg = dict(TINY, batch_size=32, num_documents=200)
+    pc = LMPretrainConfig(steps=10, lookup_steps=5, naming_steps=3, lookup_fraction=0.4, **cfg)
+    with caplog.at_level("WARNING", logger="frozen_scale.pretrain_lm"):
+        summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    tok = text.build_tokenizer(naming=True)
+
+    def rows(docs):
+        return {tuple(r) for r in pretrain_lm.encode_corpus(docs, tok, 72).tolist()}
+
+    lookup_rows, kept_rows = rows(text.lookup_corpus(0, 200)), rows(text.name_lookup_corpus(1, 200))
+    naming_rows = rows(text.naming_corpus(0, 200, 72))
+    padded = [{tuple(r + [tok.pad_token_id] * (72 - len(r))) for r in ids.tolist()} for ids in seen]
+    assert len(seen) == 10 and summary["lookup_phase_steps"] == ends_at
+    assert all(b <= lookup_rows for b in padded[:ends_at])
+    assert all(b <= naming_rows | kept_rows and b & naming_rows and b & kept_rows
+               for b in padded[ends_at:ends_at + 3])
+    assert all(b & kept_rows and not b <= kept_rows for b in padded[ends_at + 3:])
+    warned = any("lookup phase ended after 5 steps without lookups by names" in r.getMessage() for r in caplog.records)
+    assert warned == (ends_at == 5)
+    assert {"text_name_lookup_accuracy", "text_name_lookup_after_lookup_phase"} <= set(summary)

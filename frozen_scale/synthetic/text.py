@@ -136,6 +136,47 @@ def shape_question_text(ep: episodes.Episode) -> str:
     return " ".join(parts)
 
 
+def name_lookup_query(ep: episodes.Episode) -> str:
+    """A binding episode's query caption with each object's name instead of its shape ("a orange
+    slation on the left and a yellow shously on the right .")."""
+    query = context(ep.query)
+    for obj in ep.query.objects:
+        query = query.replace(world.describe(obj), world.describe(obj).replace(obj.shape, ep.bound[obj.shape]), 1)
+    return query
+
+
+def name_lookup_text(ep: episodes.Episode, rng: np.random.Generator, query: str | None = None) -> str:
+    """A lookup by words drawn afresh in each document: a binding episode's query with its objects'
+    names instead of their shapes, no support, both objects asked by name in a drawn order ("a orange
+    slation on the left and a yellow shously on the right . question : what color is the shously ?
+    answer : yellow . question : what color is the slation ? answer : orange .") — the match on an
+    arbitrary word that binding's second hop needs (`lm_pretrain.lookup_steps`). query: another
+    writing of the query (default `name_lookup_query`)."""
+    parts = [query or name_lookup_query(ep)]
+    for k in rng.permutation(len(ep.query.objects)):
+        obj = ep.query.objects[int(k)]
+        parts.append(f"{question_prompt(f'what color is the {ep.bound[obj.shape]} ?')} {obj.color} .")
+    return " ".join(parts)
+
+
+def name_lookup_corpus(seed: int, num_documents: int) -> list[str]:
+    """Name lookups only (`name_lookup_text`), on training episodes."""
+    rng = np.random.default_rng([seed, 12])
+    return [name_lookup_text(episodes.binding(rng, int(rng.integers(1, 3)), NONSENSE_NAMES, split="train", index=i),
+                             rng) for i in range(num_documents)]
+
+
+def lookup_corpus(seed: int, num_documents: int, copy_fraction: float = 0.5) -> list[str]:
+    """The lookup phase's text (`lm_pretrain.lookup_steps`): half the world's captioning / QA
+    documents, half name lookups, in a drawn order. A rotary LM of the default's shape learns the
+    world's lookups from it, then (a phase change) the lookups by names (README, issue #15)."""
+    rng = np.random.default_rng([seed, 13])
+    is_lookup = rng.random(num_documents) < 0.5
+    lookups = iter(name_lookup_corpus(seed, int(is_lookup.sum())))
+    return [next(lookups) if is_lookup[i] else document(world.make_scene(seed + 1000, "train", i), rng, copy_fraction)
+            for i in range(num_documents)]
+
+
 def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48, shape_questions: float = 0.0,
                     named_query: bool = False) -> str:
     """A naming episode as text: classification (several shots, so that every repeated shape's name

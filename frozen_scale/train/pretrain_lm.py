@@ -21,6 +21,9 @@ from frozen_scale.synthetic import text
 
 log = logging.getLogger("frozen_scale.pretrain_lm")
 
+LOOKUP_EVERY = 250
+"""Steps between the lookup phase's measurements of held-out name lookups (`lm_pretrain.lookup_steps`)."""
+
 NAMING_LEARNED = 0.9
 """Text-only 2-way 1-shot classification at or above which the LM names in context (chance: 0.5).
 The tiny LM learns it in a sudden phase change whose step varies between runs (README, issue #15)."""
@@ -74,7 +77,7 @@ def positions(pc: LMPretrainConfig) -> int:
 
 def uses_naming(pc: LMPretrainConfig) -> bool:
     """Whether the LM pretrains on naming documents (and so has their words in its vocabulary)."""
-    return pc.naming_fraction > 0 or pc.naming_steps > 0
+    return pc.naming_fraction > 0 or pc.naming_steps > 0 or pc.lookup_steps > 0 or pc.lookup_fraction > 0
 
 
 def encode_corpus(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
@@ -100,6 +103,20 @@ def pack_corpus(docs: list[str], tokenizer, seq_len: int, generator: torch.Gener
     return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
 
+def train_step(model, opt, sched, ids: torch.Tensor, pad_id: int) -> float:
+    """One step of next-token loss on a batch of rows (cut to its longest row, padding unlabelled);
+    gradients clipped to norm 1. Returns the loss."""
+    ids = ids[:, : int((ids != pad_id).sum(1).max())]
+    labels = ids.masked_fill(ids == pad_id, -100)
+    loss = model(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool = True) -> dict:
     """Train and save the LM + tokenizer into out_dir; returns a summary."""
     from transformers import AutoModelForCausalLM
@@ -113,6 +130,12 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     if pc.n_positions and pc.n_positions < max(pc.seq_len, MIN_POSITIONS):
         raise ConfigError(f"lm_pretrain.n_positions must be at least seq_len ({pc.seq_len}) and {MIN_POSITIONS} "
                           f"(the 2-shot prompts the LM is measured on), got {pc.n_positions}")
+    if pc.lookup_steps < 0 or pc.lookup_steps + pc.naming_steps >= pc.steps:
+        raise ConfigError(f"lm_pretrain.lookup_steps must be >= 0 and leave naming_steps ({pc.naming_steps}) and "
+                          f"mixed steps within steps ({pc.steps}), got {pc.lookup_steps}")
+    if not 0.0 <= pc.lookup_fraction < 1.0 or not 0.0 < pc.lookup_level <= 1.0:
+        raise ConfigError(f"lm_pretrain.lookup_fraction must be in [0, 1) and lookup_level in (0, 1], got "
+                          f"{pc.lookup_fraction} and {pc.lookup_level}")
     if pc.continue_steps < 0:
         raise ConfigError(f"lm_pretrain.continue_steps must be >= 0, got {pc.continue_steps}")
     if not 0.0 <= pc.multi_scene_fraction <= 1.0:
@@ -152,6 +175,12 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         named_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions,
                                                named_query=True), False)
         named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
+    lookup_data = encode_corpus(text.lookup_corpus(seed, pc.num_documents, pc.copy_fraction), tokenizer,
+                                pc.seq_len) if pc.lookup_steps else None
+    kept_lookups = lookup_gen = None  # name lookups kept in every batch after the lookup phase
+    if pc.lookup_fraction:
+        kept_lookups = encode_corpus(text.name_lookup_corpus(seed + 1, pc.num_documents), tokenizer, pc.seq_len)
+        lookup_gen = torch.Generator().manual_seed(seed + 3)
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
@@ -160,13 +189,30 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     gen = torch.Generator().manual_seed(seed)
     model.train()
     t0, losses = time.perf_counter(), []
-    after_naming = {}
+    after_naming, lookup = {}, {}
+    start = None if pc.lookup_steps else 0  # the step the naming curriculum starts at: after the lookup phase
     total = pc.steps + pc.continue_steps
     for step in tqdm(range(total), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
         if step == pc.steps:  # the continuation: a new one-cycle schedule on the mixed corpus
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.continue_lr, total_steps=pc.continue_steps,
                                                         pct_start=0.05)
-        if step == pc.naming_steps and step > 0:  # the naming curriculum's result, before the mixed corpus
+        if start is None and step > 0 and (step % LOOKUP_EVERY == 0 or step == pc.lookup_steps):
+            model.eval()
+            level = text_name_lookup_accuracy(model, tokenizer, seed)
+            model.train()
+            log.info("lookup phase, step %d: held-out name lookups %.3f (ends at %.2f)", step, level, pc.lookup_level)
+            if level >= pc.lookup_level or step == pc.lookup_steps:
+                start, lookup = step, {"lookup_phase_steps": step, "text_name_lookup_after_lookup_phase": level}
+                if level < pc.lookup_level:
+                    log.warning("the lookup phase ended after %d steps without lookups by names (%.3f < %.2f): "
+                                "binding is not expected to rise; rerun with a larger lm_pretrain.lookup_steps",
+                                step, level, pc.lookup_level)
+        if start is None:
+            losses.append(train_step(model, opt, sched, lookup_data[torch.randint(0, len(lookup_data), (pc.batch_size,),
+                                                                                  generator=gen)], tokenizer.pad_token_id))
+            continue
+        k = step - start  # steps into the naming curriculum
+        if k == pc.naming_steps and k > 0:  # the naming curriculum's result, before the mixed corpus
             model.eval()
             measured = text_naming_accuracy(model, tokenizer, seed)
             after_naming = {f"{k}_after_naming_steps": v for k, v in measured.items()}
@@ -175,22 +221,17 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
                 log.warning("the naming curriculum ended after %d steps without in-context naming (%s)",
                             pc.naming_steps, after_naming)
             model.train()
-        source = naming_data if step < pc.naming_steps else data
+        source = naming_data if k < pc.naming_steps else data
         rows = torch.randint(0, len(source), (pc.batch_size,), generator=gen)
         ids = source[rows]
-        if named_data is not None and step < pc.naming_steps:
-            named = torch.rand(pc.batch_size, generator=named_gen) < pc.naming_query_names * (1 - step / pc.naming_steps)
+        if named_data is not None and k < pc.naming_steps:
+            named = torch.rand(pc.batch_size, generator=named_gen) < pc.naming_query_names * (1 - k / pc.naming_steps)
             ids = torch.where(named[:, None], named_data[rows], ids)
-        width = int((ids != tokenizer.pad_token_id).sum(1).max())
-        ids = ids[:, :width]
-        labels = ids.masked_fill(ids == tokenizer.pad_token_id, -100)
-        loss = model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long(), labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+        if kept_lookups is not None:
+            kept = torch.rand(pc.batch_size, generator=lookup_gen) < pc.lookup_fraction
+            ids = torch.where(kept[:, None], kept_lookups[torch.randint(0, len(kept_lookups), (pc.batch_size,),
+                                                                        generator=lookup_gen)], ids)
+        losses.append(train_step(model, opt, sched, ids, tokenizer.pad_token_id))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
@@ -203,7 +244,9 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
                "text_lookup_2shot_accuracy": text_lookup_accuracy(model, tokenizer, seed, shots=2)}
     if naming:
         summary.update(text_naming_accuracy(model, tokenizer, seed))
+        summary["text_name_lookup_accuracy"] = text_name_lookup_accuracy(model, tokenizer, seed)
         summary.update(after_naming)
+        summary.update(lookup)
     log.info("LM pretrained: %s", summary)
     warning = naming_warning(summary)
     if warning:
@@ -272,6 +315,19 @@ def text_naming_accuracy(model, tokenizer, seed: int, n: int = 200) -> dict:
             answers.append(ep.answer)
         out[f"text_{kind}_accuracy"] = _first_word_accuracy(model, tokenizer, prompts, answers)
     return out
+
+
+@torch.no_grad()
+def text_name_lookup_accuracy(model, tokenizer, seed: int, n: int = 200) -> float:
+    """Held-out lookups by names (`text.name_lookup_text`): the query of the 1-shot binding episodes
+    `text_naming_accuracy` asks, its objects' names instead of their shapes, asked the binding
+    question by name without the support; chance between the two objects 0.5."""
+    from frozen_scale.synthetic import episodes
+    from frozen_scale.synthetic.names import NONSENSE_NAMES
+
+    eps = [episodes.binding(np.random.default_rng([seed, 98, i]), 1, NONSENSE_NAMES, index=i) for i in range(n)]
+    return _first_word_accuracy(model, tokenizer, [f"{text.name_lookup_query(ep)} {text.question_prompt(ep.question())}"
+                                                   for ep in eps], [ep.answer for ep in eps])
 
 
 def _first_word_accuracy(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
