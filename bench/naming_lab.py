@@ -12,6 +12,7 @@ One JSON line per measurement; not a benchmark (no ratio), a record of what a mi
     python bench/naming_lab.py --mix cls:0.25,world:0.25,swaplook:0.5 --steps 2000
     python bench/naming_lab.py --mix swaplook:0.5,world:0.5 --switch 1000 --then cls:0.3,bind:0.3,... --steps 2500
     python bench/naming_lab.py --mix swaplook:0.5,world:0.5 --switch-when swaplook:0.9 --then ... --every 250
+    python bench/naming_lab.py --mix A --switch-when swaplook:0.9 --then B --switch-when hop1:0.95 --then C
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def probe_prompts(seed: int, n: int = 200) -> dict[str, tuple[list[str], list[st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mix", default="cls:0.3,bind:0.3,world:0.4", help="kind:weight,... of the training documents")
-    ap.add_argument("--then", default="", help="a second mixture, drawn from step --switch on (same schedule)")
-    ap.add_argument("--switch", type=int, default=0, help="the step --then starts at (0: only by --switch-when)")
-    ap.add_argument("--switch-when", default="", help="probe:level; --then starts after the first measurement "
-                    "at which that probe reaches the level (e.g. swaplook:0.9)")
+    ap.add_argument("--then", action="append", default=[], help="a later mixture (same schedule); repeat for "
+                    "a third, ...: each starts at --switch (the first only) or by its --switch-when")
+    ap.add_argument("--switch", type=int, default=0, help="the step the first --then starts at (0: by --switch-when)")
+    ap.add_argument("--switch-when", action="append", default=[], help="probe:level, one per --then in order: that "
+                    "mixture starts after the first measurement at which the probe reaches the level (e.g. swaplook:0.9)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--embd", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
@@ -113,8 +115,12 @@ def main() -> None:
         kinds = rng.choice(len(mix), a.documents, p=np.array([w for _, w in mix]) / sum(w for _, w in mix))
         return pretrain_lm.encode_corpus([document(mix[k][0], rng, i, a.seed) for i, k in enumerate(kinds)], tok, a.seq)
 
-    data = corpus(a.mix)
-    later = corpus(a.then) if a.then else data
+    if len(a.switch_when) != max(len(a.then) - bool(a.switch), 0):
+        ap.error("each --then needs a --switch-when (the first may use --switch instead), and no more")
+    sources = [corpus(spec) for spec in [a.mix, *a.then]]
+    whens = [w.split(":") for w in a.switch_when]
+    if a.switch:  # the first later mixture by step; the others by their levels
+        whens.insert(0, None)
     cfg = pretrain_lm.tiny_lm_config("llama", len(tok), a.layers, a.embd, a.heads, 144,
                                      tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -122,12 +128,12 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(a.seed)
     probes = probe_prompts(a.seed, a.probe_items)
-    when = a.switch_when.split(":") if a.switch_when else None
-    t0, losses, switched = time.perf_counter(), [], False
+    t0, losses, phase = time.perf_counter(), [], 0  # phase: the index of the mixture drawn from
     model.train()
     for step in range(1, a.steps + 1):
-        switched = switched or bool(a.then and a.switch and step > a.switch)
-        source = later if switched else data
+        if a.switch and phase == 0 and step > a.switch and a.then:
+            phase = 1
+        source = sources[phase]
         ids = source[torch.randint(0, len(source), (64,), generator=gen)]
         losses.append(pretrain_lm.train_step(model, opt, sched, ids, tok.pad_token_id))
         if step % a.every == 0 or step == a.steps:
@@ -137,9 +143,10 @@ def main() -> None:
             for kind, (prompts, answers) in probes.items():
                 row[kind] = pretrain_lm._first_word_accuracy(model, tok, prompts, answers)
             row["lookup"] = pretrain_lm.text_lookup_accuracy(model, tok, a.seed, n=a.probe_items)
-            if a.then and when and not switched and row[when[0]] >= float(when[1]):
-                switched, row["switch"] = True, step
-            row["mixture"] = "then" if switched else "mix"
+            when = whens[phase] if phase < len(whens) else None
+            if when and row[when[0]] >= float(when[1]):
+                phase, row["switch"] = phase + 1, step
+            row["mixture"] = "mix" if phase == 0 else "then" + (str(phase) if phase > 1 else "")
             print(json.dumps(row), flush=True)
             model.train()
 

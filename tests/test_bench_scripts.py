@@ -100,16 +100,24 @@ def test_gpu_acceptance_tiny_on_cpu():
 
 
 def test_naming_lab_runs_and_writes_each_probe():
-    lines = run_bench("naming_lab.py", "--mix", "cls:1,swaplook:1,world:1", "--steps", "4", "--every", "2",
+    lines = run_bench("naming_lab.py", "--mix", "cls:1,swaplook:1,world:1", "--steps", "6", "--every", "2",
                       "--documents", "200", "--probe-items", "10", "--then", "world:1", "--switch-when", "lookup:0",
-                      timeout=300)
+                      "--then", "cls:1", "--switch-when", "lookup:0", timeout=300)
     rows = [json.loads(line) for line in lines if line.startswith("{")]
-    assert [r["step"] for r in rows] == [2, 4]
-    # --switch-when: the second mixture from the first measurement that reaches the level on
-    assert [r.get("switch") for r in rows] == [2, None] and [r["mixture"] for r in rows] == ["then", "then"]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    # --switch-when: each later mixture from the first measurement that reaches its level on, in order
+    assert [r.get("switch") for r in rows] == [2, 4, None]
+    assert [r["mixture"] for r in rows] == ["then", "then2", "then2"]
     for row in rows:
         for key in ("cls", "bind", "bindnamed", "namedlook", "swaplook", "hop1", "lookup"):
             assert 0.0 <= row[key] <= 1.0, (key, row)
+
+
+def test_naming_lab_refuses_a_later_mixture_without_its_switch():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "naming_lab.py"), "--then", "world:1", "--then",
+                           "cls:1", "--switch-when", "lookup:0.5"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 2 and "each --then needs a --switch-when" in proc.stderr
 
 
 def test_naming_lab_documents_write_names_where_they_say():
