@@ -371,6 +371,7 @@ class LMPretrainConfig:
     """After the lookup phase, the fraction of every batch's rows that are name lookups, drawn on a
     generator of their own (the other rows as without): keeps the lookup by names alive."""
 
+
 @dataclass
 class K8sVolume:
     """k8s: a volume mounted at the same path in the head and every worker pod; its mount counts as

@@ -109,7 +109,8 @@ def test_finding_verdict():
 def test_the_table_warns_when_the_lm_did_not_learn_naming(tmp_path, classification, warned):
     lm = {"arch": "gpt2", "parameters": 1, "text_qa_accuracy": 0.9, "text_qa_2shot_accuracy": 0.8,
           "text_lookup_accuracy": 0.55, "text_lookup_2shot_accuracy": 0.45,
-          "text_classification_accuracy": classification, "text_binding_accuracy": 0.5}
+          "text_classification_accuracy": classification, "text_binding_accuracy": 0.5,
+          "text_name_lookup_accuracy": 0.97}
     info = {"lm": lm, "lm_steps": 7000, "train_steps": 3, "batch": 4, "nproc": 1, "num_samples": 2,
             "total_seconds": 1.0}
     results = {"frozen": {"scores": {c: 0.5 for c, *_ in rp.EVALS}, "final_loss": 1.0, "train_seconds": 1.0}}
@@ -117,6 +118,8 @@ def test_the_table_warns_when_the_lm_did_not_learn_naming(tmp_path, classificati
     assert ("**Warning: the LM did not learn in-context naming" in table) == warned
     assert "two-object lookups, where the answer differs between the scene's objects (chance 0.5): 0.550, " \
            "after 2 solved examples 0.450" in table
+    assert "binding 0.500; lookups by names drawn afresh (chance 0.5) 0.970" in table
+    assert rp.text_ceilings(lm)["text_name_lookup_accuracy"]["accuracy"] == 0.97
     assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")][1:] == ["frozen"]
 
 

@@ -271,6 +271,8 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
     if "text_binding_accuracy" in lm:
         naming = (f", with naming episodes written as text: 2-way 1-shot classification "
                   f"{lm['text_classification_accuracy']:.3f}, binding {lm['text_binding_accuracy']:.3f}")
+    if "text_name_lookup_accuracy" in lm:
+        naming += f"; lookups by names drawn afresh (chance 0.5) {lm['text_name_lookup_accuracy']:.3f}"
     qa_2shot = (f", after 2 solved examples {lm['text_qa_2shot_accuracy']:.3f}"
                 if "text_qa_2shot_accuracy" in lm else "")
     if "text_lookup_accuracy" in lm:
@@ -396,7 +398,7 @@ def text_ceilings(lm_summary: dict, n: int = 200) -> dict:
     measures them on 200 held-out items)."""
     out = {}
     for key in ("text_qa_accuracy", "text_qa_2shot_accuracy", "text_lookup_accuracy", "text_lookup_2shot_accuracy",
-                "text_classification_accuracy", "text_binding_accuracy"):
+                "text_classification_accuracy", "text_binding_accuracy", "text_name_lookup_accuracy"):
         if key in lm_summary:
             out[key] = {"accuracy": lm_summary[key], "n": n, "interval": wilson_interval(lm_summary[key], n)}
     return out
