@@ -29,8 +29,11 @@ def test_overlay_is_laid_over_the_demo_config():
         assert value == overlay["lm_pretrain"].get(key, getattr(base.lm_pretrain, key)), key
     assert cfg.lm_pretrain.naming_steps > 0 and base.lm_pretrain.naming_steps == base.lm_pretrain.naming_fraction == 0
     assert cfg.train.lr == base.train.lr and cfg.eval.batch_size == 7
-    quick = rp.load_reproduce_config(str(BASE), str(OVERLAY), rp.QUICK)
+    quick = rp.load_reproduce_config(str(BASE), str(OVERLAY), rp.quick_overrides(str(BASE), str(OVERLAY)))
     assert quick.train.steps <= 5 and quick.lm_pretrain.n_embd == 32 and quick.lm_pretrain.continue_steps <= 5
+    pc = quick.lm_pretrain  # a lookup phase stays, cut to fit QUICK's steps; none where the config has none
+    assert cfg.lm_pretrain.lookup_steps > 0 and 0 < pc.lookup_steps and pc.lookup_steps + pc.naming_steps < pc.steps
+    assert rp.load_reproduce_config(str(BASE), None, rp.quick_overrides(str(BASE), None)).lm_pretrain.lookup_steps == 0
 
 
 def test_variant_configs(tmp_path):

@@ -98,6 +98,13 @@ def load_reproduce_config(base: str | None, overlay: str | None, overrides: list
     return from_dict(FrozenConfig, apply_overrides(data, list(overrides)))
 
 
+def quick_overrides(base: str | None, overlay: str | None) -> list[str]:
+    """QUICK for this config: a lookup phase (`lm_pretrain.lookup_steps`), if it has one, cut to one
+    step, so that it still runs within QUICK's five LM steps."""
+    cfg = load_reproduce_config(base, overlay, [])
+    return QUICK + (["lm_pretrain.lookup_steps=1"] if cfg.lm_pretrain.lookup_steps else [])
+
+
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion p measured on n items."""
     if n <= 0:
@@ -481,7 +488,8 @@ def main(argv: list[str]) -> int:
         if path and not Path(path).exists():
             parser.error(f"config {path} not found")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_reproduce_config(args.base, args.config, (QUICK if args.quick else []) + args.overrides)
+    cfg = load_reproduce_config(args.base, args.config,
+                                (quick_overrides(args.base, args.config) if args.quick else []) + args.overrides)
     out = reproduce(args.run_dir, cfg, nproc=args.nproc, variants=variants, progress=not args.no_progress,
                     candidates=candidates)
     print(Path(args.run_dir, "ablation.md").read_text())
