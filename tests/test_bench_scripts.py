@@ -48,6 +48,17 @@ def test_step_overhead_quick():
     assert float(drift.rsplit(" ", 1)[1]) < 1e-4
 
 
+def test_lm_packing_quick():
+    lines = run_bench("lm_packing.py", "--quick")
+    last_ratio(lines, "lm_packing ratio")
+    # same math: the packed batch's first loss and gradients are the padded batch's
+    drift = next(line for line in lines if "largest gradient difference" in line)
+    assert float(drift.rsplit(" ", 1)[1]) < 1e-5
+    sizes = next(line for line in lines if line.startswith("first batch:"))
+    padded, packed = (int(part.rsplit("= ", 1)[1]) for part in sizes.split(";")[1].split(","))
+    assert packed < padded
+
+
 def test_freeze_savings_quick():
     lines = run_bench("freeze_savings.py", "--quick")
     last_ratio(lines, "freeze_savings ratio")

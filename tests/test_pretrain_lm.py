@@ -347,3 +347,57 @@ def test_lookup_phase_ends_at_the_measured_level_then_names_with_lookups_kept(tm
     warned = any("lookup phase ended after 5 steps without lookups by names" in r.getMessage() for r in caplog.records)
     assert warned == (ends_at == 5)
     assert {"text_name_lookup_accuracy", "text_name_lookup_after_lookup_phase"} <= set(summary)
+
+
+def test_pack_rows_lays_every_sequence_once_with_its_own_positions_and_the_same_targets():
+    gen = torch.Generator().manual_seed(0)
+    pad = 0
+    lengths = torch.randint(1, 25, (40,), generator=gen)
+    ids = torch.zeros((40, 24), dtype=torch.long)
+    for i, n in enumerate(lengths.tolist()):
+        ids[i, :n] = torch.randint(1, 50, (n,), generator=gen)
+    packed, pos, labels = pretrain_lm.pack_rows(ids, pad, 24)
+    assert packed.shape[1] <= 24 and packed.shape[0] < 40 and packed.shape == pos.shape == labels.shape
+    assert int((packed != pad).sum()) == int(lengths.sum())
+    assert int((labels != -100).sum()) == int((lengths - 1).sum())  # every row's predictions, none across rows
+    segments = []
+    for b in range(packed.shape[0]):
+        starts = [t for t in range(packed.shape[1]) if pos[b, t] == 0] + [packed.shape[1]]
+        for s, e in zip(starts, starts[1:]):
+            assert pos[b, s:e].tolist() == list(range(e - s)) and labels[b, s] == -100
+            if packed[b, s] != pad:
+                segments.append(tuple(packed[b, s:e].tolist()))
+                assert labels[b, s + 1:e].tolist() == list(segments[-1][1:])
+    assert sorted(segments) == sorted(tuple(row[:n].tolist()) for row, n in zip(ids, lengths.tolist()))
+    with pytest.raises(ValueError, match="does not fit"):
+        pretrain_lm.pack_rows(ids, pad, 10)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_packed_step_has_the_padded_batchs_loss_and_gradients(arch):
+    from transformers import AutoModelForCausalLM
+
+    tok = text.build_tokenizer(naming=True)
+    rows = pretrain_lm.encode_corpus(text.corpus(0, 24, multi_scene_fraction=0.5, seq_len=96), tok, 96)
+    pad = tok.pad_token_id
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(pretrain_lm.tiny_lm_config(
+        arch, len(tok), 2, 32, 2, 144, tok.bos_token_id, tok.eos_token_id, pad)).train()
+    cut = rows[:, : int((rows != pad).sum(1).max())]
+    loss = model(input_ids=cut, attention_mask=(cut != pad).long(), labels=cut.masked_fill(cut == pad, -100)).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    packed, pos, labels = pretrain_lm.pack_rows(rows, pad, 96)
+    assert packed.numel() < cut.numel()
+    packed_loss = model(input_ids=packed, position_ids=pos, labels=labels, use_cache=False).loss
+    packed_grads = torch.autograd.grad(packed_loss, list(model.parameters()))
+    assert abs(loss.item() - packed_loss.item()) < 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(grads, packed_grads)) < 1e-5
+
+
+def test_pack_steps_trains_on_packed_rows(tmp_path, monkeypatch):
+    seen = _record_batches(monkeypatch)
+    pc = LMPretrainConfig(steps=4, naming_steps=2, pack_steps=True, multi_scene_fraction=0.5, **TINY)
+    summary = pretrain_lm.pretrain(pc, str(tmp_path / "lm"), seed=0, progress=False)
+    assert len(seen) == 4 and all(ids.shape[0] <= pc.batch_size and ids.shape[1] <= pc.seq_len for ids in seen)
+    assert sum(ids.shape[0] for ids in seen) < 4 * pc.batch_size  # some rows shared: documents packed
+    assert summary["final_loss"] > 0 and (tmp_path / "lm" / "model.safetensors").exists()

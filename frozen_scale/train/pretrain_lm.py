@@ -103,12 +103,53 @@ def pack_corpus(docs: list[str], tokenizer, seq_len: int, generator: torch.Gener
     return torch.tensor(stream[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
 
-def train_step(model, opt, sched, ids: torch.Tensor, pad_id: int) -> float:
+def pack_rows(ids: torch.Tensor, pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of right-padded rows, each one sequence, laid into fewer rows of `width` tokens
+    (first fit, longest first): (ids, position_ids, labels). Positions restart at 0 for every
+    sequence, which is how transformers tells packed sequences apart (attention stays within each;
+    the attention mask must be None), and each sequence's first token is unlabelled, so the loss
+    holds exactly the padded batch's predictions. A row's padding left after its sequences is one
+    more sequence, unlabelled."""
+    lengths = (ids != pad_id).sum(1).tolist()
+    if max(lengths) > width:
+        raise ValueError(f"a row of {max(lengths)} tokens does not fit in packed rows of {width}")
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        j = next((j for j, r in enumerate(room) if r >= lengths[i]), None)
+        if j is None:
+            bins.append([])
+            room.append(width)
+            j = len(bins) - 1
+        bins[j].append(i)
+        room[j] -= lengths[i]
+    width = max(width - r for r in room)
+    out = torch.full((len(bins), width), pad_id, dtype=ids.dtype)
+    pos = torch.zeros((len(bins), width), dtype=torch.long)
+    labels = torch.full((len(bins), width), -100, dtype=ids.dtype)
+    for b, members in enumerate(bins):
+        at = 0
+        for i in members:
+            n = lengths[i]
+            out[b, at: at + n] = ids[i, :n]
+            pos[b, at: at + n] = torch.arange(n)
+            labels[b, at + 1: at + n] = ids[i, 1:n]
+            at += n
+        pos[b, at:] = torch.arange(width - at)
+    return out, pos, labels
+
+
+def train_step(model, opt, sched, ids: torch.Tensor, pad_id: int, pack_width: int = 0) -> float:
     """One step of next-token loss on a batch of rows (cut to its longest row, padding unlabelled);
-    gradients clipped to norm 1. Returns the loss."""
-    ids = ids[:, : int((ids != pad_id).sum(1).max())]
-    labels = ids.masked_fill(ids == pad_id, -100)
-    loss = model(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels).loss
+    gradients clipped to norm 1. Returns the loss. pack_width > 0: the rows packed into rows of that
+    many tokens (`pack_rows`): the same loss and gradient (up to float rounding) on fewer tokens."""
+    if pack_width:
+        packed, position_ids, labels = pack_rows(ids, pad_id, pack_width)
+        loss = model(input_ids=packed, position_ids=position_ids, labels=labels, use_cache=False).loss
+    else:
+        ids = ids[:, : int((ids != pad_id).sum(1).max())]
+        labels = ids.masked_fill(ids == pad_id, -100)
+        loss = model(input_ids=ids, attention_mask=(ids != pad_id).long(), labels=labels).loss
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -187,6 +228,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.lr, total_steps=pc.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
+    width = pc.seq_len if pc.pack_steps else 0  # packed rows (`pack_rows`), or the padded batch
     model.train()
     t0, losses = time.perf_counter(), []
     after_naming, lookup = {}, {}
@@ -209,7 +251,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
                                 step, level, pc.lookup_level)
         if start is None:
             losses.append(train_step(model, opt, sched, lookup_data[torch.randint(0, len(lookup_data), (pc.batch_size,),
-                                                                                  generator=gen)], tokenizer.pad_token_id))
+                                                                                  generator=gen)], tokenizer.pad_token_id, width))
             continue
         k = step - start  # steps into the naming curriculum
         if k == pc.naming_steps and k > 0:  # the naming curriculum's result, before the mixed corpus
@@ -231,7 +273,7 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
             kept = torch.rand(pc.batch_size, generator=lookup_gen) < pc.lookup_fraction
             ids = torch.where(kept[:, None], kept_lookups[torch.randint(0, len(kept_lookups), (pc.batch_size,),
                                                                         generator=lookup_gen)], ids)
-        losses.append(train_step(model, opt, sched, ids, tokenizer.pad_token_id))
+        losses.append(train_step(model, opt, sched, ids, tokenizer.pad_token_id, width))
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
