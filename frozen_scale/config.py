@@ -338,7 +338,7 @@ class LMPretrainConfig:
     pack_steps: bool = False
     """Each step's rows packed into as few rows of `seq_len` as hold them, their documents kept apart
     (positions restart at 0, attention stays within each; `pretrain_lm.pack_rows`): the same loss and
-    gradient as the padded batch up to float rounding, on fewer tokens (0.72x the step time on the
+    gradient as the padded batch up to float rounding, on fewer tokens (0.76x the step time on the
     world's mixed corpus, `bench/lm_packing.py`). Off by default: the demo's LM was measured unpacked;
     configs/reproduce-cpu.yaml sets it. Not to be confused with `pack`, which changes the text."""
     multi_scene_fraction: float = 0.0
