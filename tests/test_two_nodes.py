@@ -66,6 +66,7 @@ def weight_bytes_served(s3_server, prefix: str) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 857 s alone on a 2-core CPU: each step of the 1B LM (bf16, 4 ranks) takes 200-250 s
 def test_two_nodes_billion_lm_zero3_preempt_and_resume_on_object_storage(tmp_path, big_lm_dir, tiny_shards,
                                                                           s3_server):
     import fsspec
