@@ -373,8 +373,9 @@ def test_pack_rows_lays_every_sequence_once_with_its_own_positions_and_the_same_
         pretrain_lm.pack_rows(ids, pad, 10)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_a_packed_step_has_the_padded_batchs_loss_and_gradients(arch):
+def test_a_packed_step_has_the_padded_batchs_loss_and_gradients(arch, attn):
     from transformers import AutoModelForCausalLM
 
     tok = text.build_tokenizer(naming=True)
@@ -382,7 +383,7 @@ def test_a_packed_step_has_the_padded_batchs_loss_and_gradients(arch):
     pad = tok.pad_token_id
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(pretrain_lm.tiny_lm_config(
-        arch, len(tok), 2, 32, 2, 144, tok.bos_token_id, tok.eos_token_id, pad)).train()
+        arch, len(tok), 2, 32, 2, 144, tok.bos_token_id, tok.eos_token_id, pad), attn_implementation=attn).train()
     cut = rows[:, : int((rows != pad).sum(1).max())]
     loss = model(input_ids=cut, attention_mask=(cut != pad).long(), labels=cut.masked_fill(cut == pad, -100)).loss
     grads = torch.autograd.grad(loss, list(model.parameters()))

@@ -216,6 +216,6 @@ def test_one_candidate_is_the_setting_every_variant_trains_with(tmp_path, monkey
     monkeypatch.setattr(rp, "run_variant", fake_run_variant)
     monkeypatch.setattr(rp, "plot", lambda run, results: run / "ablation.png")
     out = rp.reproduce(str(tmp_path), cfg, nproc=1, variants=list(rp.VARIANTS), progress=False, candidates=["lexical"])
-    assert trained == {name: ("lexical", "lexical", False) for name in rp.VARIANTS}
+    assert trained == {name: ("lexical", "lexical", name == "frozen") for name in rp.VARIANTS}  # frozen probed
     assert out["info"]["setting"] == "lexical" and out["candidates"] == {}
     assert "setting 'lexical' (model.prefix_kind=lexical)" in (tmp_path / "ablation.md").read_text()
