@@ -12,6 +12,7 @@ each machine of a cluster would. Checked:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +36,11 @@ def launch_node(node_rank: int, port: int, cfg: Path, overrides: list[str], cach
            "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
            "-m", "frozen_scale.app.cli", "train", str(cfg), *overrides]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "FROZEN_SCALE_CACHE": str(cache),
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           # every S3 filesystem of the ranks waits up to 10 minutes for a response (fsspec's config
+           # from the environment): the local server, a thread of the test process, took over the
+           # 60 s default to start sending a GB weight file on a loaded 2-core CI machine
+           "FSSPEC_S3": json.dumps({"config_kwargs": {"read_timeout": 600}})}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
