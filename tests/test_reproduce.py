@@ -17,6 +17,8 @@ BASE, OVERLAY = ROOT / "configs" / "tiny-cpu.yaml", ROOT / "configs" / "reproduc
 
 
 def test_overlay_is_laid_over_the_demo_config():
+    import dataclasses
+
     import yaml
 
     base = rp.load_reproduce_config(str(BASE), None, [])
@@ -24,7 +26,10 @@ def test_overlay_is_laid_over_the_demo_config():
     overlay = yaml.safe_load(OVERLAY.read_text())
     assert cfg.train.steps == overlay["train"]["steps"] and cfg.checkpoint.every == overlay["checkpoint"]["every"]
     assert cfg.eval.num_samples == overlay["eval"]["num_samples"]
-    assert cfg.model == base.model and cfg.data == base.data  # untouched sections stay the demo's
+    assert cfg.data == base.data  # untouched sections stay the demo's; the model but for the ResNet's widths
+    assert cfg.model.vision.resnet_widths == overlay["model"]["vision"]["resnet_widths"] != base.model.vision.resnet_widths
+    assert dataclasses.replace(cfg.model, vision=base.model.vision) == base.model
+    assert dataclasses.replace(cfg.model.vision, resnet_widths=base.model.vision.resnet_widths) == base.model.vision
     for key, value in vars(cfg.lm_pretrain).items():  # the LM: the demo's, but for the naming curriculum
         assert value == overlay["lm_pretrain"].get(key, getattr(base.lm_pretrain, key)), key
     assert cfg.lm_pretrain.naming_steps > 0 and base.lm_pretrain.naming_steps == base.lm_pretrain.naming_fraction == 0
