@@ -402,3 +402,24 @@ def test_pack_steps_trains_on_packed_rows(tmp_path, monkeypatch):
     assert len(seen) == 4 and all(ids.shape[0] <= pc.batch_size and ids.shape[1] <= pc.seq_len for ids in seen)
     assert sum(ids.shape[0] for ids in seen) < 4 * pc.batch_size  # some rows shared: documents packed
     assert summary["final_loss"] > 0 and (tmp_path / "lm" / "model.safetensors").exists()
+
+
+def test_corpora_built_in_two_processes_are_the_ones_built_one_by_one():
+    """build_corpora in two forked processes: every corpus the same documents as built in this
+    process, the naming corpus's two writings as drawn one at a time; one batched tokenizer call
+    encodes each document as it alone does (bos + ids + eos, cut, padded)."""
+    pc = LMPretrainConfig(steps=10, lookup_steps=2, naming_steps=3, naming_fraction=0.3, naming_query_names=1.0,
+                          lookup_fraction=0.2, multi_scene_fraction=0.8, **dict(TINY, num_documents=150))
+    forked, serial = pretrain_lm.build_corpora(pc, 5, workers=2), pretrain_lm.build_corpora(pc, 5, workers=1)
+    assert forked == serial and all(v is not None for v in forked.values())
+    assert forked["naming"] == (text.naming_corpus(5, 150, 72), text.naming_corpus(5, 150, 72, named_query=True))
+    assert forked["naming"][0] != forked["naming"][1]
+    assert forked["kept_lookups"] == text.name_lookup_corpus(6, 150)
+    assert pretrain_lm.build_corpora(LMPretrainConfig(**TINY), 5)["naming"] is None
+    tok = text.build_tokenizer(naming=True)
+    docs = forked["mixed"] + forked["lookup"]
+    rows = pretrain_lm.encode_corpus(docs, tok, 24)  # short rows: some documents are cut
+    for doc, row in zip(docs, rows.tolist()):
+        ids = ([tok.bos_token_id] + tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:24]
+        assert row == ids + [tok.pad_token_id] * (24 - len(ids))
+    assert (rows[:, -1] != tok.pad_token_id).any() and (rows[:, -1] == tok.pad_token_id).any()

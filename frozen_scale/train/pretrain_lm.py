@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +84,57 @@ def uses_naming(pc: LMPretrainConfig) -> bool:
 
 
 def encode_corpus(docs: list[str], tokenizer, seq_len: int) -> torch.Tensor:
-    """[N, seq_len] ids: bos + document + eos, right-padded (pad masked from the loss)."""
+    """[N, seq_len] ids: bos + document + eos, right-padded (pad masked from the loss); the
+    documents tokenized in one batched call."""
     rows = torch.full((len(docs), seq_len), tokenizer.pad_token_id, dtype=torch.long)
-    for i, doc in enumerate(docs):
-        ids = [tokenizer.bos_token_id] + tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = ids[:seq_len]
+    for i, ids in enumerate(tokenizer(docs, add_special_tokens=False)["input_ids"]):
+        ids = ([tokenizer.bos_token_id] + ids + [tokenizer.eos_token_id])[:seq_len]
         rows[i, : len(ids)] = torch.tensor(ids)
     return rows
+
+
+def _mixed_docs(pc: LMPretrainConfig, seed: int) -> list[str]:
+    return text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
+                       pc.multi_scene_fraction, pc.naming_shape_questions, pc.multi_scene_scenes,
+                       pc.mixed_query_names)
+
+
+def _naming_docs(pc: LMPretrainConfig, seed: int) -> tuple[list[str], list[str]]:
+    return text.naming_corpora(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions)
+
+
+def _lookup_docs(pc: LMPretrainConfig, seed: int) -> list[str]:
+    return text.lookup_corpus(seed, pc.num_documents, pc.copy_fraction)
+
+
+def _kept_lookup_docs(pc: LMPretrainConfig, seed: int) -> list[str]:
+    return text.name_lookup_corpus(seed + 1, pc.num_documents)
+
+
+def build_corpora(pc: LMPretrainConfig, seed: int, workers: int | None = None) -> dict:
+    """The documents of every corpus `pretrain` draws from: {"mixed", "naming" (plain, named),
+    "lookup", "kept_lookups"}, each None when the config has no use for it. Every corpus is drawn
+    on generators of its own, so they are built in up to `workers` forked processes (default: two,
+    or one on a single core or inside a daemon process) with the same documents as one by one."""
+    jobs = {"mixed": _mixed_docs}
+    if pc.naming_steps:
+        jobs["naming"] = _naming_docs
+    if pc.lookup_steps:
+        jobs["lookup"] = _lookup_docs
+    if pc.lookup_fraction:
+        jobs["kept_lookups"] = _kept_lookup_docs
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1, len(jobs))
+    if multiprocessing.current_process().daemon or "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
+    out = dict.fromkeys(("mixed", "naming", "lookup", "kept_lookups"))
+    if workers <= 1:
+        out.update({name: job(pc, seed) for name, job in jobs.items()})
+        return out
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {name: pool.submit(job, pc, seed) for name, job in jobs.items()}
+        out.update({name: future.result() for name, future in futures.items()})
+    return out
 
 
 def pack_corpus(docs: list[str], tokenizer, seq_len: int, generator: torch.Generator) -> torch.Tensor:
@@ -197,9 +244,8 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     if pc.mixed_query_names and not pc.naming_fraction:
         raise ConfigError("lm_pretrain.mixed_query_names needs naming documents in the mixed corpus "
                           "(naming_fraction > 0)")
-    docs = text.corpus(seed, pc.num_documents, pc.copy_fraction, pc.naming_fraction, pc.seq_len,
-                       pc.multi_scene_fraction, pc.naming_shape_questions, pc.multi_scene_scenes,
-                       pc.mixed_query_names)
+    t_corpora = time.perf_counter()
+    corpora = build_corpora(pc, seed)
     pack_gen = torch.Generator().manual_seed(seed + 1)
 
     def encode(documents, pack: bool):
@@ -207,21 +253,21 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
             return pack_corpus(documents, tokenizer, pc.seq_len, pack_gen)
         return encode_corpus(documents, tokenizer, pc.seq_len)
 
-    data = encode(docs, pc.pack in ("mixed", "all"))
+    data = encode(corpora["mixed"], pc.pack in ("mixed", "all"))
     naming_data = None
     if pc.naming_steps:
-        naming_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions), pc.pack == "all")
+        naming_data = encode(corpora["naming"][0], pc.pack == "all")
     named_data = named_gen = None  # the same naming documents, their binding queries' objects named (row for row)
     if pc.naming_query_names:
-        named_data = encode(text.naming_corpus(seed, pc.num_documents, pc.seq_len, pc.naming_shape_questions,
-                                               named_query=True), False)
+        named_data = encode(corpora["naming"][1], False)
         named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
-    lookup_data = encode_corpus(text.lookup_corpus(seed, pc.num_documents, pc.copy_fraction), tokenizer,
-                                pc.seq_len) if pc.lookup_steps else None
+    lookup_data = encode_corpus(corpora["lookup"], tokenizer, pc.seq_len) if pc.lookup_steps else None
     kept_lookups = lookup_gen = None  # name lookups kept in every batch after the lookup phase
     if pc.lookup_fraction:
-        kept_lookups = encode_corpus(text.name_lookup_corpus(seed + 1, pc.num_documents), tokenizer, pc.seq_len)
+        kept_lookups = encode_corpus(corpora["kept_lookups"], tokenizer, pc.seq_len)
         lookup_gen = torch.Generator().manual_seed(seed + 3)
+    del corpora
+    log.info("LM corpora built and encoded in %.1f s", time.perf_counter() - t_corpora)
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
