@@ -177,48 +177,50 @@ def lookup_corpus(seed: int, num_documents: int, copy_fraction: float = 0.5) -> 
             for i in range(num_documents)]
 
 
-def naming_documents(rng: np.random.Generator, index: int, seq_len: int = 48,
-                     shape_questions: float = 0.0) -> tuple[str, str]:
-    """A naming episode as text, written twice from one draw: (plain, named query). Classification
-    (several shots, so that every repeated shape's name is predictable) or binding, as long as fits
-    in `seq_len` tokens. `shape_questions`: that fraction of the binding documents ask only the
-    question's first hop (`shape_question_text`, the same in both writings). The named writing's
-    binding queries name their objects (`episode_text`)."""
+def _naming_draw(rng: np.random.Generator, index: int, seq_len: int, shape_questions: float) -> episodes.Episode | str:
+    """The draws of one naming document: its episode, or the finished text of a shape question
+    (written the same with or without named queries)."""
     if rng.random() < 0.5:
         shapes = [ws for ws in _CLASSIFICATION_SHAPES if _fits(ws[0] * ws[1] + 1, 0, seq_len)]
         if not shapes:
             raise ValueError(f"seq_len {seq_len} is too short for naming documents")
         ways, shots = shapes[int(rng.integers(len(shapes)))]
-        ep = episodes.classification(rng, ways, shots, NONSENSE_NAMES, split="train", index=index)
-    else:
-        shots = [k for k in _BINDING_SHOTS if _fits(2 * k, 24, seq_len)] or [1]
-        ep = episodes.binding(rng, shots[int(rng.integers(len(shots)))], NONSENSE_NAMES, split="train", index=index)
-        if shape_questions > 0 and rng.random() < shape_questions:
-            doc = shape_question_text(ep)
-            return doc, doc
-    return episode_text(ep), episode_text(ep, named_query=True)
+        return episodes.classification(rng, ways, shots, NONSENSE_NAMES, split="train", index=index)
+    shots = [k for k in _BINDING_SHOTS if _fits(2 * k, 24, seq_len)] or [1]
+    ep = episodes.binding(rng, shots[int(rng.integers(len(shots)))], NONSENSE_NAMES, split="train", index=index)
+    if shape_questions > 0 and rng.random() < shape_questions:
+        return shape_question_text(ep)
+    return ep
+
+
+def _naming_text(drawn: episodes.Episode | str, named_query: bool) -> str:
+    return drawn if isinstance(drawn, str) else episode_text(drawn, named_query)
 
 
 def naming_document(rng: np.random.Generator, index: int, seq_len: int = 48, shape_questions: float = 0.0,
                     named_query: bool = False) -> str:
-    """One writing of `naming_documents` (named_query: the named one); the same draws either way,
-    so the same episodes."""
-    return naming_documents(rng, index, seq_len, shape_questions)[int(named_query)]
+    """A naming episode as text: classification (several shots, so that every repeated shape's name
+    is predictable) or binding, as long as fits in `seq_len` tokens. `shape_questions`: that fraction
+    of the binding documents ask only the question's first hop (`shape_question_text`). named_query:
+    binding queries name their objects (`episode_text`); the same draws, so the same episodes."""
+    return _naming_text(_naming_draw(rng, index, seq_len, shape_questions), named_query)
 
 
 def naming_corpora(seed: int, num_documents: int, seq_len: int = 48,
                    shape_questions: float = 0.0) -> tuple[list[str], list[str]]:
     """Naming documents only (the start of the naming curriculum, `lm_pretrain.naming_steps`), in
-    both writings from one pass: (plain, with binding queries' objects named), row for row."""
+    both writings from one pass over the draws: (plain, with binding queries' objects named), row
+    for row."""
     rng = np.random.default_rng([seed, 9])
-    pairs = [naming_documents(rng, i, seq_len, shape_questions) for i in range(num_documents)]
-    return [p for p, _ in pairs], [n for _, n in pairs]
+    drawn = [_naming_draw(rng, i, seq_len, shape_questions) for i in range(num_documents)]
+    return [_naming_text(d, False) for d in drawn], [_naming_text(d, True) for d in drawn]
 
 
 def naming_corpus(seed: int, num_documents: int, seq_len: int = 48, shape_questions: float = 0.0,
                   named_query: bool = False) -> list[str]:
-    """One writing of `naming_corpora` (named_query: binding queries' objects named)."""
-    return naming_corpora(seed, num_documents, seq_len, shape_questions)[int(named_query)]
+    """One writing of `naming_corpora` (named_query: binding queries' objects named), the same draws."""
+    rng = np.random.default_rng([seed, 9])
+    return [naming_document(rng, i, seq_len, shape_questions, named_query) for i in range(num_documents)]
 
 
 def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fraction: float = 0.0,
