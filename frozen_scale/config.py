@@ -248,7 +248,7 @@ class CheckpointConfig:
             raise ConfigError("checkpoint.keep_last must be >= 1")
 
 
-DEBUG_FAULTS = ("hold_after", "crash_before_commit")
+DEBUG_FAULTS = ("hold_after", "pause_after", "crash_before_commit")
 
 
 @dataclass
@@ -257,8 +257,10 @@ class DebugConfig:
 
     fault: str = ""
     """Fault injection, '<name>@<step>': `hold_after@N` stops after optimizer step N and sleeps
-    until killed (a kill at a known place); `crash_before_commit@N` exits (code 13) after every
-    file of step N's checkpoint is written, before its commit marker. '' : none."""
+    until killed (a kill at a known place); `pause_after@N` waits after step N until this rank
+    receives a stop signal (at most 60 s; it writes {run_dir}/paused_rank{R} while it waits: a
+    signal at a known place); `crash_before_commit@N` exits (code 13) after every file of step N's
+    checkpoint is written, before its commit marker. '' : none."""
     log_sample_keys: bool = False
     """Write each rank's sample keys in training order to {run_dir}/sample_keys_rank{R}.txt; a
     resumed run first cuts the file back to what its checkpoint had consumed."""
@@ -440,7 +442,9 @@ class LauncherConfig:
     """Per-node process launcher used by slurm and host-list launches."""
     hosts: list[str] = field(default_factory=list)
     """torchrun/deepspeed host-list launch: one host per node (the first is the master)."""
-    master_port: int = 29500
+    master_port: int = 0
+    """The rendezvous port on the first node; 0 derives it from the job (Slurm: from the job id;
+    a host-list launch: from its fresh run id), so two jobs sharing a node never meet."""
     rdzv_backend: Literal["c10d", "static"] = "c10d"
     """torchrun rendezvous: c10d on the first node (elastic, default) or static master addr/rank."""
     log_dir: str = ""
@@ -476,7 +480,7 @@ class LauncherConfig:
         for name in ("cpus_per_task", "signal_seconds", "max_requeues"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"launcher.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.master_port < 65536:
+        if not 0 <= self.master_port < 65536:
             raise ConfigError(f"launcher.master_port must be a TCP port, got {self.master_port}")
         if self.hosts and len(self.hosts) != self.nodes:
             raise ConfigError(

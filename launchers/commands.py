@@ -13,6 +13,8 @@ from frozen_scale.config import LauncherConfig
 
 TRAIN_MODULE = "frozen_scale.app.cli"
 """The module every launcher runs on every rank: `python -m frozen_scale.app.cli train ...`."""
+NODE_MODULE = "launchers.node"
+"""The per-node supervisor every launcher runs torchrun under (stop signals, exit 75)."""
 
 
 def train_args(config_path: str, overrides: list[str]) -> list[str]:
@@ -34,7 +36,13 @@ class NodeSpec:
 
 
 def node_command(launcher: LauncherConfig, node: NodeSpec, args: list[str]) -> list[str]:
-    """argv for one node: torchrun (c10d or static rendezvous) or the deepspeed launcher."""
+    """argv for one node: the node supervisor (launchers.node) over torchrun (c10d or static
+    rendezvous) or the deepspeed launcher."""
+    supervisor = [launcher.python, "-m", NODE_MODULE, f"--grace={launcher.signal_seconds}", "--"]
+    return supervisor + _runner_command(launcher, node, args)
+
+
+def _runner_command(launcher: LauncherConfig, node: NodeSpec, args: list[str]) -> list[str]:
     if launcher.runner == "deepspeed":
         return [
             "deepspeed", f"--num_nodes={node.nnodes}", f"--num_gpus={launcher.gpus_per_node}",

@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
+import zlib
 from pathlib import Path
 
 from frozen_scale.config import ConfigError, FrozenConfig
@@ -36,15 +38,24 @@ def hosts_for(cfg: FrozenConfig) -> list[str]:
     raise ConfigError(f"launcher.hosts must list {lc.nodes} hosts (launcher.nodes={lc.nodes})")
 
 
+def port_for(run_id: str) -> int:
+    """The rendezvous port of a launch whose launcher.master_port is 0: from its run id, so two
+    launches sharing a first host do not meet (20000-59999)."""
+    return 20000 + zlib.crc32(run_id.encode()) % 40000
+
+
 def render_node_commands(cfg: FrozenConfig, config_path: str, overrides: list[str], log_dir: str,
-                         run_id: str = "frozen-scale") -> list[tuple[str, list[str]]]:
-    """[(host, argv)] one per node; node 0's host is the rendezvous/master address."""
+                         run_id: str | None = None) -> list[tuple[str, list[str]]]:
+    """[(host, argv)] one per node; node 0's host is the rendezvous/master address. `run_id` (the
+    rendezvous id; default: fresh for every launch) also gives the port when master_port is 0."""
     hosts = hosts_for(cfg)
     master = "127.0.0.1" if is_local(hosts[0]) and all(is_local(h) for h in hosts) else hosts[0]
+    run_id = run_id or f"frozen-scale-{uuid.uuid4().hex[:12]}"
+    port = cfg.launcher.master_port or port_for(run_id)
     out = []
     for rank, host in enumerate(hosts):
         spec = NodeSpec(nnodes=str(len(hosts)), node_rank=str(rank), master_addr=master,
-                        master_port=str(cfg.launcher.master_port), rdzv_id=run_id,
+                        master_port=str(port), rdzv_id=run_id,
                         log_dir=f"{log_dir}/ranks/node{rank}")
         out.append((host, node_command(cfg.launcher, spec, train_args(config_path, overrides))))
     return out
@@ -55,7 +66,7 @@ def _remote(cfg: FrozenConfig, host: str, argv: list[str], workdir: str) -> list
     lines = [f"cd {shlex.quote(workdir)}", *lc.setup]
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in lc.env.items()]
     lines.append(shlex.join(argv))
-    return ["ssh", "-o", "BatchMode=yes", host, " && ".join(lines)]
+    return ["ssh", "-o", "BatchMode=yes", "--", host, " && ".join(lines)]
 
 
 def run_nodes(cfg: FrozenConfig, commands: list[tuple[str, list[str]]], workdir: str, log_dir: str,

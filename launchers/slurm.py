@@ -1,10 +1,11 @@
 """SLURM: render an sbatch script for a run and submit it.
 
-One srun task per node runs torchrun (c10d rendezvous on the job's first node) which starts one
-training process per GPU. Slurm sends SIGUSR1 `signal_seconds` before the time limit (or
-`scancel --signal=USR1 JOB` does); the node wrapper forwards it to the trainers, they commit a
-checkpoint and exit 75, and the batch script then requeues the job, which resumes from that
-checkpoint (`train.resume=auto`). Logs: `{log_dir}/{job}-{id}.out` for the batch script,
+One srun task per node runs the node supervisor over torchrun (c10d rendezvous on the job's first
+node) which starts one training process per GPU. Slurm sends SIGUSR1 `signal_seconds` before the
+time limit (or `scancel --signal=USR1 JOB` does), and TERM on `scancel`, preemption or a time
+limit, to every process of the step; the trainers commit a checkpoint and exit 75 (launchers.node),
+and the batch script then requeues the job on 75 unless it was cancelled; the requeued job resumes
+from that checkpoint (`train.resume=auto`). Logs: `{log_dir}/{job}-{id}.out` for the batch script,
 `...-node{N}.out` per node, torchrun's per-rank files under `{log_dir}/ranks/{id}/`.
 """
 
@@ -19,24 +20,17 @@ from frozen_scale.config import FrozenConfig
 from frozen_scale.constants import EXIT_REQUEUE
 from launchers.commands import NodeSpec, node_command, shell_join, train_args
 
-# Runs once per node under srun. torchrun starts with SIGUSR1 ignored so that the signal, which
-# Slurm delivers to every process of the step, cannot kill it; the trainers install their own
-# handler. On USR1/TERM we also forward USR1 to torchrun's children (the trainers) ourselves.
+# Runs once per node under srun; shell variables expand there, per task. The node supervisor
+# (launchers.node) keeps torchrun alive through TERM/USR1 to every process of the step, forwards
+# the stop to the trainers, and exits 75 once they have committed a checkpoint.
 NODE_WRAPPER = """\
 #!/bin/bash
-set -u
-preempted=0
-trap '' USR1
-{command} &
-child=$!
-forward() {{ preempted=1; pkill -USR1 -P "$child" 2>/dev/null || true; }}
-trap forward USR1 TERM
-while kill -0 "$child" 2>/dev/null; do wait "$child"; done
-wait "$child"; rc=$?
-echo "node $SLURM_NODEID task $SLURM_PROCID: torchrun exited $rc (preempted=$preempted)"
-if [ "$preempted" = 1 ] && [ "$rc" != 0 ]; then exit {preempted_exit}; fi
-exit "$rc"
+echo "node $SLURM_NODEID task $SLURM_PROCID: starting"
+exec {command}
 """
+
+PORT_FROM_JOB = "$((20000 + SLURM_JOB_ID % 40000))"
+"""MASTER_PORT when launcher.master_port is 0: two jobs that share a node get different ports."""
 
 
 def _sbatch_header(cfg: FrozenConfig, log_dir: str, workdir: str) -> list[str]:
@@ -88,13 +82,13 @@ def render_sbatch(cfg: FrozenConfig, config_path: str, overrides: list[str], wor
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in lc.env.items()]
     lines += [
         'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f"export MASTER_PORT={lc.master_port}",
+        f"export MASTER_PORT={lc.master_port or PORT_FROM_JOB}",
         'attempt="${SLURM_RESTART_COUNT:-0}"',
         'echo "job $SLURM_JOB_ID attempt $attempt on $SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT"',
-        "trap 'echo \"batch shell: signal received; the nodes handle it\"' USR1",
+        "trap 'echo \"batch shell: signal received; the nodes handle it\"' USR1 TERM",
         f'node_script="{log_dir}/node-$SLURM_JOB_ID.sh"',
         "cat > \"$node_script\" <<'NODE_EOF'",
-        NODE_WRAPPER.format(command=command, preempted_exit=EXIT_REQUEUE).rstrip("\n"),
+        NODE_WRAPPER.format(command=command).rstrip("\n"),
         "NODE_EOF",
         f'{shell_join(srun)} bash "$node_script"',
         "rc=$?",

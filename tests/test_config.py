@@ -41,7 +41,7 @@ def test_debug_hooks_are_typed_config(tmp_path):
     assert cfg.debug.log_sample_keys and cfg.train.wandb.project == "p"
     assert not load_config(None).debug.fault and not load_config(None).debug.log_sample_keys
     for bad in ("hold_after", "hold_after@x", "explode@3"):
-        with pytest.raises(ConfigError, match=r"debug.fault must look like <name>@<step>.*hold_after, crash_before_commit"):
+        with pytest.raises(ConfigError, match=r"debug.fault must look like <name>@<step>.*hold_after, pause_after, crash_before_commit"):
             load_config(None, [f"debug.fault={bad}"])
 
 

@@ -37,14 +37,25 @@ def test_node_commands_for_a_host_list(tiny_run_config, capsys):
         assert argv[-3:] == [str(tiny_run_config), "train.lr=0.01", "train.resume=auto"]
     assert cli.submit_main([str(tiny_run_config), "--launcher", "deepspeed", "--dry-run", *over]) == 0
     ds = [shlex.split(ln) for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
-    assert ds[2][:7] == ["deepspeed", "--num_nodes=3", "--num_gpus=8", "--node_rank=2", "--master_addr=gpu-a",
+    assert ds[2][:5] == ["python", "-m", "launchers.node", "--grace=120", "--"]  # the node supervisor
+    assert ds[2][5:12] == ["deepspeed", "--num_nodes=3", "--num_gpus=8", "--node_rank=2", "--master_addr=gpu-a",
                          "--master_port=29555", "--no_ssh"]
     assert cli.submit_main([str(tiny_run_config), "--launcher", "local", "--dry-run", "launcher.gpus_per_node=2"]) == 0
     (local,) = [shlex.split(ln) for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")]
-    assert "--nnodes=1" in local and "--nproc-per-node=2" in local and "--rdzv-endpoint=127.0.0.1:29500" in local
+    assert "--nnodes=1" in local and "--nproc-per-node=2" in local
     cfg = load_config(tiny_run_config, over)
     remote = hostlist._remote(cfg, "gpu-b", ["python", "x"], "/work")
-    assert remote[:3] == ["ssh", "-o", "BatchMode=yes"] and remote[-1].startswith("cd /work && ")
+    assert remote[:5] == ["ssh", "-o", "BatchMode=yes", "--", "gpu-b"] and remote[-1].startswith("cd /work && ")
+
+
+def test_two_launches_get_their_own_rendezvous(tiny_run_config):
+    """launcher.master_port=0 (the default): each launch a fresh rendezvous id and the port from it."""
+    cfg = load_config(tiny_run_config, ["launcher.nodes=2", "launcher.hosts=[gpu-a, gpu-b]"])
+    ends = set()
+    for _ in range(2):
+        (_, argv), _ = hostlist.render_node_commands(cfg, "c.yaml", [], "logs")
+        ends.add(next(a for a in argv if a.startswith("--rdzv-endpoint=")) + next(a for a in argv if a.startswith("--rdzv-id=")))
+    assert len(ends) == 2
 
 
 def test_host_list_must_match_nodes(tiny_run_config):

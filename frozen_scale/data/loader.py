@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import random
+import signal
 from dataclasses import dataclass, field
 
 import torch
@@ -370,10 +371,25 @@ class CaptionStream(IterableDataset):
                 items = []
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+"""What a scheduler sends to every process of a job to stop it (Slurm signals each process of the
+step; a terminal's Ctrl-C reaches the whole foreground group)."""
+
+
+def ignore_stop_signals(_worker_id: int | None = None) -> None:
+    """A loader worker's first act: ignore the stop signals. The trainer that owns it decides when
+    to stop and commits a checkpoint first; a worker killed by the same signal would make the
+    trainer's next batch raise instead. Workers still end with their trainer (the DataLoader shuts
+    them down, and each notices its parent's exit)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def make_loader(dataset: CaptionStream, num_workers: int) -> DataLoader:
     return DataLoader(
         dataset, batch_size=None, num_workers=num_workers, persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )
 
 

@@ -2,6 +2,7 @@
 fault injection at a known step and a per-rank log of the sample keys trained on.
 
 The resume tests use them: `debug.fault=hold_after@N` puts a kill at a known place,
+`debug.fault=pause_after@N` a stop signal,
 `debug.fault=crash_before_commit@N` dies between a checkpoint's files and its commit marker,
 `debug.log_sample_keys=true` lets a test compare the samples an interrupted run saw with an
 uninterrupted one's. A test may also pass its own `DebugHooks` (or a subclass) to the Trainer.
@@ -25,9 +26,13 @@ CRASH_EXIT = 13
 class DebugHooks:
     """What the loop calls at its test points; each call does nothing unless configured."""
 
+    PAUSE_S = 60.0
+
     def __init__(self, cfg: DebugConfig, run_dir: Path, rank: int, micro_batch_size: int):
         self.cfg, self.run_dir, self.rank, self.micro_batch_size = cfg, Path(run_dir), rank, micro_batch_size
         self._keys = None
+        self.stopping = lambda: False
+        """Whether this rank has received a stop signal (the trainer sets it)."""
 
     def start(self, batches_done: int) -> None:
         """Before the first step: open the sample-key log, cut back to the `batches_done` batches
@@ -52,6 +57,14 @@ class DebugHooks:
             log.error("fault injection: holding after step %s until killed", step)
             while True:
                 time.sleep(60)
+        if self.cfg.fault_at("pause_after", step):
+            marker = self.run_dir / f"paused_rank{self.rank}"
+            marker.write_text(str(step))
+            log.error("fault injection: pausing after step %s until a stop signal", step)
+            deadline = time.monotonic() + self.PAUSE_S
+            while not self.stopping() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            marker.unlink()
 
     def before_commit(self, step: int) -> None:
         """After every file of step `step`'s checkpoint is written, before its commit marker."""

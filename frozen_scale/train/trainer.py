@@ -74,6 +74,8 @@ class Trainer:
         the test hooks (default: those the `debug` config section turns on)."""
         self.startup = lm_setup.StartupClock()
         self.cfg = cfg
+        self._stop_signal = None
+        self._install_signals()  # first: a stop during set-up is kept, and loader workers fork after it
         self.rank, self.world_size = dist_engine.init_distributed()
         self.is_main = self.rank == 0
         self.shards = list_shards(cfg.data.train_shards)  # every rank; missing shards stop it before the LM loads
@@ -86,6 +88,7 @@ class Trainer:
         self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard, cfg.train.wandb,
                                      run_config=to_dict(cfg))
         self.hooks = hooks or DebugHooks(cfg.debug, self.run_dir, self.rank, cfg.train.micro_batch_size)
+        self.hooks.stopping = lambda: self._stop_signal is not None
         with self.startup.phase("download"):  # local rank 0 of each node; the others wait
             self.model_dirs = lm_setup.fetch_models(cfg)
         local_lm = self.model_dirs[cfg.model.lm_path]
@@ -103,7 +106,6 @@ class Trainer:
         if self.lm_hash:
             with self.startup.phase("sha256 wait"):
                 self.lm_info["sha256"] = self.lm_hash.result()  # recorded in every checkpoint
-        self._stop_signal = None
         self.window = MetricWindow.start(self.device)
         self.nonfinite_in_row = self.nonfinite_total = 0
         self.startup.setup_finished()
@@ -167,10 +169,15 @@ class Trainer:
 
     # -- signals -----------------------------------------------------------------------------
     def _on_signal(self, signum, _frame):
-        self._stop_signal = signum
-        log.warning("received signal %s: finishing this step, then saving", signum)
+        if self._stop_signal is None:
+            self._stop_signal, self._stop_time = signum, time.monotonic()
+            log.warning("received signal %s: finishing this step, then saving", signum)
 
     def _install_signals(self):
+        """TERM and USR1 mean the same: commit a checkpoint at the end of this step, exit 75.
+        Slurm sends TERM (scancel, preemption, a time limit without --signal) or USR1 (--signal)
+        to every process of the step; torchrun, the node supervisor and the loader workers leave
+        the decision to the trainers (launchers.node, data.loader.ignore_stop_signals)."""
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
@@ -186,7 +193,6 @@ class Trainer:
         cfg, state = self.cfg, self.checkpoints.load()
         batches = self._data(state.stream, state.data_seed)
         state.stream = batches.state
-        self._install_signals()
         self.engine.train()
         bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not (self.is_main and cfg.train.progress),
                    desc="train", dynamic_ncols=True)
@@ -202,7 +208,7 @@ class Trainer:
                     self._log(state, batches, bar)
                 if cfg.checkpoint.every and state.step % cfg.checkpoint.every == 0 and state.step < cfg.train.steps:
                     self.checkpoints.save(state)
-                if self._stop_requested():
+                if state.step < cfg.train.steps and self._stop_requested():
                     return self._preempted(state)
             self.checkpoints.save(state)
             return EXIT_OK
@@ -221,9 +227,17 @@ class Trainer:
     def _preempted(self, state: ckpt.TrainState) -> int:
         """A stop signal reached some rank: commit a checkpoint of this step (unless one was just
         committed), then exit with the requeue code."""
+        t0 = time.monotonic()
         if self.checkpoints.saved_step != state.step:
             self.checkpoints.save(state)
-        log.warning("preempted: checkpoint committed at step %s; exit %s (requeue)", state.step, EXIT_REQUEUE)
+        save_s = time.monotonic() - t0
+        since_signal = time.monotonic() - getattr(self, "_stop_time", t0)
+        grace = self.cfg.launcher.signal_seconds
+        log.warning("preempted: checkpoint committed at step %s (save %.1f s, %.1f s after the signal); exit %s "
+                    "(requeue)", state.step, save_s, since_signal, EXIT_REQUEUE)
+        if grace and since_signal > 0.8 * grace:
+            log.warning("the stop took %.1f s of the %s s grace (launcher.signal_seconds): raise it, or the "
+                        "scheduler may kill the job before its checkpoint commits", since_signal, grace)
         return EXIT_REQUEUE
 
     def train_step(self, batches) -> bool:
