@@ -58,6 +58,11 @@ def test_sbatch_script_dry_run(tiny_run_config, capsys):
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script and "if [ $rc -eq 75 ]" in script
     proc = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert proc.returncode == 0, proc.stderr
+    # launcher.master_port 0 (the default): the port comes from the job id
+    (port_line,) = [line for line in script.splitlines() if line.startswith("export MASTER_PORT=")]
+    ports = {subprocess.run(["bash", "-c", f"{port_line}; echo $MASTER_PORT"], env={"SLURM_JOB_ID": job},
+                            capture_output=True, text=True, check=True).stdout.strip() for job in ("1041", "1042")}
+    assert len(ports) == 2 and all(20000 <= int(p) < 60000 for p in ports), ports
 
 
 def _metrics_steps(run_dir: Path) -> list[int]:
@@ -124,3 +129,39 @@ def test_slurm_job_trains_then_preempted_job_requeues_and_resumes(slurm, tiny_ru
     # the resumed run continued from the checkpoint: no step trained (logged) twice
     logged = _metrics_steps(long_run)
     assert logged == sorted(set(logged)) and logged[-1] == steps
+
+
+@pytest.mark.slow
+def test_plain_scancel_of_a_job_with_loader_workers_commits_then_resubmit_resumes(slurm, tiny_run_config,
+                                                                                   monkeypatch, capsys):
+    """`scancel JOB` sends TERM to every process of the step (node supervisor, torchrun, trainers,
+    their loader workers): the trainers commit one checkpoint and exit 75; a new submission of the
+    same run resumes from it and finishes."""
+    monkeypatch.setenv("SLURM_CONF", str(slurm.conf))
+    cfg = yaml.safe_load(Path(tiny_run_config).read_text())
+    run_dir = Path(cfg["train"]["run_dir"]).parent / "run-scancel"
+    steps = 400
+    args = [str(tiny_run_config), "--launcher", "slurm", *_launcher_overrides(**{"launcher.job_name": "cancel"}),
+            f"train.steps={steps}", "checkpoint.every=0", "data.num_workers=2", f"train.run_dir={run_dir}"]
+    assert cli.submit_main(args) == 0
+    job = capsys.readouterr().out.strip().splitlines()[-1]
+    deadline = time.time() + 240
+    while len(_metrics_steps(run_dir)) < 2 and time.time() < deadline:
+        slurm.wait(job, {"RUNNING", "PENDING", "CONFIGURING"}, timeout=60)
+        time.sleep(0.5)
+    assert _metrics_steps(run_dir), f"training never logged a step\n{slurm.logs()}"
+    subprocess.run(["scancel", job], env=slurm.env, check=True)  # plain: TERM to every process
+    deadline = time.time() + 120
+    while slurm.job_info(job).get("JobState") not in {"CANCELLED", "COMPLETED", "FAILED"} and time.time() < deadline:
+        time.sleep(0.5)
+    committed = _committed(run_dir)
+    rank_logs = "".join(p.read_text() for p in (run_dir / "logs" / "ranks").rglob("*.log"))
+    assert len(committed) == 1 and 0 < committed[0] < steps, (committed, rank_logs[-3000:])
+    assert rank_logs.count(f"preempted: checkpoint committed at step {committed[0]}") == 2, rank_logs[-3000:]
+    assert "DataLoader worker" not in rank_logs, rank_logs[-3000:]
+
+    resubmit = [*args[:-1], f"train.run_dir={run_dir}", f"train.steps={committed[0] + 4}"]
+    assert cli.submit_main(resubmit) == 0
+    job = capsys.readouterr().out.strip().splitlines()[-1]
+    slurm.wait(job, {"COMPLETED"}, timeout=300)
+    assert _committed(run_dir)[-1] == committed[0] + 4
