@@ -242,10 +242,19 @@ class CheckpointConfig:
     every: int = 0
     """Save every N optimizer steps (0: only at the end)."""
     keep_last: int = 2
+    """Committed checkpoints kept, newest by commit order (the one a run started from is kept too)."""
+    allow_fresh_start: bool = False
+    """With train.resume='': start at step 0 in a folder that already holds committed checkpoints
+    (a new lineage beside them). Without it such a start is refused."""
+    lease_seconds: float = 60.0
+    """How long a job's lease on the checkpoint folder lasts unless renewed (every third of it):
+    a second live job is refused; a killed job's folder is free again after at most this long."""
 
     def __post_init__(self):
         if self.keep_last < 1:
             raise ConfigError("checkpoint.keep_last must be >= 1")
+        if self.lease_seconds <= 0:
+            raise ConfigError(f"checkpoint.lease_seconds must be > 0, got {self.lease_seconds}")
 
 
 DEBUG_FAULTS = ("hold_after", "pause_after", "crash_before_commit")
@@ -662,5 +671,9 @@ def dump_config(cfg: FrozenConfig) -> str:
 
 
 def save_config(cfg: FrozenConfig, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(dump_config(cfg))
+    """The resolved config as YAML; an identical file is left as it is (a re-run changes nothing)."""
+    path, text = Path(path), dump_config(cfg)
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -18,9 +18,13 @@ NODE_MODULE = "launchers.node"
 
 
 def train_args(config_path: str, overrides: list[str]) -> list[str]:
-    """Arguments after `-m TRAIN_MODULE`: resume is always 'auto' so a requeue continues."""
+    """Arguments after `-m TRAIN_MODULE`. A requeue or restart runs the same line again, so resume
+    is 'auto' unless the user named a checkpoint: then the same path, which the trainer reads as
+    "continue the lineage begun there" once it has committed (frozen_scale.train.lineage)."""
+    given = [o for o in overrides if o.startswith("train.resume=")]
     extra = [o for o in overrides if not o.startswith("train.resume=")]
-    return ["train", config_path, *extra, "train.resume=auto"]
+    resume = given[-1] if given and given[-1] not in ("train.resume=", "train.resume=''") else "train.resume=auto"
+    return ["train", config_path, *extra, resume]
 
 
 @dataclass

@@ -147,3 +147,16 @@ def big_lm_dir(tmp_path_factory) -> Path:
     from big_lm import BIG, build_lm
 
     return build_lm(tmp_path_factory.mktemp("big_lm"), BIG)
+
+
+def rewrite_checkpoint_file(checkpoint: Path, relative: str, data: str) -> None:
+    """Change a committed checkpoint's file on purpose and record it in its marker (what a test
+    that edits a checkpoint means to do; a change without this is damage, which loading refuses)."""
+    import json
+
+    from frozen_scale.train.integrity import hash_file
+
+    (checkpoint / relative).write_text(data)
+    marker = json.loads((checkpoint / "COMMITTED").read_text())
+    marker["files"][relative] = hash_file(checkpoint / relative)
+    (checkpoint / "COMMITTED").write_text(json.dumps(marker))

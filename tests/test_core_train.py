@@ -125,6 +125,7 @@ def test_world_size_change_restores_the_optimizer_state(tmp_path, tiny_lm_dir, t
     from frozen_scale.distributed.engine import adam_step_count, full_optimizer_state
     from frozen_scale.train.checkpoint import read_optimizer_state
     from frozen_scale.train.trainer import Trainer
+    from tests.core_fixtures import rewrite_checkpoint_file
 
     sections = dict(train={"steps": 5, "lr": 1e-2, "warmup_steps": 1, "precision": precision},
                     deepspeed={"stage": stage}, data={"num_workers": 0}, checkpoint={"every": 3, "keep_last": 3})
@@ -135,7 +136,7 @@ def test_world_size_change_restores_the_optimizer_state(tmp_path, tiny_lm_dir, t
     exact = Trainer(make_cfg(tmp_path, tiny_lm_dir, tiny_shards, **resume))
     exact.checkpoints.load()
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    (ckpt / "trainer_state.json").write_text(json.dumps({**state, "world_size": 2}))
+    rewrite_checkpoint_file(ckpt, "trainer_state.json", json.dumps({**state, "world_size": 2}))
     moved = Trainer(make_cfg(tmp_path, tiny_lm_dir, tiny_shards, **resume))
     assert moved.checkpoints.world_size_changed
     moved.checkpoints.load()

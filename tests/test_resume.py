@@ -24,6 +24,7 @@ from frozen_scale.constants import SHARDS_FORMAT
 from frozen_scale.train.checkpoint import committed_steps, prune
 from frozen_scale.train.metrics import read_metrics
 from frozen_scale.model.lm_identity import lm_identity
+from tests.core_fixtures import rewrite_checkpoint_file
 from tests.core_fixtures import corrupt_first_png, save_tiny_lm, tiny_config_dict, truncate_shard, write_shards_plain
 from tests.dist_util import REPO, check, free_port, kill_tree, torchrun
 
@@ -303,11 +304,11 @@ def test_incompatible_checkpoint_is_refused_with_what_differs(tmp_path, tiny_lm_
         Trainer(cfg3)
 
     # a checkpoint from before the cheap identity names its LM by the full sha256
-    state_path = tmp_path / "inc" / "checkpoints" / "step_00000001" / "trainer_state.json"
-    state = json.loads(state_path.read_text())
+    ckpt_dir = tmp_path / "inc" / "checkpoints" / "step_00000001"
+    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
     del state["fingerprint"]["lm_identity"]
     state["fingerprint"]["lm_sha256"] = state["lm"]["sha256"]
-    state_path.write_text(json.dumps(state))
+    rewrite_checkpoint_file(ckpt_dir, "trainer_state.json", json.dumps(state))
     with pytest.raises(ValueError, match=r"incompatible.*lm_sha256: checkpoint has"):
         Trainer(cfg3)
     resumed = Trainer(load_config(write_cfg(tmp_path, "inc", tiny_lm_dir, tiny_shards,

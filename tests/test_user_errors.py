@@ -32,8 +32,9 @@ CASES = {
 }
 
 
-def write_config(path: Path, tmp: Path, shards: Path, **model) -> Path:
-    cfg = tiny_config_dict(tmp / "no-such-lm", shards, tmp / "run")
+def write_config(path: Path, tmp: Path, shards: Path, run_dir: Path | None = None, **model) -> Path:
+    """A config; each has its run folder (they run at once, and one live job holds a folder)."""
+    cfg = tiny_config_dict(tmp / "no-such-lm", shards, run_dir or tmp / f"run-{path.stem}")
     cfg["model"].update(model)
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -47,7 +48,7 @@ def outcomes(tmp_path_factory, tiny_shards) -> tuple[Path, dict[str, subprocess.
     write_config(tmp / "no-lm.yaml", tmp, tiny_shards)
     write_config(tmp / "no-shards.yaml", tmp, tmp / "no-such-shards")
     (tmp / "run").mkdir()
-    write_config(tmp / "run" / "config.yaml", tmp, tiny_shards)  # a training run that saved no checkpoint
+    write_config(tmp / "run" / "config.yaml", tmp, tiny_shards, tmp / "run")  # a training run that saved no checkpoint
     procs = {name: subprocess.Popen([sys.executable, "-m", "frozen_scale.app.cli",
                                      *argv.format(tmp=tmp).split()], cwd=REPO, env=child_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -272,6 +272,7 @@ class FrozenVLM(nn.Module):
             _check_lm(path, local, meta["lm"])
         lm = lm_lib.load_lm(local, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
         model = cls(model_cfg, lm, lm_embedding_norm=1.0)
+        _check_prefix_file(export / "prefix.safetensors", meta.get("prefix_sha256"))
         state = load_file(str(export / "prefix.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.startswith("lm.")]
@@ -312,3 +313,20 @@ def _check_lm(path: str, local: str, recorded: dict) -> None:
             f"the LM at {path} is not the one this export was trained against ({recorded.get('path')}): "
             + "; ".join(differs) + ". Pass the right LM (lm_path=...), or check_lm=False to load anyway"
         )
+
+
+def _check_prefix_file(path: Path, expected: str | None) -> None:
+    """An export's prefix weights must be the bytes the export wrote (their sha256 is recorded in
+    frozen_vlm.json; exports made before it was recorded are not checked)."""
+    if expected is None:
+        return
+    import hashlib
+
+    from frozen_scale.config import InputError
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise InputError(f"{path} is damaged: its sha256 differs from the one recorded in frozen_vlm.json")

@@ -12,7 +12,10 @@ Layout of one checkpoint:  {checkpoint_dir}/step_00000100/
     rank_00000.json           per-rank state: data stream position, RNG states, data seed
     trainer_state.json        step, samples seen, world size, LM reference (path, identity,
                               sha256), fingerprint, config
-    COMMITTED                 commit marker, written last by rank 0 after every rank is done
+    COMMITTED                 commit marker, written last by rank 0 after every rank is done and
+                              the payload is fsynced: every file's size and sha256, the lineage,
+                              the folder's commit order (frozen_scale.train.integrity, .lineage)
+    DAMAGED                   set beside COMMITTED when the files no longer match: passed by
 
 Remote URLs (s3://, ...) are staged in a local folder per node and uploaded by each node's local
 rank 0, then committed; resume downloads the checkpoint first.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -38,65 +42,44 @@ from frozen_scale import storage
 from frozen_scale.config import FrozenConfig, InputError, NotFoundError, to_dict
 from frozen_scale.data.loader import StreamState
 from frozen_scale.distributed import engine as dist_engine
+from frozen_scale.train import integrity, lineage
+from frozen_scale.train.lease import Lease
 
 log = logging.getLogger("frozen_scale.train")
 
-COMMIT_MARKER = "COMMITTED"
-PREFIX = "step_"
+COMMIT_MARKER = lineage.COMMIT_MARKER
+PREFIX = lineage.PREFIX
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 OPTIMIZER_FORMAT = "frozen_scale.optimizer/1"
 TRAINER_STATE = "trainer_state.json"
 ENGINE_DIR, ENGINE_TAG = "ds", "state"
-
-
-def step_name(step: int) -> str:
-    return f"{PREFIX}{step:08d}"
+MARKER_FORMAT = "frozen_scale.checkpoint/2"
+step_name = lineage.step_name
 
 
 def rank_file(rank: int) -> str:
     return f"rank_{rank:05d}.json"
 
 
-def _step_of(entry: str) -> int | None:
-    name = storage.base_name(entry)
-    if not name.startswith(PREFIX):
-        return None
-    try:
-        return int(name[len(PREFIX):])
-    except ValueError:
-        return None
-
-
 def committed_steps(checkpoint_dir: str) -> list[int]:
-    """Steps with a commit marker, oldest first."""
-    fs, root = storage.filesystem(checkpoint_dir, fresh=True)
-    if not fs.exists(root):
-        return []
-    steps = []
-    for entry in fs.ls(root, detail=False):
-        step = _step_of(entry)
-        if step is not None and fs.exists(storage.join(entry, COMMIT_MARKER)):
-            steps.append(step)
-    return sorted(steps)
+    """Steps of the committed (and not damaged) checkpoints, in ascending order."""
+    return sorted(c.step for c in lineage.list_committed(checkpoint_dir))
 
 
 def resolve_resume(resume: str, checkpoint_dir: str) -> str | None:
-    """The checkpoint URL to resume from ('' -> None; 'auto' -> newest committed or None)."""
+    """The checkpoint a reader of `resume` ('' / 'auto' / a path) uses, verified; damaged newest
+    ones are set aside and the previous verified one is used (frozen_scale.train.lineage)."""
     if not resume:
         return None
     if resume == "auto":
-        steps = committed_steps(checkpoint_dir)
-        return storage.join(checkpoint_dir, step_name(steps[-1])) if steps else None
-    return require_committed(resume)
+        return lineage.newest(checkpoint_dir)
+    return lineage.require_verified(resume)
 
 
 def require_committed(url: str) -> str:
-    """`url` itself when it is a committed checkpoint; NotFoundError otherwise."""
-    fs, root = storage.filesystem(url, fresh=True)
-    if not fs.exists(storage.join(root, COMMIT_MARKER)):
-        raise NotFoundError(f"{url} is not a committed checkpoint (no {COMMIT_MARKER} marker)")
-    return url
+    """`url` itself when it is a committed checkpoint whose files verify; a UserError otherwise."""
+    return lineage.require_verified(url)
 
 
 def commit(url: str, payload: dict | None = None) -> None:
@@ -104,19 +87,9 @@ def commit(url: str, payload: dict | None = None) -> None:
     storage.atomic_write_bytes(storage.join(url, COMMIT_MARKER), json.dumps(payload or {}).encode())
 
 
-def prune(checkpoint_dir: str, keep_last: int) -> list[int]:
-    """Delete committed checkpoints beyond the newest `keep_last`, and uncommitted leftovers
-    older than the newest committed one. Never touches the newest committed checkpoint."""
-    steps = committed_steps(checkpoint_dir)
-    if not steps:
-        return []
-    doomed = steps[:-keep_last] if keep_last < len(steps) else []
-    fs, root = storage.filesystem(checkpoint_dir)
-    for entry in fs.ls(root, detail=False):
-        step = _step_of(entry)
-        if step is not None and (step in doomed or (step < steps[-1] and step not in steps)):
-            fs.rm(entry, recursive=True)
-    return doomed
+def prune(checkpoint_dir: str, keep_last: int, protect: tuple[str, ...] = ()) -> list[int]:
+    """frozen_scale.train.lineage.prune: the newest `keep_last` by commit order are kept."""
+    return lineage.prune(checkpoint_dir, keep_last, protect)
 
 
 def local_stage(run_dir: str, url: str, node: str = "node") -> Path:
@@ -195,6 +168,7 @@ class CheckpointManager:
         manager.attach(engine, optimizer)
         state = manager.load()            # the TrainState to start from
         manager.save(state)               # every rank, at a step where a checkpoint is due
+        manager.close()                   # the folder's lease given back
 
     World-size policy: on the number of ranks it was saved with, a checkpoint restores DeepSpeed's
     own state, the data positions and the RNG states: exact. On another number of ranks it
@@ -203,16 +177,21 @@ class CheckpointManager:
     order seeded by (seed, step).
     """
 
-    def __init__(self, cfg: FrozenConfig, run_dir: Path, rank: int, world_size: int, lm_info: dict,
+    def __init__(self, cfg: FrozenConfig, run_dir: Path, rank: int, world_size: int, lm_info: dict | None,
                  before_commit: Callable[[int], None] | None = None):
-        """`lm_info` is the LM record written into every checkpoint (the trainer adds the full
-        sha256 to it once hashed); `before_commit(step)` runs on every rank after a checkpoint's
+        """Takes the checkpoint folder's lease and decides where the run starts (its lineage).
+        `lm_info` is the LM record written into every checkpoint (set before `fetch_resume`, once
+        the LM is identified; the trainer adds the full sha256 once hashed); `before_commit(step)` runs on every rank after a checkpoint's
         files are written, before its commit marker (a test hook)."""
         self.cfg, self.run_dir, self.rank, self.world_size = cfg, Path(run_dir), rank, world_size
         self.is_main = rank == 0
         self.lm_info = lm_info
         self.before_commit = before_commit or (lambda step: None)
-        self.resume_url = resolve_resume(cfg.train.resume, cfg.checkpoint_dir)
+        self.lease = Lease(cfg.checkpoint_dir, cfg.checkpoint.lease_seconds) if self.is_main else None
+        dist_engine.on_rank_zero(self.lease.acquire if self.lease else (lambda: None))
+        self.start = dist_engine.on_rank_zero(lambda: lineage.resolve_start(
+            cfg.train.resume, cfg.checkpoint_dir, cfg.checkpoint.allow_fresh_start))
+        self.resume_url = self.start.url
         self.resume_state: dict | None = None
         self.engine = self.optimizer = None
         self.saved_step: int | None = None
@@ -285,6 +264,8 @@ class CheckpointManager:
             log.warning("data.num_workers changed (%s -> %s): the data stream restarts in a fresh order",
                         stream.num_workers, self.cfg.data.num_workers)
         log.info("resumed from %s at step %s", self.resume_url, state.step)
+        self.saved_step = state.step  # already committed: a run resumed at its last step saves nothing
+        self._drop_stage(self.resume_url)
         return state
 
     def _load_on_new_world_size(self, local: Path, step: int) -> None:
@@ -297,17 +278,19 @@ class CheckpointManager:
         else:
             restored = ("weights, step and lr schedule are restored; optimizer moments restart from zero (the "
                         "checkpoint holds no consolidated optimizer state)")
+        self.saved_step = step
         for _ in range(step):
             self.engine.lr_scheduler.step()
         log.warning("resuming a %s-rank checkpoint on %s ranks: %s; the data stream restarts in a fresh order",
                     self.resume_state["world_size"], self.world_size, restored)
         log.info("resumed (elastic) from %s at step %s", self.resume_url, step)
+        self._drop_stage(self.resume_url)
 
     # -- save --------------------------------------------------------------------------------
     def save(self, state: TrainState) -> str:
         """Write every part of the checkpoint of `state.step`, then commit it; every rank calls
         this. Returns the checkpoint's URL."""
-        url = storage.join(self.cfg.checkpoint_dir, step_name(state.step))
+        url = dist_engine.on_rank_zero(lambda: self._fresh_folder(state.step))
         local = self._stage(url)
         self.engine.save_checkpoint(str(local / ENGINE_DIR), tag=ENGINE_TAG, client_state={"step": state.step},
                                     save_latest=False, exclude_frozen_parameters=not self.cfg.model.train_lm)
@@ -341,17 +324,49 @@ class CheckpointManager:
             save_file(optimizer, str(local / OPTIMIZER), metadata={
                 "format": OPTIMIZER_FORMAT, "adam_step": str(dist_engine.adam_step_count(self.optimizer))})
 
+    def _fresh_folder(self, step: int) -> str:
+        """Rank 0: the folder this lineage saves `step` in, emptied of an uncommitted leftover."""
+        url = lineage.folder_for(self.cfg.checkpoint_dir, step, self.start.lineage)
+        if storage.exists(url):  # files of a save that crashed before its commit marker
+            fs, path = storage.filesystem(url)
+            fs.rm(path, recursive=True)
+        return url
+
     def _commit(self, url: str, local: Path, step: int) -> None:
         dist_engine.barrier()  # every rank's files are written
+        files = {}
+        for part in dist_engine.all_gather_object(integrity.hash_owned(local, self.rank)):
+            files.update(part)
+        if not storage.is_remote(url) and self.is_main:
+            integrity.fsync_dirs(local)
         if storage.is_remote(url) and dist_engine.local_rank() == 0:
             storage.upload_folder(local, url)
         dist_engine.barrier()  # every node's files are uploaded
         self.before_commit(step)
         if self.is_main:
-            commit(url, {"step": step})
-            prune(self.cfg.checkpoint_dir, self.cfg.checkpoint.keep_last)
+            commit(url, {"format": MARKER_FORMAT, "step": step, "lineage": self.start.lineage,
+                         "seq": lineage.next_seq(self.cfg.checkpoint_dir), "committed_at": time.time(),
+                         "hash": integrity.HASH, "files": files})
+            prune(self.cfg.checkpoint_dir, self.cfg.checkpoint.keep_last, protect=(url, self.resume_url or ""))
             log.info("checkpoint committed: %s", url)
         dist_engine.barrier()
+        self._drop_stage(url)
+
+    def _drop_stage(self, url: str | None) -> None:
+        """A remote checkpoint's staged copy on this node, once uploaded or loaded (every rank
+        calls this; the node's local rank 0 removes it once all have read it)."""
+        if not url or not storage.is_remote(url):
+            return
+        dist_engine.barrier()
+        if dist_engine.local_rank() == 0:
+            import shutil
+
+            shutil.rmtree(self._stage(url), ignore_errors=True)
+
+    def close(self) -> None:
+        """Give the checkpoint folder's lease back (rank 0)."""
+        if self.lease:
+            self.lease.release()
 
     # -- helpers -----------------------------------------------------------------------------
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:

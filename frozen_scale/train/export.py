@@ -33,7 +33,9 @@ def export(run_dir: str, out_dir: str | None = None, checkpoint_url: str | None 
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp_dir:
         tmp = Path(tmp_dir)
         storage.get_file(storage.join(checkpoint_url, ckpt.WEIGHTS), str(tmp / "prefix.safetensors"))
+        prefix_sha256 = ckpt.integrity.hash_file(tmp / "prefix.safetensors", sync=False)[1]
         meta = {"format": "frozen_scale.export/1", "model": cfg_dict["model"], "lm": state["lm"],
+                "prefix_sha256": prefix_sha256,
                 "step": state["step"], "checkpoint": checkpoint_url,
                 "data": {"prompt": cfg_dict["data"]["prompt"], "max_text_len": cfg_dict["data"]["max_text_len"]}}
         from frozen_scale.model.lm import load_tokenizer

@@ -84,11 +84,15 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.hooks = hooks or DebugHooks(cfg.debug, self.run_dir, self.rank, cfg.train.micro_batch_size)
+        self.hooks.stopping = lambda: self._stop_signal is not None
+        # the folder's lease and where this run starts, before anything is written into the run folder
+        self.checkpoints = ckpt.CheckpointManager(cfg, self.run_dir, self.rank, self.world_size, lm_info=None,
+                                                  before_commit=self.hooks.before_commit)
+        if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
         self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard, cfg.train.wandb,
                                      run_config=to_dict(cfg))
-        self.hooks = hooks or DebugHooks(cfg.debug, self.run_dir, self.rank, cfg.train.micro_batch_size)
-        self.hooks.stopping = lambda: self._stop_signal is not None
         with self.startup.phase("download"):  # local rank 0 of each node; the others wait
             self.model_dirs = lm_setup.fetch_models(cfg)
         local_lm = self.model_dirs[cfg.model.lm_path]
@@ -99,8 +103,7 @@ class Trainer:
         with self.startup.phase("identity"):  # rank 0, from its local copy
             self.lm_info = lm_setup.identify_lm(cfg, self.model_dirs)
         self.lm_hash = lm_setup.BackgroundHash(local_lm) if self.is_main else None
-        self.checkpoints = ckpt.CheckpointManager(cfg, self.run_dir, self.rank, self.world_size, self.lm_info,
-                                                  before_commit=self.hooks.before_commit)
+        self.checkpoints.lm_info = self.lm_info
         self.checkpoints.fetch_resume(self._lm_sha256)
         self._build_model()
         if self.lm_hash:
@@ -210,9 +213,11 @@ class Trainer:
                     self.checkpoints.save(state)
                 if state.step < cfg.train.steps and self._stop_requested():
                     return self._preempted(state)
-            self.checkpoints.save(state)
+            if self.checkpoints.saved_step != state.step:  # a finished run resumed saves nothing
+                self.checkpoints.save(state)
             return EXIT_OK
         finally:
+            self.checkpoints.close()
             bar.close()
             self.hooks.close()
             self.metrics.close()
