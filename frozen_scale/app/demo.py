@@ -78,7 +78,8 @@ def run_demo(config_path: str | None, run_dir: str, overrides: list[str], nproc:
     train_cfg = run / "prefix_config.yaml"
     save_config(cfg, train_cfg)
     t0 = time.perf_counter()
-    code = launch_training(train_cfg, nproc)
+    # a re-run continues (or, finished, keeps) the prefix run already in the folder
+    code = launch_training(train_cfg, nproc, [] if cfg.train.resume else ["train.resume=auto"])
     train_seconds = time.perf_counter() - t0
     if code != 0:
         raise SystemExit(f"prefix training failed (exit {code}); see the log above")

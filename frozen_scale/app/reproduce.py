@@ -215,7 +215,8 @@ def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: P
             return result
     config_path = variant_config(cfg, run, name, lm_dir, shards, folder)
     t0 = time.perf_counter()
-    overrides = [] if progress else ["train.progress=false"]
+    overrides = ["train.resume=auto"]  # a variant interrupted before its results continues
+    overrides += [] if progress else ["train.progress=false"]
     code = launch_training(config_path, nproc, overrides)
     train_seconds = time.perf_counter() - t0
     if code != 0:
