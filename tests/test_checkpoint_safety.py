@@ -207,7 +207,7 @@ def test_rollback_preempted_and_requeued_continues_its_own_lineage(three_checkpo
     assert ours[-1].step == 7
 
 
-def test_a_second_live_job_is_refused_and_a_killed_one_expires(tmp_path, tiny_lm_dir, tiny_shards):
+def test_a_second_live_job_is_refused_and_a_killed_one_is_taken_over(tmp_path, tiny_lm_dir, tiny_shards):
     run = tmp_path / "run"
     cfg = write_cfg(tmp_path, run, tiny_lm_dir, tiny_shards, train={"steps": 100000, "log_every": 1},
                     checkpoint={"every": 0, "lease_seconds": 6}, data={"num_workers": 0})
@@ -222,11 +222,11 @@ def test_a_second_live_job_is_refused_and_a_killed_one_expires(tmp_path, tiny_lm
         assert second.returncode == 2 and "another job is training into" in second.stderr, second.stderr[-2000:]
         first.kill()  # kill -9: no lease given back
         first.wait()
-        expires = json.loads((run / "checkpoints" / "LEASE.json").read_text())["expires_at"]
-        while time.time() < expires:  # before expiry the dead job's lease still refuses
-            time.sleep(0.2)
+        held = json.loads((run / "checkpoints" / "LEASE.json").read_text())
+        assert held["pid"] == first.pid and held["expires_at"] > time.time()
+        # its process is gone from this host: taken over at once, without waiting for the expiry
         again = cli("train", cfg, "train.steps=2", "checkpoint.allow_fresh_start=true")
-        assert again.returncode == 0, again.stderr[-2000:]  # a stale lease is taken over
+        assert again.returncode == 0, again.stderr[-2000:]
     finally:
         if first.poll() is None:
             first.kill()
@@ -236,7 +236,7 @@ def test_lease_waits_for_expiry(tmp_path):
     from frozen_scale.train.lease import Lease
 
     holder = Lease(str(tmp_path), seconds=2)
-    holder.owner["pid"] = -1  # another process
+    holder.owner.update(host="another-node", pid=os.getpid())  # a job on another node: only expiry tells
     holder._write()
     with pytest.raises(InputError, match="another job is training into"):
         Lease(str(tmp_path), seconds=2).acquire()
@@ -245,6 +245,25 @@ def test_lease_waits_for_expiry(tmp_path):
     taker.acquire()
     taker.release()
     assert not (tmp_path / "LEASE.json").exists()
+
+
+def test_lease_of_a_live_process_on_this_host_holds_and_of_a_reused_pid_does_not(tmp_path):
+    from frozen_scale.train.lease import Lease
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        holder = Lease(str(tmp_path), seconds=30)
+        holder.owner.update(pid=sleeper.pid, started="")
+        holder._write()
+        with pytest.raises(InputError, match="another job is training into"):
+            Lease(str(tmp_path), seconds=30).acquire()
+        holder.owner["started"] = "1"  # the pid now belongs to a process started at another time
+        holder._write()
+        taker = Lease(str(tmp_path), seconds=30)
+        taker.acquire()
+        taker.release()
+    finally:
+        sleeper.kill()
 
 
 def test_config_knobs_parse():

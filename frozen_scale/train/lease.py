@@ -3,7 +3,8 @@
 Rank 0 writes `{checkpoint_dir}/LEASE.json` (owner: job id, host, pid; an expiry time) before the
 run resolves where it starts, and renews it from a background thread every third of
 `checkpoint.lease_seconds`. A second job on the same folder finds a live lease and stops in one
-line; a lease whose expiry has passed (its job was killed -9, or its node lost) is taken over.
+line; a lease whose expiry has passed (its job was killed -9, or its node lost) is taken over, and
+so is one whose holder process on this same host is gone (killed -9 and restarted at once).
 A requeued attempt of the same Slurm job (the same SLURM_JOB_ID), or the same process starting
 another run, takes its own lease at once.
 The same object works on a shared filesystem and on object storage (written whole, then read back
@@ -25,6 +26,30 @@ from frozen_scale.config import InputError
 LEASE_FILE = "LEASE.json"
 
 
+def _start_time(pid: int) -> str:
+    """The kernel's start time of `pid` (so a reused pid is not taken for the holder), or ''."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _holder_gone(held: dict) -> bool:
+    """True when the lease was taken on this host by a process that no longer runs."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int) \
+            or held["pid"] <= 0:
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    started = held.get("started", "")
+    return bool(started) and _start_time(held["pid"]) not in ("", started)
+
+
 def _job_id() -> str:
     """The scheduler's id of this job: a requeued attempt of it may take its own lease at once."""
     return os.environ.get("SLURM_JOB_ID", "")
@@ -35,7 +60,8 @@ class Lease:
         self.url = storage.join(checkpoint_dir, LEASE_FILE)
         self.seconds = seconds
         self.token = uuid.uuid4().hex
-        self.owner = {"token": self.token, "job": _job_id(), "host": socket.gethostname(), "pid": os.getpid()}
+        self.owner = {"token": self.token, "job": _job_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                      "started": _start_time(os.getpid())}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -54,7 +80,7 @@ class Lease:
         held = self._read()
         mine = held and ((held.get("job") and held.get("job") == self.owner["job"])
                          or (held.get("host"), held.get("pid")) == (self.owner["host"], self.owner["pid"]))
-        if held and held.get("expires_at", 0) > time.time() and not mine:
+        if held and held.get("expires_at", 0) > time.time() and not mine and not _holder_gone(held):
             left = held["expires_at"] - time.time()
             raise InputError(
                 f"another job is training into {self.url.rsplit('/', 1)[0]} (job {held.get('job') or '?'} on "
