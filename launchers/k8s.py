@@ -18,7 +18,8 @@ import yaml
 
 from frozen_scale.config import ConfigError, FrozenConfig, dump_config
 
-from launchers.ray_job import driver_entrypoint
+from launchers.commands import NODE_MODULE
+from launchers.ray_job import STOP_WAIT_ENV, driver_entrypoint, stop_wait_seconds
 
 API_VERSION = "ray.io/v1"
 KIND = "RayJob"
@@ -55,11 +56,22 @@ def _volumes(cfg: FrozenConfig) -> tuple[list[dict], list[dict]]:
     return volumes, mounts
 
 
-def _pod_template(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, int]]) -> dict:
+def _pod_template(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, int]],
+                  trainers: bool = False) -> dict:
+    """A pod of the Ray cluster. The trainers' pods stop them before Kubernetes signals the
+    container: a preStop hook (`launchers.node --stop-local`) sends the stop to every trainer's
+    supervisor and waits for their commit, within a termination grace of `launcher.signal_seconds`
+    plus a margin (an eviction or `kubectl delete` then ends in a committed checkpoint)."""
+    lc = cfg.launcher
     volumes, mounts = _volumes(cfg)
     container = _container(cfg, name, gpus, ports)
     container["volumeMounts"] = mounts
-    return {"spec": {"containers": [container], "volumes": volumes}}
+    if trainers:
+        container["lifecycle"] = {"preStop": {"exec": {"command": [
+            lc.python, "-m", NODE_MODULE, "--stop-local", f"--grace={lc.signal_seconds}"]}}}
+    spec = {"containers": [container], "volumes": volumes,
+            "terminationGracePeriodSeconds": stop_wait_seconds(cfg)}
+    return {"spec": spec}
 
 
 def _container(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, int]]) -> dict:
@@ -96,7 +108,8 @@ def render_rayjob(cfg: FrozenConfig) -> dict:
         raise ConfigError("launcher.container must name the image for the k8s launcher")
     gpus = lc.gpus_per_node if lc.request_gpus else 0
     log_dir = lc.log_dir or f"{cfg.train.run_dir}/logs"
-    runtime_env = {"env_vars": {k: str(v) for k, v in lc.env.items()}} if lc.env else {}
+    runtime_env = {"env_vars": {k: str(v) for k, v in lc.env.items()}}
+    runtime_env["env_vars"].setdefault(STOP_WAIT_ENV, str(stop_wait_seconds(cfg)))
     if lc.ray_pip:
         runtime_env["pip"] = list(lc.ray_pip)
     worker_params = {}
@@ -119,12 +132,11 @@ def render_rayjob(cfg: FrozenConfig) -> dict:
                 "minReplicas": lc.nodes,
                 "maxReplicas": lc.nodes,
                 "rayStartParams": worker_params,
-                "template": _pod_template(cfg, "ray-worker", gpus, []),
+                "template": _pod_template(cfg, "ray-worker", gpus, [], trainers=True),
             }],
         },
     }
-    if runtime_env:
-        spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
+    spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,

@@ -13,8 +13,19 @@ to the workers, which write it to a file of their own node for the trainer.
 
 Ray Train's TorchTrainer places the workers (SPREAD over nodes) and sets up a process group; each
 worker then runs the same training entry as torchrun would (`python -m frozen_scale.app.cli train`)
-as a child process with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR set, so the trainer, its DeepSpeed
-engine and its signal handling are exactly those of every other launcher. Rank 0 picks a fresh
+with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR set, so the trainer, its DeepSpeed engine and its
+signal handling are exactly those of every other launcher. The trainer runs under the node
+supervisor (`launchers.node --direct`) in a session of its own, so that however Ray ends a worker
+the trainer is told to stop and commits first:
+
+- `ray job stop` sends TERM to the driver (and SIGKILL after RAY_JOB_STOP_WAIT_TIME_S, which
+  `submit` sets to `launcher.signal_seconds`): the driver sets a stop flag (a small actor every
+  worker waits on), each worker sends TERM to its supervisor, the trainers commit one checkpoint
+  and exit 75, the workers return and the driver exits 75; a resubmitted job resumes;
+- a worker that is killed (the worker group torn down, its node's raylet gone, a pod evicted)
+  kills its direct child, the supervisor, and the kernel's parent-death signal gives the trainer
+  its stop (launchers.node); a pod's preStop hook (`launchers.node --stop-local`) does the same
+  before Kubernetes signals the container. Rank 0 picks a fresh
 rendezvous port and shares it over Ray Train's group. A preempted trainer (exit EXIT_REQUEUE = 75,
 checkpoint committed) fails the attempt; Ray Train restarts the worker group (FailureConfig.max_failures)
 and `train.resume=auto` continues from the checkpoint.
@@ -23,6 +34,7 @@ and `train.resume=auto` continues from the checkpoint.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import os
 import re
@@ -34,7 +46,8 @@ import tempfile
 from pathlib import Path
 
 from frozen_scale.constants import EXIT_REQUEUE
-from launchers.commands import TRAIN_MODULE, train_args
+from launchers.commands import NODE_MODULE, TRAIN_MODULE, train_args
+from launchers.node import set_parent_death_signal
 
 
 SHIPPED_PREFIX = "shipped:"
@@ -42,6 +55,24 @@ SHIPPED_PACKAGE = "frozen_scale_run"
 """The folder `submit` ships the config in (runtime_env py_modules): Ray puts it on the import path."""
 SHIPPED_FILE = "config.yaml"
 SHIPPED_CONFIG = f"{SHIPPED_PREFIX}{SHIPPED_PACKAGE}/{SHIPPED_FILE}"
+STOP_NAMESPACE = "frozen_scale"
+"""The Ray namespace of the job's stop flag (a named actor, one per driver)."""
+STOPPED = "stopped"
+"""What a worker returns when its trainer committed and exited after the job was stopped."""
+
+
+class StopFlag:
+    """Set once by the driver when the job is stopped; every worker holds a pending `wait()`."""
+
+    def __init__(self):
+        self._event = asyncio.Event()
+
+    async def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> bool:
+        await self._event.wait()
+        return True
 
 
 def read_config(ref: str) -> str:
@@ -72,13 +103,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _trainer_preexec() -> None:
-    """In the trainer's process before exec: SIGUSR1 ignored (a preemption notice arriving before
-    the trainer installs its handler must not kill it; the trainer's own handler replaces this),
-    and normal CPU priority: Ray starts its workers at nice 15, below every other process on
-    the node, which would starve the trainer and its data loaders of CPU. Raising the priority
-    needs CAP_SYS_NICE; without it the trainer stays at Ray's (the worker says so)."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+def _supervisor_preexec() -> None:
+    """In the supervisor's process before exec: TERM when the worker dies without killing it (a
+    crashed worker), and normal CPU priority: Ray starts its workers at nice 15, below every other
+    process on the node, which would starve the trainer and its data loaders of CPU. Raising the
+    priority needs CAP_SYS_NICE; without it the trainer stays at Ray's (the worker says so)."""
+    set_parent_death_signal(signal.SIGTERM)
     if os.getpriority(os.PRIO_PROCESS, 0) > 0:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
@@ -105,28 +135,50 @@ def train_worker(loop_config: dict) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"ray-rank{rank}.log"
     config_file = _node_config_file(loop_config["config_yaml"], loop_config["name"], rank)
-    argv = [sys.executable, "-m", TRAIN_MODULE, *train_args(str(config_file), loop_config["overrides"])]
+    argv = [sys.executable, "-m", NODE_MODULE, "--direct", f"--grace={loop_config['grace']}", "--",
+            sys.executable, "-m", TRAIN_MODULE, *train_args(str(config_file), loop_config["overrides"])]
+    stop = ray.get_actor(loop_config["stop_actor"], namespace=STOP_NAMESPACE).wait.remote()
     node_id = ray.get_runtime_context().get_node_id()
     print(f"rank {rank}/{world} on {socket.gethostname()} ray node {node_id}: {' '.join(argv)} (log {log_path})",
           flush=True)
     try:
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(argv, cwd=loop_config["workdir"], env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, preexec_fn=_trainer_preexec)
+            proc = subprocess.Popen(argv, cwd=loop_config["workdir"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_supervisor_preexec)
             nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
             if nice > 0:
                 print(f"rank {rank}: the trainer runs at nice {nice} (Ray's worker priority; raising it needs "
                       "CAP_SYS_NICE)", flush=True)
-            code = proc.wait()
+            code, stopped = _wait(proc, stop, rank)
     finally:
         config_file.unlink(missing_ok=True)
     tail = log_path.read_text(errors="replace")[-2000:]
     dist.barrier()  # every rank's trainer has exited before any worker reports
+    if stopped and code in (0, EXIT_REQUEUE):
+        print(f"rank {rank}: the job was stopped; the trainer exited {code}", flush=True)
+        return STOPPED
     if code == EXIT_REQUEUE:
         raise RuntimeError(f"rank {rank}: preempted (checkpoint committed); restarting to resume")
     if code != 0:
         raise RuntimeError(f"rank {rank}: training exited {code}; last output:\n{tail}")
     print(f"rank {rank}: training finished", flush=True)
+
+
+def _wait(proc: subprocess.Popen, stop, rank: int) -> tuple[int, bool]:
+    """Wait for the supervisor; when the driver sets the stop flag, send it TERM (once).
+    Returns (exit code, whether the job was stopped)."""
+    import ray
+
+    stopped = False
+    while True:
+        try:
+            return proc.wait(timeout=1.0), stopped
+        except subprocess.TimeoutExpired:
+            pass
+        if not stopped and ray.wait([stop], timeout=0)[0]:
+            stopped = True
+            print(f"rank {rank}: the job is being stopped: the trainer commits a checkpoint", flush=True)
+            os.kill(proc.pid, signal.SIGTERM)
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -139,6 +191,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--storage", required=True, help="Ray Train storage_path (shared by all nodes)")
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--name", default="frozen-scale")
+    parser.add_argument("--grace", type=float, default=120.0,
+                        help="seconds a stop may take (launcher.signal_seconds), reported when passed")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every trainer")
     return parser.parse_known_args(argv)
 
@@ -151,6 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train.torch import TorchTrainer
 
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+    stop_actor = f"stop-{ray.get_runtime_context().get_job_id()}"
+    flag = ray.remote(num_cpus=0)(StopFlag).options(name=stop_actor, namespace=STOP_NAMESPACE).remote()
+    stopping: list[int] = []
+
+    def on_stop(signum, _frame):
+        if not stopping:
+            stopping.append(signum)
+            print(f"ray driver: signal {signum}: stopping the trainers (they commit a checkpoint)", flush=True)
+            flag.set.remote()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, on_stop)
     env = dict(item.split("=", 1) for item in args.env)
     loop_config = {
         "config_yaml": config_yaml,
@@ -159,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "workdir": os.getcwd(),
         "log_dir": str(Path(args.log_dir).resolve()),
         "env": env,
+        "stop_actor": stop_actor,
+        "grace": args.grace,
     }
     resources = {"CPU": args.cpus_per_worker}
     if args.use_gpu:
@@ -173,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                                        worker_runtime_env={"env_vars": env} if env else None),
     )
     result = trainer.fit()
+    if stopping:
+        print(f"ray training stopped ({'failed: ' + str(result.error) if result.error else 'checkpoint committed'})",
+              flush=True)
+        return EXIT_REQUEUE if not result.error else 1
     if result.error:
         print(f"ray training failed: {result.error}", file=sys.stderr)
         return 1

@@ -32,13 +32,22 @@ class RayAuthError(RuntimeError):
     """The cluster refused the submission for want of a valid token; the message is one line."""
 
 
+STOP_WAIT_ENV = "RAY_JOB_STOP_WAIT_TIME_S"
+"""Read by Ray's job supervisor (it runs with the job's runtime_env): TERM, then SIGKILL after it."""
+
+
+def stop_wait_seconds(cfg: FrozenConfig) -> int:
+    """How long a stopped job may take: the trainers' save grace plus the time to report it."""
+    return cfg.launcher.signal_seconds + 30
+
+
 def driver_entrypoint(cfg: FrozenConfig, config_ref: str, log_dir: str, python: str = "python") -> str:
     """The driver's command line; `config_ref` is where the config lies on the cluster."""
     lc = cfg.launcher
     argv = [python, "-m", "launchers.ray_driver", config_ref,
             f"--num-workers={lc.nodes * lc.gpus_per_node}", f"--max-failures={lc.max_requeues}",
             f"--storage={Path(cfg.train.run_dir) / 'ray'}", f"--log-dir={log_dir}",
-            f"--name={lc.job_name}"]
+            f"--name={lc.job_name}", f"--grace={lc.signal_seconds}"]
     if lc.request_gpus:
         argv.append("--use-gpu")
     if lc.cpus_per_task:
@@ -66,6 +75,8 @@ def runtime_env(cfg: FrozenConfig, workdir: str, shipped: str) -> dict:
         env_vars["PYTHONPATH"] = os.pathsep.join(filter(None, [workdir, env_vars.get("PYTHONPATH")]))
     if lc.ray_pip:
         out["pip"] = list(lc.ray_pip)
+    # `ray job stop` waits this long after its TERM before SIGKILL: the trainers' save
+    env_vars.setdefault(STOP_WAIT_ENV, str(stop_wait_seconds(cfg)))
     out["env_vars"] = env_vars
     return out
 

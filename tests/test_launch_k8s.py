@@ -81,6 +81,12 @@ def test_kuberay_rayjob_manifest(tiny_run_config, capsys, rayjob_validator, conf
     worker = worker_pod["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert worker["resources"]["requests"] == worker["resources"]["limits"]
+    # an eviction or deletion reaches the trainers: a preStop hook stops them and waits, within
+    # a grace period that covers the save; a stopped Ray job waits as long before its SIGKILL
+    hook = worker["lifecycle"]["preStop"]["exec"]["command"]
+    assert hook[1:4] == ["-m", "launchers.node", "--stop-local"] and "--grace=120" in hook
+    assert worker_pod["terminationGracePeriodSeconds"] == head_pod["terminationGracePeriodSeconds"] == 150
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "150"
 
     # the config travels in the ConfigMap, mounted in every pod; the entrypoint names the mounted file
     entry = shlex.split(spec["entrypoint"])

@@ -155,6 +155,81 @@ def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_r
     final = json.loads((run_dir / "checkpoints" / f"step_{steps:08d}" / "trainer_state.json").read_text())
     assert final["world_size"] == 2
     rank0 = (run_dir / "logs" / "ray-rank0.log").read_text()
-    assert f"preempted: checkpoint committed at step {committed[0]}; exit 75" in rank0
+    assert f"preempted: checkpoint committed at step {committed[0]} (" in rank0
     assert f"resumed from {run_dir / 'checkpoints' / f'step_{committed[0]:08d}'}" in rank0
     assert "preempted (checkpoint committed); restarting" in logs
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """A real head node started as a user does, `ray start --head`, on loopback, two logical CPUs,
+    with the dashboard (the Jobs API); `ray stop` afterwards."""
+    import os
+    import subprocess
+    import tempfile
+
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    started = subprocess.run(
+        [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--temp-dir={temp}", "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    try:
+        yield f"http://127.0.0.1:{dash}", ray_bin, env
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_ray_job_stop_commits_and_a_resubmitted_job_resumes(ray_head, tiny_run_config, capsys):
+    """`ray job stop` on a running 2-worker job (loader workers on): Ray's job supervisor sends TERM
+    to the driver only; the trainers still commit one checkpoint and exit 75 (the driver's stop
+    flag reaches every worker, each tells its trainer's supervisor). A new submission resumes from
+    that checkpoint and finishes."""
+    import subprocess
+    import time
+
+    address, ray_bin, env = ray_head
+    cfg = yaml.safe_load(Path(tiny_run_config).read_text())
+    run_dir = Path(cfg["train"]["run_dir"])
+    job_name = f"stop-{run_dir.parent.name}"
+    over = [f"launcher.shared_mounts=[{run_dir.parent}]", f"launcher.job_name={job_name}", "launcher.nodes=1",
+            "launcher.gpus_per_node=2", "launcher.request_gpus=false", f"launcher.python={sys.executable}",
+            "launcher.env={DS_ACCELERATOR: cpu, OMP_NUM_THREADS: '1'}", f"launcher.workdir={REPO}",
+            "launcher.signal_seconds=120", "data.num_workers=2", "checkpoint.every=0"]
+    assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--address", address, *over,
+                            "train.steps=100000"]) == 0
+    job = capsys.readouterr().out.strip().splitlines()[-1]
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 480
+    while not (metrics.exists() and metrics.read_text().strip()):  # training, past its first steps
+        assert str(client.get_job_status(job)) in ("PENDING", "RUNNING", "JobStatus.PENDING", "JobStatus.RUNNING"), \
+            client.get_job_logs(job)[-4000:]
+        assert time.time() < deadline, client.get_job_logs(job)[-4000:]
+        time.sleep(0.5)
+    stopped = subprocess.run([ray_bin, "job", "stop", "--address", address, job], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    status, logs = ray_job.wait(address, job, timeout=300, poll=1.0)
+    assert status == "STOPPED", logs[-4000:]
+    committed = sorted(int(p.parent.name[5:]) for p in (run_dir / "checkpoints").glob("step_*/COMMITTED"))
+    assert len(committed) == 1 and committed[0] > 0, (committed, logs[-4000:])
+    step = committed[0]
+    rank0 = (run_dir / "logs" / "ray-rank0.log").read_text()
+    assert f"preempted: checkpoint committed at step {step} (" in rank0, rank0[-3000:]
+    assert "ray training stopped (checkpoint committed)" in logs, logs[-3000:]
+    # a new submission of the same run resumes from the committed checkpoint and finishes
+    assert cli.submit_main([str(tiny_run_config), "--launcher", "ray", "--address", address, *over,
+                            f"train.steps={step + 3}"]) == 0
+    job2 = capsys.readouterr().out.strip().splitlines()[-1]
+    status, logs = ray_job.wait(address, job2, timeout=480, poll=1.0)
+    assert status == "SUCCEEDED", logs[-4000:]
+    rank0 = (run_dir / "logs" / "ray-rank0.log").read_text()
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{step:08d}'}" in rank0, rank0[-3000:]
+    assert (run_dir / "checkpoints" / f"step_{step + 3:08d}" / "COMMITTED").exists()

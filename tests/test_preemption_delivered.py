@@ -124,3 +124,49 @@ def test_supervisor_exit_codes(tmp_path):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGTERM)  # the child ignores TERM; the supervisor waits for it
     assert proc.wait(timeout=60) == EXIT_REQUEUE
+
+
+FAKE_TRAINER = ("import signal, sys, time\n"
+                "def stop(signum, frame):\n"
+                "    open(sys.argv[1] + '.stopped', 'w').write(str(signum))\n"
+                "    sys.exit(75)\n"
+                "signal.signal(signal.SIGUSR1, stop)\n"
+                "signal.signal(signal.SIGTERM, stop)\n"
+                "open(sys.argv[1], 'w').close()\n"
+                "time.sleep(120)\n")
+
+
+def _start_direct(tmp_path: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, Path]:
+    script, ready = tmp_path / "trainer.py", tmp_path / "ready"
+    script.write_text(FAKE_TRAINER)
+    proc = subprocess.Popen([sys.executable, "-m", "launchers.node", "--direct", "--grace=30", *extra, "--",
+                             sys.executable, str(script), str(ready)], cwd=REPO, env=child_env(),
+                            start_new_session=True)
+    t0 = time.time()
+    while not ready.exists():
+        assert proc.poll() is None and time.time() - t0 < 60
+        time.sleep(0.05)
+    return proc, ready
+
+
+def test_a_killed_supervisor_still_stops_its_trainer(tmp_path):
+    """A Ray worker that ends SIGKILLs its direct child, the supervisor: the trainer under it still
+    gets its stop (the parent-death signal) and commits instead of being left running or killed."""
+    proc, ready = _start_direct(tmp_path)
+    trainer = psutil.Process(proc.pid).children()[0]
+    proc.kill()
+    proc.wait()
+    trainer.wait(timeout=30)  # not our child: its code is not ours to read; the file says it stopped
+    assert Path(f"{ready}.stopped").read_text() == str(int(signal.SIGUSR1))
+
+
+def test_stop_local_stops_every_supervisor_and_waits(tmp_path):
+    """A pod's preStop hook: `launchers.node --stop-local` sends the stop to the supervisors in the
+    container and returns once they have exited, their trainers' stop done."""
+    proc, ready = _start_direct(tmp_path)
+    hook = subprocess.run([sys.executable, "-m", "launchers.node", "--stop-local", "--grace=60"], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=120)
+    assert hook.returncode == 0, hook.stderr
+    assert proc.poll() == EXIT_REQUEUE  # already gone when the hook returned
+    assert Path(f"{ready}.stopped").exists()
+
