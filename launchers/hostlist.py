@@ -66,7 +66,9 @@ def _remote(cfg: FrozenConfig, host: str, argv: list[str], workdir: str) -> list
     lines = [f"cd {shlex.quote(workdir)}", *lc.setup]
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in lc.env.items()]
     lines.append(shlex.join(argv))
-    return ["ssh", "-o", "BatchMode=yes", "--", host, " && ".join(lines)]
+    # -tt: the remote command has a terminal, so when this launcher is interrupted (or its ssh
+    # ends) the remote node supervisor gets HUP and stops its trainers (launchers.node)
+    return ["ssh", "-tt", "-o", "BatchMode=yes", "--", host, " && ".join(lines)]
 
 
 def run_nodes(cfg: FrozenConfig, commands: list[tuple[str, list[str]]], workdir: str, log_dir: str,

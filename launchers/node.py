@@ -12,7 +12,8 @@ must survive it until they have:
 
 - torchrun starts with TERM and USR1 ignored and is told not to handle TERM itself (its
   --signals-to-handle, through the environment): its own handler would SIGKILL its workers 30 s
-  after the signal, whatever their save needs. INT (Ctrl-C), HUP and QUIT keep torchrun's handling;
+  after the signal, whatever their save needs. INT (Ctrl-C) and QUIT keep torchrun's handling; HUP
+  (a remote node's ssh connection gone) is a stop like TERM;
 - this supervisor forwards a TERM or USR1 it receives to torchrun's children (the trainers) as
   USR1, so a signal that reaches only the first process (a pod eviction, `ray job stop`) still
   reaches them; a trainer that got both handles one;
@@ -43,9 +44,11 @@ import time
 from frozen_scale.constants import EXIT_REQUEUE
 
 NODE_MODULE_NAME = "launchers.node"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-TORCHRUN_HANDLES = "SIGINT,SIGHUP,SIGQUIT"
-"""The signals torchrun still handles itself (TORCHELASTIC_SIGNALS_TO_HANDLE): not TERM."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
+"""HUP too: the host-list launcher runs remote nodes under `ssh -tt`, so a launcher that is
+interrupted (its ssh connection gone) hangs up the remote terminal, and that is a stop."""
+TORCHRUN_HANDLES = "SIGINT,SIGQUIT"
+"""The signals torchrun still handles itself (TORCHELASTIC_SIGNALS_TO_HANDLE): not TERM or HUP."""
 REFORWARD_S = 10.0
 """While the trainers have not exited after a stop, USR1 is forwarded again this often: a trainer
 still importing ignores signals until its handler is installed."""

@@ -45,7 +45,7 @@ def test_node_commands_for_a_host_list(tiny_run_config, capsys):
     assert "--nnodes=1" in local and "--nproc-per-node=2" in local
     cfg = load_config(tiny_run_config, over)
     remote = hostlist._remote(cfg, "gpu-b", ["python", "x"], "/work")
-    assert remote[:5] == ["ssh", "-o", "BatchMode=yes", "--", "gpu-b"] and remote[-1].startswith("cd /work && ")
+    assert remote[:6] == ["ssh", "-tt", "-o", "BatchMode=yes", "--", "gpu-b"] and remote[-1].startswith("cd /work && ")
 
 
 def test_two_launches_get_their_own_rendezvous(tiny_run_config):

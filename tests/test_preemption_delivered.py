@@ -170,3 +170,12 @@ def test_stop_local_stops_every_supervisor_and_waits(tmp_path):
     assert proc.poll() == EXIT_REQUEUE  # already gone when the hook returned
     assert Path(f"{ready}.stopped").exists()
 
+
+
+def test_a_hang_up_is_a_stop(tmp_path):
+    """A remote node runs under `ssh -tt`: when the launcher is interrupted, its terminal hangs up
+    and the supervisor gets HUP, which stops the trainer (it commits) and ends in 75."""
+    proc, ready = _start_direct(tmp_path)
+    os.kill(proc.pid, signal.SIGHUP)
+    assert proc.wait(timeout=60) == EXIT_REQUEUE
+    assert Path(f"{ready}.stopped").read_text() == str(int(signal.SIGUSR1))
