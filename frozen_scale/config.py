@@ -205,8 +205,14 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases (off unless `train.wandb.project` is set)."""
     progress: bool = True
+    collective_timeout_s: int = 600
+    """How long a collective waits for the other ranks before failing: a hung or lost rank ends the
+    job within it, with the error naming the collective. The first collective after the LM is
+    fetched waits for the slowest node's download: raise it where fetching the LM takes longer."""
 
     def __post_init__(self):
+        if self.collective_timeout_s < 30:
+            raise ConfigError(f"train.collective_timeout_s must be >= 30, got {self.collective_timeout_s}")
         for name in ("steps", "micro_batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -270,6 +276,8 @@ class DebugConfig:
     receives a stop signal (at most 60 s; it writes {run_dir}/paused_rank{R} while it waits: a
     signal at a known place); `crash_before_commit@N` exits (code 13) after every file of step N's
     checkpoint is written, before its commit marker. '' : none."""
+    fault_rank: int = -1
+    """The rank the fault is injected on (-1: every rank); a hung rank is one rank that holds."""
     log_sample_keys: bool = False
     """Write each rank's sample keys in training order to {run_dir}/sample_keys_rank{R}.txt; a
     resumed run first cuts the file back to what its checkpoint had consumed."""

@@ -82,6 +82,20 @@ def _temp_name(path: str) -> str:
     return f"{head}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
 
 
+def fsync_dir(path: str) -> None:
+    """Make a local folder's entries (a rename just done) durable; a no-op where it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(url: str, data: bytes, storage_options: StorageOptions | None = None) -> None:
     """Write `data` so that readers see either nothing (or the old object) or all of it."""
     fs, path = filesystem(url, storage_options)
@@ -93,6 +107,7 @@ def atomic_write_bytes(url: str, data: bytes, storage_options: StorageOptions | 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(fs._parent(path))
     else:
         fs.pipe_file(path, data)
 
@@ -104,7 +119,13 @@ def atomic_put_file(local_path: str, url: str, storage_options: StorageOptions |
         fs.makedirs(fs._parent(path), exist_ok=True)
         tmp = _temp_name(path)
         fs.put_file(local_path, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # on disk before the name (and any marker written after it) appears
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        fsync_dir(fs._parent(path))
     else:
         fs.put_file(local_path, path)
 

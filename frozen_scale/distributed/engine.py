@@ -33,8 +33,10 @@ import deepspeed  # noqa: E402  (the accelerator must be chosen before the impor
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed (single process too); returns (rank, world_size)."""
+def init_distributed(timeout_s: float = 600) -> tuple[int, int]:
+    """Initialise torch.distributed (single process too); returns (rank, world_size). A collective
+    that waits `timeout_s` for another rank fails on every rank that waits."""
+    timeout = datetime.timedelta(seconds=timeout_s)
     if not dist.is_initialized():
         backend = "gloo" if get_accelerator().device_name() == "cpu" else get_accelerator().communication_backend_name()
         if "RANK" not in os.environ:  # a plain single process: a file store, no port to race for
@@ -45,8 +47,8 @@ def init_distributed() -> tuple[int, int]:
             os.environ.setdefault("LOCAL_RANK", "0")
             store = tempfile.NamedTemporaryFile(prefix="frozen_scale_pg_", delete=False).name
             dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1,
-                                    timeout=datetime.timedelta(minutes=30))
-        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=30),
+                                    timeout=timeout)
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout,
                                    verbose=False)
     if get_accelerator().device_name() != "cpu":
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -51,13 +51,16 @@ class DebugHooks:
             self._keys.write("\n".join(batch["keys"]) + "\n")
             self._keys.flush()  # on disk before the step's checkpoint: a kill loses nothing
 
+    def _fault(self, name: str, step: int) -> bool:
+        return self.cfg.fault_at(name, step) and self.cfg.fault_rank in (-1, self.rank)
+
     def before_step(self, step: int) -> None:
         """Before optimizer step `step + 1`."""
-        if self.cfg.fault_at("hold_after", step):
+        if self._fault("hold_after", step):
             log.error("fault injection: holding after step %s until killed", step)
             while True:
                 time.sleep(60)
-        if self.cfg.fault_at("pause_after", step):
+        if self._fault("pause_after", step):
             marker = self.run_dir / f"paused_rank{self.rank}"
             marker.write_text(str(step))
             log.error("fault injection: pausing after step %s until a stop signal", step)
@@ -68,7 +71,7 @@ class DebugHooks:
 
     def before_commit(self, step: int) -> None:
         """After every file of step `step`'s checkpoint is written, before its commit marker."""
-        if self.cfg.fault_at("crash_before_commit", step):
+        if self._fault("crash_before_commit", step):
             log.error("fault injection: crashing before the commit marker of step %s", step)
             os._exit(CRASH_EXIT)
 
