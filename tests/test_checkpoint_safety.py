@@ -124,8 +124,15 @@ def test_a_damaged_export_refuses_to_load(three_checkpoints, tmp_path):
     done = cli("export", three_checkpoints, "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]
     damage(out / "prefix.safetensors", "flip")
-    for argv in (["generate", out, "--help"],):  # argument parsing needs no weights
-        assert cli(*argv).returncode == 0
+    image = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
+    for argv in (["generate", out, "--image", image], ["eval", out, "--task", "caption", "--num-samples", "4"]):
+        done = cli(*argv)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (argv[0], done.stderr[-2000:])
+        assert "prefix.safetensors" in lines[0] and "damaged" in lines[0], (argv[0], lines)
     from frozen_scale.model.frozen_vlm import FrozenVLM
 
     with pytest.raises(InputError, match="prefix.safetensors.*damaged"):

@@ -266,13 +266,13 @@ class FrozenVLM(nn.Module):
         meta = json.loads((export / "frozen_vlm.json").read_text())
         model_cfg = from_dict(ModelConfig, meta["model"])
         model_cfg.vision = from_dict(VisionConfig, meta["model"]["vision"])
+        _check_prefix_file(export / "prefix.safetensors", meta.get("prefix_sha256"))  # before the LM loads
         path = lm_path or meta["lm"]["path"]
         local = lm_lib.local_copy(path)
         if check_lm:
             _check_lm(path, local, meta["lm"])
         lm = lm_lib.load_lm(local, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
         model = cls(model_cfg, lm, lm_embedding_norm=1.0)
-        _check_prefix_file(export / "prefix.safetensors", meta.get("prefix_sha256"))
         state = load_file(str(export / "prefix.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.startswith("lm.")]
