@@ -27,6 +27,7 @@ from data_prep.progress import REFRESH_S, JobProgress, ProgressBoard
 from data_prep.shard import write_shard
 from data_prep.sources import count_hint, units
 from frozen_scale.constants import SHARDS_FORMAT
+from frozen_scale.secrets import looks_secret
 
 log = logging.getLogger(__name__)
 FORWARDED_ENV = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
@@ -52,7 +53,10 @@ def _shard_task(unit, output_url, opts, storage_options, registry, board):
 
 
 def _forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
+    """Storage settings for the Ray workers (endpoints, regions, fsspec options): never a secret,
+    which a runtime_env would show in Ray's job and task listings; workers of a cluster take their
+    credentials from their nodes' environment (a local Ray's workers inherit this process's)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV) and not looks_secret(k)}
 
 
 def _start_ray(address: str | None, num_cpus: int | None) -> bool:

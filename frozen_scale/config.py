@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from frozen_scale.secrets import looks_secret, redact
+
 
 class UserError(Exception):
     """A mistake the user can fix: a bad config value, a missing file or folder, unusable input.
@@ -149,8 +151,16 @@ class DataConfig:
     (one pretrained on packed rows, `lm_pretrain.pack`); 0 (the default) starts every row at 0."""
     image_key: str = "png;jpg;jpeg;webp"
     caption_key: str = "txt"
+    max_member_bytes: int = 64 * 1024 * 1024
+    """A shard member larger than this is skipped unread (counted as a corrupt sample). Shards are
+    read as plain tars: a compressed shard is a shard error, never inflated."""
+    max_consecutive_failures: int = 100
+    """After this many shards in a row that cannot be read, or samples in a row that cannot be
+    used, every rank stops with one line naming the last cause (exit 2) instead of spinning."""
 
     def __post_init__(self):
+        if self.max_member_bytes < 1024 or self.max_consecutive_failures < 1:
+            raise ConfigError("data.max_member_bytes must be >= 1024 and data.max_consecutive_failures >= 1")
         if self.num_workers < 0:
             raise ConfigError("data.num_workers must be >= 0")
         if self.max_text_len < 2:
@@ -418,6 +428,18 @@ class K8sVolume:
                               f"host_path={self.host_path!r}")
 
 
+def _check_single_lines(section) -> None:
+    """Launcher values end up in shell scripts and #SBATCH lines: a newline or another control
+    character in one would start a new command or option there."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) else [value]
+        for item in items:
+            if isinstance(item, str) and any(ord(c) < 32 or ord(c) == 127 for c in item):
+                raise ConfigError(f"launcher.{f.name}: {item!r} holds a newline or another control character; "
+                                  "each value must be one line")
+
+
 @dataclass
 class LauncherConfig:
     """Cluster submission settings, read by `launchers/` (`frozen-scale submit` / `plan`)."""
@@ -477,7 +499,17 @@ class LauncherConfig:
     ray_pip: list[str] = field(default_factory=list)
     """ray: extra pip packages for the job's runtime_env."""
     env: dict = field(default_factory=dict)
-    """Environment variables set for every training process."""
+    """Environment variables set for every training process: settings, never secrets (they are
+    written into scripts and manifests); a name that looks secret is refused, see env_from_host."""
+    env_from_host: list[str] = field(default_factory=list)
+    """Names of environment variables (credentials, tokens) the trainers take from the environment
+    the job starts in, by name only, never written to a file or an argv: Slurm exports the submitting
+    shell's environment; a host-list launch passes them to ssh with SendEnv (the server must
+    AcceptEnv them); Ray trainers take them from their nodes' environment (set where `ray start`
+    ran); on k8s they come from `k8s_secret`. Each is checked to be set where the job starts."""
+    k8s_secret: str = ""
+    """k8s: a Secret in the job's namespace whose keys become every pod's environment (envFrom);
+    its RAY_AUTH_TOKEN key, when given, turns on Ray's token authentication for the cluster."""
     shared_mounts: list[str] = field(default_factory=list)
     """ray/k8s: absolute folders every node sees alike (NFS, a shared volume). A ray or k8s job
     needs `train.run_dir` under one of them, and `checkpoint.dir` too unless it is object storage
@@ -506,9 +538,15 @@ class LauncherConfig:
         for mount in self.shared_mounts:
             if not mount.startswith("/"):
                 raise ConfigError(f"launcher.shared_mounts: '{mount}' is not an absolute path")
-        for key in self.env:
+        for key in [*self.env, *self.env_from_host]:
             if not isinstance(key, str) or not key.replace("_", "a").isalnum():
                 raise ConfigError(f"launcher.env: '{key}' is not a valid environment variable name")
+        for key in self.env:
+            if looks_secret(key):
+                raise ConfigError(f"launcher.env.{key} looks like a secret, and launcher.env is written into job "
+                                  f"scripts and manifests: pass it by name with launcher.env_from_host: [{key}] "
+                                  "(or launcher.k8s_secret on Kubernetes)")
+        _check_single_lines(self)
 
 
 @dataclass
@@ -638,13 +676,28 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def safe_yaml(text: str, where: str):
+    """YAML without aliases: a few hundred bytes of nested aliases expand to billions of nodes
+    (every later walk of the config would take minutes), and a run config has no use for them.
+    The check reads the event stream, which stays as long as the text."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise ConfigError(f"{where}: line {mark.line + 1}: YAML aliases (*{event.anchor}) are not accepted "
+                                  "in a config; write the value out")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = safe_yaml(raw, f"override '{dotted}'") if raw != "" else ""
         node = data
         parts = dotted.strip().split(".")
         for part in parts[:-1]:
@@ -663,10 +716,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = Path(path).read_text()
         except FileNotFoundError:
             raise NotFoundError(f"config file not found: {path}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        data = safe_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     apply_overrides(data, list(overrides or []))
@@ -678,9 +728,15 @@ def dump_config(cfg: FrozenConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def redacted_dict(cfg) -> dict:
+    """The config as a dict for files and logs: secret-looking values and URL passwords masked."""
+    return redact(to_dict(cfg))
+
+
 def save_config(cfg: FrozenConfig, path: str | Path) -> None:
-    """The resolved config as YAML; an identical file is left as it is (a re-run changes nothing)."""
-    path, text = Path(path), dump_config(cfg)
+    """The resolved config as YAML, secret-looking values masked; an identical file is left as it
+    is (a re-run changes nothing)."""
+    path, text = Path(path), yaml.safe_dump(redacted_dict(cfg), sort_keys=False)
     if path.is_file() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)

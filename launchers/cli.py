@@ -54,6 +54,11 @@ def submit_main(argv: list[str]) -> int:
         print(f"frozen-scale submit: --crd checks k8s manifests; the launcher is {kind}", file=sys.stderr)
         return 2
     workdir = str(Path(cfg.launcher.workdir or os.getcwd()).resolve())
+    missing = [n for n in cfg.launcher.env_from_host if n not in os.environ]
+    if missing and kind in ("local", "torchrun", "deepspeed", "slurm") and not args.dry_run:
+        print(f"frozen-scale submit: launcher.env_from_host names {', '.join(missing)}, not set in this "
+              "environment (the job takes them from here, by name)", file=sys.stderr)
+        return 2
     handler = {"local": _submit_hostlist, "torchrun": _submit_hostlist, "deepspeed": _submit_hostlist,
                "slurm": _submit_slurm, "ray": _submit_ray, "k8s": _submit_k8s}[kind]
     return handler(cfg, kind, args, _launch_overrides(overrides), workdir)
@@ -90,7 +95,7 @@ def _submit_hostlist(cfg: FrozenConfig, kind, args, overrides: list[str], workdi
         import shlex
 
         for rank, (host, argv) in enumerate(commands):
-            print(f"# node {rank} on {host}\n{shlex.join(argv)}")
+            print(f"# node {rank} on {host}\n{shlex.join(hostlist.full_command(cfg, host, argv, workdir))}")
         return 0
     return hostlist.run_nodes(cfg, commands, workdir, str(Path(workdir) / log_dir))
 

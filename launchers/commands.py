@@ -47,31 +47,54 @@ def node_command(launcher: LauncherConfig, node: NodeSpec, args: list[str]) -> l
 
 
 def _runner_command(launcher: LauncherConfig, node: NodeSpec, args: list[str]) -> list[str]:
+    v = shell_var_arg
     if launcher.runner == "deepspeed":
         return [
-            "deepspeed", f"--num_nodes={node.nnodes}", f"--num_gpus={launcher.gpus_per_node}",
-            f"--node_rank={node.node_rank}", f"--master_addr={node.master_addr}",
-            f"--master_port={node.master_port}", "--no_ssh", "--module", TRAIN_MODULE, *args,
+            "deepspeed", v("--num_nodes=", node.nnodes), f"--num_gpus={launcher.gpus_per_node}",
+            v("--node_rank=", node.node_rank), v("--master_addr=", node.master_addr),
+            v("--master_port=", node.master_port), "--no_ssh", "--module", TRAIN_MODULE, *args,
         ]
-    argv = [launcher.python, "-m", "torch.distributed.run", f"--nnodes={node.nnodes}",
+    argv = [launcher.python, "-m", "torch.distributed.run", v("--nnodes=", node.nnodes),
             f"--nproc-per-node={launcher.gpus_per_node}", "--max-restarts=0"]
     if launcher.rdzv_backend == "c10d":
-        argv += ["--rdzv-backend=c10d", f"--rdzv-endpoint={node.master_addr}:{node.master_port}",
-                 f"--rdzv-id={node.rdzv_id}", f"--node-rank={node.node_rank}"]
+        endpoint = Shell(f"{node.master_addr}:{node.master_port}") \
+            if isinstance(node.master_addr, Shell) or isinstance(node.master_port, Shell) \
+            else f"{node.master_addr}:{node.master_port}"
+        argv += ["--rdzv-backend=c10d", v("--rdzv-endpoint=", endpoint),
+                 v("--rdzv-id=", node.rdzv_id), v("--node-rank=", node.node_rank)]
     else:
-        argv += [f"--node-rank={node.node_rank}", f"--master-addr={node.master_addr}",
-                 f"--master-port={node.master_port}"]
+        argv += [v("--node-rank=", node.node_rank), v("--master-addr=", node.master_addr),
+                 v("--master-port=", node.master_port)]
     if node.log_dir:  # per-rank stdout/stderr files, also teed to the node's output
-        argv += [f"--log-dir={node.log_dir}", "--redirects=3", "--tee=3"]
+        argv += [v("--log-dir=", node.log_dir), "--redirects=3", "--tee=3"]
     return argv + ["-m", TRAIN_MODULE, *args]
 
 
+def check_one_line(what: str, value: str) -> str:
+    """`value`, refused with one line when it holds a newline or another control character (it
+    goes into a script or an #SBATCH line, where that would start a new command or option)."""
+    from frozen_scale.config import ConfigError
+
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
+        raise ConfigError(f"{what}: {value!r} holds a newline or another control character; it must be one line")
+    return value
+
+
+class Shell(str):
+    """A word the launcher itself wrote for the shell (its `$SLURM_*` variables, any user part
+    already quoted): `shell_join` leaves it as it is. Every other word is a user's value and is
+    single-quoted, so `$(...)`, backticks or `$VAR` in an override never run or expand."""
+
+
+def shell_var_arg(prefix: str, value: str) -> str:
+    """`prefix + value`, as a Shell word when `value` is the launcher's: bare `$VAR` references
+    are double-quoted whole, a word with its own quoting is kept as it is."""
+    if not isinstance(value, Shell):
+        return prefix + value
+    text = prefix + value
+    return Shell(text if "'" in text or '"' in text else f'"{text}"')
+
+
 def shell_join(argv: list[str]) -> str:
-    """Quote for bash, leaving `$VAR` / `${VAR}` references expandable (inside double quotes)."""
-    out = []
-    for arg in argv:
-        if "$" in arg and "'" not in arg and '"' not in arg and "`" not in arg:
-            out.append(f'"{arg}"')
-        else:
-            out.append(shlex.quote(arg))
-    return " ".join(out)
+    """Quote for bash: Shell words as they are, every other word single-quoted."""
+    return " ".join(arg if isinstance(arg, Shell) else shlex.quote(arg) for arg in argv)

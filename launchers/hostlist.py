@@ -67,8 +67,16 @@ def _remote(cfg: FrozenConfig, host: str, argv: list[str], workdir: str) -> list
     lines += [f"export {k}={shlex.quote(str(v))}" for k, v in lc.env.items()]
     lines.append(shlex.join(argv))
     # -tt: the remote command has a terminal, so when this launcher is interrupted (or its ssh
-    # ends) the remote node supervisor gets HUP and stops its trainers (launchers.node)
-    return ["ssh", "-tt", "-o", "BatchMode=yes", "--", host, " && ".join(lines)]
+    # ends) the remote node supervisor gets HUP and stops its trainers (launchers.node).
+    # launcher.env_from_host travels by name in ssh's environment requests (the server must
+    # AcceptEnv them), never in this argv.
+    send = [opt for name in lc.env_from_host for opt in ("-o", f"SendEnv={name}")]
+    return ["ssh", "-tt", "-o", "BatchMode=yes", *send, "--", host, " && ".join(lines)]
+
+
+def full_command(cfg: FrozenConfig, host: str, argv: list[str], workdir: str) -> list[str]:
+    """What runs for a node: its command here, or through ssh on another host."""
+    return argv if is_local(host) else _remote(cfg, host, argv, workdir)
 
 
 def run_nodes(cfg: FrozenConfig, commands: list[tuple[str, list[str]]], workdir: str, log_dir: str,
@@ -78,7 +86,7 @@ def run_nodes(cfg: FrozenConfig, commands: list[tuple[str, list[str]]], workdir:
     env = dict(os.environ, **{k: str(v) for k, v in cfg.launcher.env.items()})
     procs = []
     for rank, (host, argv) in enumerate(commands):
-        full = argv if is_local(host) else _remote(cfg, host, argv, workdir)
+        full = full_command(cfg, host, argv, workdir)
         log = open(Path(log_dir) / f"node{rank}.out", "ab")
         print(f"node {rank} on {host}: {shlex.join(full)}", flush=True)
         procs.append(subprocess.Popen(full, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -85,6 +85,9 @@ def _container(cfg: FrozenConfig, name: str, gpus: int, ports: list[tuple[str, i
         "resources": {"limits": dict(limits), "requests": dict(limits)},
         "env": [{"name": k, "value": str(v)} for k, v in lc.env.items()],
     }
+    if lc.k8s_secret:  # secrets by reference: the pods read them from the Secret, nothing here holds them
+        container["envFrom"] = [{"secretRef": {"name": lc.k8s_secret}}]
+        container["env"] += [{"name": "RAY_AUTH_MODE", "value": "token"}]
     if ports:
         container["ports"] = [{"name": n, "containerPort": p} for n, p in ports]
     return container
@@ -106,6 +109,9 @@ def render_rayjob(cfg: FrozenConfig) -> dict:
     lc = cfg.launcher
     if not lc.container:
         raise ConfigError("launcher.container must name the image for the k8s launcher")
+    if lc.env_from_host and not lc.k8s_secret:
+        raise ConfigError(f"launcher.env_from_host ({', '.join(lc.env_from_host)}) on k8s comes from a Secret: set "
+                          "launcher.k8s_secret to one that holds those keys")
     gpus = lc.gpus_per_node if lc.request_gpus else 0
     log_dir = lc.log_dir or f"{cfg.train.run_dir}/logs"
     runtime_env = {"env_vars": {k: str(v) for k, v in lc.env.items()}}
@@ -122,6 +128,8 @@ def render_rayjob(cfg: FrozenConfig) -> dict:
         "rayClusterSpec": {
             "rayVersion": lc.k8s_ray_version,
             "headGroupSpec": {
+                # 0.0.0.0 for the other pods and the operator; with launcher.k8s_secret the
+                # cluster requires Ray's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN from the Secret)
                 "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
                 "template": _pod_template(
                     cfg, "ray-head", 0, [("gcs-server", 6379), ("dashboard", 8265), ("client", 10001)]),
@@ -136,6 +144,9 @@ def render_rayjob(cfg: FrozenConfig) -> dict:
             }],
         },
     }
+    if lc.k8s_secret:  # the pod that submits the job talks to the token-protected cluster too
+        submitter = _container(cfg, "ray-job-submitter", 0, [])
+        spec["submitterPodTemplate"] = {"spec": {"restartPolicy": "Never", "containers": [submitter]}}
     spec["runtimeEnvYAML"] = yaml.safe_dump(runtime_env, sort_keys=True)
     return {
         "apiVersion": API_VERSION,

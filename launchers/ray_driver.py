@@ -124,6 +124,10 @@ def train_worker(loop_config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    missing = [n for n in loop_config.get("env_from_host", []) if n not in os.environ]
+    if missing:  # taken from the node's environment by name (where `ray start` ran), never shipped
+        raise RuntimeError(f"rank {rank} on {socket.gethostname()}: launcher.env_from_host names "
+                           f"{', '.join(missing)}, not set in this Ray node's environment")
     port = [_free_port() if rank == 0 else 0]
     dist.broadcast_object_list(port, src=0)
     env = dict(os.environ)
@@ -194,6 +198,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--grace", type=float, default=120.0,
                         help="seconds a stop may take (launcher.signal_seconds), reported when passed")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every trainer")
+    parser.add_argument("--env-from-host", action="append", default=[],
+                        help="NAME the trainers take from their node's environment (checked there)")
     return parser.parse_known_args(argv)
 
 
@@ -226,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_dir": str(Path(args.log_dir).resolve()),
         "env": env,
         "stop_actor": stop_actor,
+        "env_from_host": list(args.env_from_host),
         "grace": args.grace,
     }
     resources = {"CPU": args.cpus_per_worker}

@@ -53,6 +53,7 @@ def driver_entrypoint(cfg: FrozenConfig, config_ref: str, log_dir: str, python: 
     if lc.cpus_per_task:
         argv.append(f"--cpus-per-worker={lc.cpus_per_task}")
     argv += [f"--env={k}={v}" for k, v in lc.env.items()]
+    argv += [f"--env-from-host={name}" for name in lc.env_from_host]
     return shlex.join(argv)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from frozen_scale import storage
-from frozen_scale.config import FrozenConfig, InputError, NotFoundError, to_dict
+from frozen_scale.config import FrozenConfig, InputError, NotFoundError, redacted_dict, to_dict
 from frozen_scale.data.loader import StreamState
 from frozen_scale.distributed import engine as dist_engine
 from frozen_scale.train import integrity, lineage
@@ -302,7 +302,7 @@ class CheckpointManager:
             storage.write_json(str(local / TRAINER_STATE), {
                 "step": state.step, "samples": state.samples, "world_size": self.world_size,
                 "lm": self.lm_info, "fingerprint": fingerprint(self.cfg, self.lm_info),
-                "config": to_dict(self.cfg),
+                "config": redacted_dict(self.cfg),
             })
         self._commit(url, local, state.step)
         self.saved_step = state.step

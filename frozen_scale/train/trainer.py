@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from frozen_scale import storage
-from frozen_scale.config import ConfigError, FrozenConfig, save_config, to_dict
+from frozen_scale.config import ConfigError, FrozenConfig, redacted_dict, save_config
 from frozen_scale.constants import EXIT_NONFINITE, EXIT_OK, EXIT_REQUEUE
 from frozen_scale.data.loader import CaptionStream, ResumableBatches, StreamState
 from frozen_scale.data.shards import list_shards, total_samples
@@ -92,7 +92,7 @@ class Trainer:
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
         self.metrics = MetricsLogger(str(self.run_dir), self.is_main, cfg.train.tensorboard, cfg.train.wandb,
-                                     run_config=to_dict(cfg))
+                                     run_config=redacted_dict(cfg))
         with self.startup.phase("download"):  # local rank 0 of each node; the others wait
             self.model_dirs = lm_setup.fetch_models(cfg)
         local_lm = self.model_dirs[cfg.model.lm_path]
