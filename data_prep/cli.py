@@ -50,7 +50,8 @@ def _common(p: argparse.ArgumentParser, image_size: int = 256) -> None:
                    help="decompression-bomb limit on width*height")
     g.add_argument("--min-side", type=int, default=0, help="filter images whose shorter side is smaller")
     g.add_argument("--max-aspect-ratio", type=float, default=0.0, help="filter longer/shorter side above this")
-    g.add_argument("--max-caption-chars", type=int, default=0, help="filter longer captions (0: no limit)")
+    g.add_argument("--max-caption-chars", type=int, default=ImageOptions.max_caption_chars,
+                   help="filter longer captions (0: no limit); also bounds a CSV field")
     g.add_argument("--allow-empty-caption", action="store_true")
     g.add_argument("--no-dedup", action="store_true", help="keep repeated URLs and identical images")
     g = p.add_argument_group("downloads")
@@ -123,7 +124,8 @@ def _source(a: argparse.Namespace, storage_options: dict):
     if a.source == "urls":
         extra = [c.strip() for c in a.extra_cols.split(",") if c.strip()]
         return sources.UrlTable(a.table, url_col=a.url_col, caption_col=a.caption_col or None,
-                                extra_cols=extra, input_format=a.input_format, storage_options=storage_options)
+                                extra_cols=extra, input_format=a.input_format, storage_options=storage_options,
+                                max_field_chars=a.max_caption_chars)
     if a.source == "folder":
         return sources.ImageFolder(a.folder, captions=a.captions, storage_options=storage_options)
     if a.source == "coco":

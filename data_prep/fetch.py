@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import http.client
+import os
 import re
 import socket
 import ssl
@@ -333,10 +334,18 @@ def fetch_file(url: str, opts: FetchOptions, storage_options: dict | None = None
     start = time.monotonic()
     try:
         fs, path = storage.filesystem(url, storage_options)
+        if storage.is_local(fs):
+            import stat
+
+            if not stat.S_ISREG(os.stat(path).st_mode):  # /dev/zero, a FIFO, /proc: no size to trust
+                return Fetched(error="not_a_regular_file", attempts=1, seconds=time.monotonic() - start)
         size = fs.size(path)
         if size is not None and size > opts.max_bytes:
             return Fetched(error="too_many_bytes", attempts=1, seconds=time.monotonic() - start)
-        data = fs.cat_file(path)
+        with fs.open(path, "rb") as fh:
+            data = fh.read(opts.max_bytes + 1)  # bounded whatever the size said
+        if len(data) > opts.max_bytes:
+            return Fetched(error="too_many_bytes", attempts=1, seconds=time.monotonic() - start)
     except FileNotFoundError:
         return Fetched(error="file_not_found", attempts=1, seconds=time.monotonic() - start)
     except OSError as err:

@@ -1,20 +1,55 @@
 """Safe decode, filters, resize and encode of one image.
 
-Decoding never trusts the bytes: the pixel count is checked from the header before any pixel is
+Decoding never trusts the bytes: only the formats of `frozen_scale.data.images.ALLOWED_FORMATS`
+are opened (anything else, EPS/PostScript among them, is a counted `format` rejection and never
+reaches an external program), the pixel count is checked from the header before any pixel is
 decoded (decompression bombs), truncated or non-image content is a counted rejection, and JPEGs
 are decoded at a reduced scale (libjpeg DCT scaling via `Image.draft`) when the target is much
 smaller than the original, which is most of the cost saved on web images.
+
+Memory: the pixels being decoded at once in a process (all its threads together) stay within
+`PIXEL_BUDGET`: a decode waits for room before it starts (an image larger than the whole budget
+waits until it is alone). A transparent image is resized before it is flattened on white, so the
+flattening copies hold the small image, never the large one.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import threading
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from data_prep.options import ImageOptions
+from frozen_scale.data.image_safety import ImageError, open_image, to_rgb
+
+PIXEL_BUDGET = 2 * 89_478_485
+"""Pixels decoded at once in one process, over all its threads: about 4 bytes each while decoding
+(RGBA), so ~0.7 GB, whatever the thread count."""
+
+
+class _PixelBudget:
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> int:
+        n = min(n, self.total)
+        with self._cond:
+            while self.used + n > self.total:
+                self._cond.wait()
+            self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+_budget = _PixelBudget(PIXEL_BUDGET)
 
 PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 
@@ -53,19 +88,9 @@ def target_size(w: int, h: int, opts: ImageOptions) -> tuple[int, int]:
 
 def _open_checked(data: bytes, opts: ImageOptions) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise ImageRejected("decompression_bomb")
-    except UnidentifiedImageError:
-        raise ImageRejected("not_an_image")
-    except (OSError, ValueError, SyntaxError):
-        raise ImageRejected("not_an_image")
-    w, h = img.size
-    if w < 1 or h < 1:
-        raise ImageRejected("not_an_image")
-    if w * h > opts.max_pixels:
-        raise ImageRejected("decompression_bomb")
-    return img
+        return open_image(data, opts.max_pixels)
+    except ImageError as err:
+        raise ImageRejected(err.reason) from None
 
 
 def _check_filters(w: int, h: int, opts: ImageOptions) -> None:
@@ -76,9 +101,12 @@ def _check_filters(w: int, h: int, opts: ImageOptions) -> None:
 
 
 def _decode(img: Image.Image, want: tuple[int, int]) -> Image.Image:
+    """Decode (within the process's pixel budget); transparent images come back still in their
+    mode, to be resized first and flattened after (`_flatten`)."""
     if img.format == "JPEG" and want[0] < img.size[0] and want[1] < img.size[1]:
         # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
         img.draft("RGB", want)
+    held = _budget.acquire(img.size[0] * img.size[1])
     try:
         img.load()
     except Image.DecompressionBombError:
@@ -86,15 +114,15 @@ def _decode(img: Image.Image, want: tuple[int, int]) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated_image" if "truncated" in str(err).lower() else "decode_error"
         raise ImageRejected(reason)
-    if img.mode != "RGB":
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGB", rgba.size, (255, 255, 255))
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            img = background
-        else:
-            img = img.convert("RGB")
-    return img
+    finally:
+        _budget.release(held)
+    if _transparent(img):
+        return img.convert("RGBA") if img.mode in ("P", "PA") else img
+    return to_rgb(img)
+
+
+def _transparent(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
 def _filter(shrink: bool) -> Image.Resampling:
@@ -117,6 +145,7 @@ def _resize(img: Image.Image, opts: ImageOptions) -> Image.Image:
     if (tw, th) != (w, h):
         img = img.resize((tw, th), _filter(tw < w))
     if opts.resize_mode == "border" and (tw, th) != (s, s) and tw <= s and th <= s:
+        img = to_rgb(img)
         canvas = Image.new("RGB", (s, s), (0, 0, 0))
         canvas.paste(img, ((s - tw) // 2, (s - th) // 2))
         img = canvas
@@ -140,4 +169,6 @@ def process_image(data: bytes, opts: ImageOptions) -> Processed:
     want = target_size(ow, oh, opts)
     img = _decode(img, (math.ceil(want[0]), math.ceil(want[1])))
     img = _resize(img, opts)
+    if img.mode != "RGB":  # transparent: flattened at its new size
+        img = to_rgb(img)
     return Processed(encode(img, opts.encode_format, opts.encode_quality), img.size[0], img.size[1], ow, oh)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+DEFAULT_MAX_CAPTION_CHARS = 2000
+"""Web alt-texts past a few hundred characters are page text, not captions: 2000 characters is
+several hundred tokens, beyond what training keeps (data.max_text_len); it also bounds what one
+CSV field may hold (the reader's field limit follows it)."""
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 ENCODE_FORMATS = ("jpg", "webp", "png")
 USER_AGENT = "frozen_scale-data-prep/0.1 (image-text dataset preparation; honours X-Robots-Tag noai/noimageai)"
@@ -57,7 +61,7 @@ class ImageOptions:
     """Images whose shorter side (original) is below this are filtered out."""
     max_aspect_ratio: float = 0.0
     """Images with longer/shorter side above this are filtered (0: no limit)."""
-    max_caption_chars: int = 0
+    max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS
     """Captions longer than this are filtered (0: no limit)."""
     allow_empty_caption: bool = False
 

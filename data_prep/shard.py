@@ -38,7 +38,8 @@ from frozen_scale import storage
 
 STATUSES = ("success", "failed_to_download", "failed_to_resize", "filtered", "opted_out", "duplicate")
 DOWNLOAD_ERRORS_AS_STATUS = {"opted_out": "opted_out"}
-DRIVER_ERRORS = {"duplicate_url": "duplicate", "caption_not_utf8": "filtered",
+DRIVER_ERRORS = {"duplicate_url": "duplicate", "caption_not_utf8": "filtered", "caption_too_long": "filtered",
+                 "path_outside_root": "failed_to_download",
                  "bad_row": "failed_to_download", "missing_url": "failed_to_download"}
 PROGRESS_EVERY_S = 1.0
 STATUS_SCHEMA = pa.schema([

@@ -17,6 +17,7 @@ columns saved with each sample.
 from __future__ import annotations
 
 import csv
+import posixpath
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from typing import Iterator
 
 from frozen_scale import storage
 
+CSV_FIELD_MARGIN = 65536
+"""Characters a CSV field may hold beyond the caption limit (a long URL, an extra column)."""
+TOO_LONG = "__field_too_long__"
 TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl", "json", "txt")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -90,8 +94,10 @@ class UrlTable:
 
     def __init__(self, path: str, *, url_col: str = "url", caption_col: str | None = "caption",
                  extra_cols: list[str] | None = None, input_format: str | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, max_field_chars: int = 0):
         self.path, self.url_col, self.caption_col = path, url_col, caption_col
+        # a CSV field may hold a caption over the limit (counted as filtered) plus a long URL; 0: csv's default
+        self.field_limit = max_field_chars + CSV_FIELD_MARGIN if max_field_chars else csv.field_size_limit()
         self.extra_cols = list(extra_cols or [])
         self.storage_options = storage_options
         fs, p = storage.filesystem(path, storage_options)
@@ -132,13 +138,32 @@ class UrlTable:
                                 encoding="utf-8", errors="surrogateescape", newline="")
 
     def _read_csv(self, f: str, delimiter: str = ","):
+        """Rows of a CSV/TSV file. A field over the field limit is one row counted as
+        `caption_too_long` (the reader goes on at the next line); a quote that is never closed
+        stops the job with the line it opened on, instead of reading the rest of the file as
+        one caption."""
+        csv.field_size_limit(self.field_limit)
         with self._text(f) as fh:
-            reader = csv.reader(fh, delimiter=delimiter)
+            reader = csv.reader(fh, delimiter=delimiter, strict=True)
             header = next(reader, None)
             if header is None:
                 return
             self._check_columns(header, f)
-            for values in reader:
+            while True:
+                start = reader.line_num + 1
+                try:
+                    values = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as err:
+                    if "field limit" in str(err):
+                        yield {TOO_LONG: True}
+                        continue
+                    if "unexpected end of data" in str(err):
+                        raise SourceError(f"{f}: line {start}: a quote opened in this row is never closed (the rest "
+                                          "of the file would read as one field); fix the table's quoting")
+                    yield None
+                    continue
                 if not values:
                     continue
                 yield dict(zip(header, values)) if len(values) == len(header) else None
@@ -206,8 +231,8 @@ class UrlTable:
     def rows(self) -> Iterator[dict]:
         for i, rec in enumerate(self.records()):
             row = {"row": i, "key": row_key(i), "kind": "url", "url": None, "caption": None, "extra": {}}
-            if rec is None:
-                row["error"] = "bad_row"
+            if rec is None or TOO_LONG in rec:
+                row["error"] = "bad_row" if rec is None else "caption_too_long"
                 yield row
                 continue
             url = rec.get(self.url_col)
@@ -285,6 +310,17 @@ class ImageFolder:
             yield row
 
 
+def _inside(name) -> str | None:
+    """`name` as a path inside its root, or None when it is not one (absolute, or climbing out
+    with '..'): a captions file names images under --images-root, never elsewhere."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        return None
+    norm = posixpath.normpath(name.replace("\\", "/"))
+    if norm.startswith(("/", "../")) or norm in ("..", ".") or ":" in norm.split("/")[0]:
+        return None
+    return norm
+
+
 class CocoCaptions:
     """A COCO-style captions json: one row per image (by id); `txt` is its first caption and the
     sample's json keeps all of them. Images come from `images_root/file_name`, else `coco_url`."""
@@ -315,7 +351,10 @@ class CocoCaptions:
             row = {"row": i, "key": row_key(i), "caption": caps[0].strip() if caps else None,
                    "extra": {"image_id": im["id"], "file_name": im.get("file_name"), "captions": caps}}
             if self.images_root:
-                row.update(kind="file", url=storage.join(self.images_root, im.get("file_name", "")))
+                inside = _inside(im.get("file_name"))
+                row.update(kind="file", url=storage.join(self.images_root, inside or ""))
+                if inside is None:
+                    row["error"] = "path_outside_root"
             else:
                 row.update(kind="url", url=im.get("coco_url") or im.get("flickr_url"))
                 if not row["url"]:

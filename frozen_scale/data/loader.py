@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from frozen_scale import storage
-from frozen_scale.config import FrozenConfig
+from frozen_scale.config import FrozenConfig, InputError
 from frozen_scale.data import prompts
 from frozen_scale.data.images import decode_image, to_tensor  # noqa: F401  (also imported from here)
 from frozen_scale.data.shards import Shard
@@ -81,16 +81,69 @@ def _rng_from_json(state: list) -> tuple:
     return version, tuple(internal), gauss
 
 
-class Counter:
-    """Skips counted inside one worker."""
+class LoaderStalled(InputError):
+    """No shard could be read, or no sample used, many times in a row: the data cannot feed training."""
 
-    def __init__(self):
+
+STALL_PREFIX = "data: "
+
+
+class Counter:
+    """Skips counted inside one worker, and how many came in a row (a loader that cannot make
+    progress stops instead of spinning: `limit` shards or samples in a row)."""
+
+    def __init__(self, limit: int = 0):
         self.corrupt = 0
         self.shard_errors = 0
+        self.limit = limit
+        self.bad_shards_in_row = self.bad_samples_in_row = 0
 
-    def shard_error(self, exn) -> bool:
+    def shard_error(self, exn, url: str = "") -> bool:
         self.shard_errors += 1
+        self.bad_shards_in_row += 1
+        if self.limit and self.bad_shards_in_row >= self.limit:
+            raise LoaderStalled(f"{STALL_PREFIX}{self.bad_shards_in_row} shards in a row could not be read; the last, "
+                                f"{url or '?'}: {_one_line(exn)}")
         return True  # skip the rest of the shard, go on
+
+    def shard_read(self) -> None:
+        self.bad_shards_in_row = 0
+
+    def bad_sample(self, why: str) -> None:
+        self.corrupt += 1
+        self.bad_samples_in_row += 1
+        if self.limit and self.bad_samples_in_row >= self.limit:
+            raise LoaderStalled(f"{STALL_PREFIX}{self.bad_samples_in_row} samples in a row could not be used; the "
+                                f"last: {why}")
+
+    def good_sample(self) -> None:
+        self.bad_samples_in_row = 0
+
+
+def _one_line(exn) -> str:
+    text = f"{type(exn).__name__}: {exn}" if isinstance(exn, BaseException) else str(exn)
+    return " ".join(text.split())[:300]
+
+
+def tar_samples(stream, url: str, counter: Counter, max_member_bytes: int):
+    """The members of an uncompressed tar stream as webdataset file samples ({fname, data, __url__}).
+    A compressed tar is a shard error (never inflated: a small shard cannot become a huge one); a
+    member over `max_member_bytes` is skipped unread and counted."""
+    import tarfile
+
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|")
+        for info in tar:
+            if not info.isreg() or info.name.startswith("__"):
+                continue
+            if info.size > max_member_bytes:
+                counter.bad_sample(f"{info.name} in {url} is {info.size} bytes, over data.max_member_bytes "
+                                   f"({max_member_bytes})")
+                continue
+            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+            tar.members = []
+    except (tarfile.TarError, OSError, EOFError) as exn:
+        counter.shard_error(exn, url)
 
 
 def word_targets(tokenizer, captions: list[str], k: int) -> torch.Tensor:
@@ -115,7 +168,8 @@ class CaptionStream(IterableDataset):
                  prompt: str = "", max_text_len: int = 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                  image_keys=("png", "jpg", "jpeg", "webp"), caption_key: str = "txt",
                  images_per_sequence: int = 1, text_before_image: int = 0, position_shift: int = 0,
-                 prefix_targets: bool = False, state: StreamState | None = None):
+                 prefix_targets: bool = False, state: StreamState | None = None,
+                 max_member_bytes: int = 64 * 1024 * 1024, max_consecutive_failures: int = 100):
         super().__init__()
         self.shards, self.tokenizer, self.k = shards, tokenizer, k
         self.image_size, self.batch_size = image_size, batch_size
@@ -127,6 +181,7 @@ class CaptionStream(IterableDataset):
         self.images_per_sequence, self.text_before_image = images_per_sequence, text_before_image
         self.position_shift = position_shift
         self.prefix_targets = prefix_targets
+        self.max_member_bytes, self.max_consecutive_failures = max_member_bytes, max_consecutive_failures
         self.state = state or StreamState()
         self.fingerprint = self._fingerprint()
         if self.state.positions and any(p.get("stream") != self.fingerprint for p in self.state.positions.values()):
@@ -147,7 +202,8 @@ class CaptionStream(IterableDataset):
                    image_keys=data.image_key.split(";"), caption_key=data.caption_key,
                    images_per_sequence=data.images_per_sequence, text_before_image=data.text_before_image,
                    position_shift=data.position_shift, prefix_targets=model.prefix_kind == "words",
-                   state=state)
+                   state=state, max_member_bytes=data.max_member_bytes,
+                   max_consecutive_failures=data.max_consecutive_failures)
 
     def _fingerprint(self) -> str:
         """What a saved position depends on besides the seed and the slot: the shard list, the
@@ -161,20 +217,21 @@ class CaptionStream(IterableDataset):
         try:
             stream = storage.open_url(shard.url).open()
         except (OSError, ValueError) as exn:
-            counter.shard_error(exn)
+            counter.shard_error(exn, shard.url)
             return
         errors_before, seen = counter.shard_errors, 0
         try:
-            for sample in group_by_keys(
-                tar_file_expander([{"url": shard.url, "stream": stream}], handler=counter.shard_error),
-                handler=counter.shard_error,
-            ):
+            for sample in group_by_keys(tar_samples(stream, shard.url, counter, self.max_member_bytes),
+                                        handler=lambda exn: counter.shard_error(exn, shard.url)):
                 seen += 1
                 yield sample
         finally:
             stream.close()
-        if shard.num_samples is not None and seen < shard.num_samples and counter.shard_errors == errors_before:
-            counter.shard_errors += 1  # a tar cut short at a member boundary reads as a clean end
+        if counter.shard_errors == errors_before:
+            if shard.num_samples is not None and seen < shard.num_samples:
+                counter.shard_errors += 1  # a tar cut short at a member boundary reads as a clean end
+            else:
+                counter.shard_read()
 
     def _raw(self, slot: int, slots: int, counter: Counter, cursor: dict):
         """Endless stream of (ref, sample), ref = (shard index, sample index in that shard).
@@ -248,7 +305,9 @@ class CaptionStream(IterableDataset):
     def _decode(self, sample):
         image_key = next((key for key in self.image_keys if key in sample), None)
         if image_key is None or self.caption_key not in sample:
-            raise ValueError("sample lacks an image or a caption")
+            members = ";".join(sorted(k for k in sample if not k.startswith("__"))) or "none"
+            raise ValueError(f"no member among {';'.join(self.image_keys)} with a {self.caption_key} "
+                             f"(the sample has {members})")
         img = decode_image(sample[image_key], self.image_size)
         caption = sample[self.caption_key].decode("utf-8").strip()
         if not caption:
@@ -336,7 +395,7 @@ class CaptionStream(IterableDataset):
         rng = random.Random(f"{self.seed}-buffer-{self.rank}-{worker}")
         position = self.state.positions.get(worker)
         raw_count = self.state.raw_consumed.get(worker, 0)
-        counter = Counter()
+        counter = Counter(self.max_consecutive_failures)
         buf = self._fetch(position["buffer"]) if position is not None else None
         if buf is not None:  # seek: restore the cursor, the buffer, its RNG and the skip counts
             cursor, skip = dict(position["cursor"]), 0
@@ -359,9 +418,11 @@ class CaptionStream(IterableDataset):
                 continue
             try:
                 items.append(self._decode(entry[1]))
-            except Exception:  # noqa: BLE001 - any undecodable sample is counted and skipped
-                counter.corrupt += 1
+            except Exception as exn:  # noqa: BLE001 - any undecodable sample is counted and skipped
+                counter.bad_sample(f"{entry[1].get('__key__', '?')} in {entry[1].get('__url__', '?')}: "
+                                   f"{_one_line(exn)}")
                 continue
+            counter.good_sample()
             if len(items) == self.batch_size:
                 batch = self.collate(items)
                 position = json.dumps(self._position(cursor, buf, rng, counter))
@@ -410,7 +471,11 @@ class ResumableBatches:
         return self
 
     def __next__(self):
-        batch = next(self._it)
+        try:
+            batch = next(self._it)
+        except LoaderStalled as exn:  # from a worker it comes re-raised with the worker's traceback as text
+            lines = [ln for ln in str(exn).splitlines() if STALL_PREFIX in ln]
+            raise LoaderStalled(lines[-1][lines[-1].index(STALL_PREFIX):] if lines else str(exn)) from None
         worker = int(batch.pop("worker"))
         self.state.raw_consumed[worker] = int(batch.pop("raw_consumed"))
         # as JSON text: the DataLoader's default_convert walks lists element by element (13% of
