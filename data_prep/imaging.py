@@ -9,7 +9,7 @@ smaller than the original, which is most of the cost saved on web images.
 
 Memory: the pixels being decoded at once in a process (all its threads together) stay within
 `PIXEL_BUDGET`: a decode waits for room before it starts (an image larger than the whole budget
-waits until it is alone). A transparent image is resized before it is flattened on white, so the
+waits until it is alone), and holds it until its resized copy is made. A transparent image is resized before it is flattened on white, so the
 flattening copies hold the small image, never the large one.
 """
 
@@ -106,7 +106,6 @@ def _decode(img: Image.Image, want: tuple[int, int]) -> Image.Image:
     if img.format == "JPEG" and want[0] < img.size[0] and want[1] < img.size[1]:
         # libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the requested size.
         img.draft("RGB", want)
-    held = _budget.acquire(img.size[0] * img.size[1])
     try:
         img.load()
     except Image.DecompressionBombError:
@@ -114,8 +113,6 @@ def _decode(img: Image.Image, want: tuple[int, int]) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated_image" if "truncated" in str(err).lower() else "decode_error"
         raise ImageRejected(reason)
-    finally:
-        _budget.release(held)
     if _transparent(img):
         return img.convert("RGBA") if img.mode in ("P", "PA") else img
     return to_rgb(img)
@@ -167,8 +164,14 @@ def process_image(data: bytes, opts: ImageOptions) -> Processed:
     ow, oh = img.size
     _check_filters(ow, oh, opts)
     want = target_size(ow, oh, opts)
-    img = _decode(img, (math.ceil(want[0]), math.ceil(want[1])))
-    img = _resize(img, opts)
-    if img.mode != "RGB":  # transparent: flattened at its new size
-        img = to_rgb(img)
+    # decoding and resizing hold the image whole (a transparent one twice: Pillow resizes it
+    # premultiplied, in a copy), within the process's pixel budget
+    held = _budget.acquire(ow * oh * (2 if _transparent(img) else 1))
+    try:
+        img = _decode(img, (math.ceil(want[0]), math.ceil(want[1])))
+        img = _resize(img, opts)
+        if img.mode != "RGB":  # transparent: flattened at its new size
+            img = to_rgb(img)
+    finally:
+        _budget.release(held)
     return Processed(encode(img, opts.encode_format, opts.encode_quality), img.size[0], img.size[1], ow, oh)

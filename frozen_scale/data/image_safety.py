@@ -22,6 +22,11 @@ DEFAULT_MAX_PIXELS = 89_478_485
 """Pillow's own decompression-bomb bound: width x height above it is refused before decoding."""
 
 
+FOREIGN_MAGIC = (b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6", b"8BPS", b"\x00\x00\x01\x00", b"\x00\x00\x02\x00")
+"""Starts of well-known documents and icons (PDF, PostScript/EPS, PSD, ICO/CUR), named `format`
+even where Pillow has no reader for them."""
+
+
 class ImageError(ValueError):
     """Bytes that must not or cannot be used as an image; `reason` is the counted name."""
 
@@ -61,8 +66,10 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Im
 def _other_format(data: bytes) -> bool:
     """Whether some Pillow format outside the allow-list would claim the bytes (checked by the
     plugins' own cheap `_accept` prefix tests only: nothing is opened)."""
-    PILImage.init()
     head = data[:16]
+    if head.startswith(FOREIGN_MAGIC):
+        return True
+    PILImage.init()
     for name, (_, accept) in PILImage.OPEN.items():
         if name not in ALLOWED_FORMATS and accept is not None:
             try:

@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import signal
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -474,6 +475,7 @@ class ResumableBatches:
         try:
             batch = next(self._it)
         except LoaderStalled as exn:  # from a worker it comes re-raised with the worker's traceback as text
+            self.close()
             lines = [ln for ln in str(exn).splitlines() if STALL_PREFIX in ln]
             raise LoaderStalled(lines[-1][lines[-1].index(STALL_PREFIX):] if lines else str(exn)) from None
         worker = int(batch.pop("worker"))
@@ -485,6 +487,29 @@ class ResumableBatches:
         self.corrupt[worker] = int(batch.pop("corrupt"))
         self.shard_errors[worker] = int(batch.pop("shard_errors"))
         return batch
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """End the loader's workers now. They ignore the stop signals (ignore_stop_signals), so a
+        worker still reading when the loop gives up is killed after `grace_s` rather than left for
+        the interpreter's exit to wait on forever."""
+        import os
+
+        workers = list(getattr(self._it, "_workers", []))
+        shutdown = getattr(self._it, "_shutdown_workers", None)
+        if shutdown is not None:
+            if getattr(self._it, "_worker_pids_set", False):  # a worker we kill is no failure to report
+                from torch.utils.data._utils import signal_handling
+
+                signal_handling._remove_worker_pids(id(self._it))
+                self._it._worker_pids_set = False
+            deadline = time.monotonic() + grace_s
+            getattr(self._it, "_workers_done_event", None) and self._it._workers_done_event.set()
+            for w in workers:
+                w.join(timeout=max(0.0, deadline - time.monotonic()))
+                if w.is_alive():
+                    os.kill(w.pid, signal.SIGKILL)
+                    w.join(timeout=5)
+            shutdown()
 
     @property
     def skipped(self) -> dict[str, int]:
