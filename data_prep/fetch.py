@@ -167,10 +167,30 @@ def _policy(allow_hosts: tuple[str, ...], allow_private_network: bool) -> Addres
     return AddressPolicy(allow_hosts, allow_private_network)
 
 
+_RESOLVERS = None
+
+
+def _resolve(policy: AddressPolicy, target: _Target, deadline: Deadline) -> list[tuple[int, tuple]]:
+    """The host's checked addresses, within the download's deadline: name resolution blocks in
+    the C library with timeouts of its own, so it runs on a small shared pool and is abandoned
+    (TimeoutError) when the deadline passes first."""
+    global _RESOLVERS
+    if _RESOLVERS is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _RESOLVERS = ThreadPoolExecutor(8, thread_name_prefix="resolve")
+    future = _RESOLVERS.submit(policy.addresses, target.host, target.port)
+    try:
+        return future.result(timeout=max(deadline.left(), 1e-3))
+    except TimeoutError:
+        future.cancel()
+        raise TimeoutError(f"resolving {target.host} took longer than the download's deadline") from None
+
+
 def _open(target: _Target, policy: AddressPolicy, deadline: Deadline) -> _Connection:
     """A new connection to a checked address of the target's host (tried in resolver order)."""
     last: OSError = TimeoutError("no time left to connect")
-    for family, sockaddr in policy.addresses(target.host, target.port):
+    for family, sockaddr in _resolve(policy, target, deadline):
         if deadline.passed():
             break
         sock = socket.socket(family, socket.SOCK_STREAM)

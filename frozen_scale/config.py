@@ -154,6 +154,9 @@ class DataConfig:
     max_member_bytes: int = 64 * 1024 * 1024
     """A shard member larger than this is skipped unread (counted as a corrupt sample). Shards are
     read as plain tars: a compressed shard is a shard error, never inflated."""
+    allow_absolute_shards: bool = False
+    """Trust a manifest whose shard names are full URLs or absolute paths (by default a manifest
+    names its shards relative to its own folder, and any other name is refused)."""
     max_consecutive_failures: int = 100
     """After this many shards in a row that cannot be read, or samples in a row that cannot be
     used, every rank stops with one line naming the last cause (exit 2) instead of spinning."""

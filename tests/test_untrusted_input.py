@@ -253,3 +253,33 @@ def test_a_loader_that_cannot_progress_stops_in_one_line(case, tmp_path, tiny_lm
     assert done.returncode == 2, done.stderr[-3000:]
     assert len(lines) == 1 and expect in lines[0] and "data:" in lines[0], done.stderr[-3000:]
     assert took < 60
+
+
+def test_a_manifest_names_shards_inside_its_folder_only(tmp_path):
+    from frozen_scale.config import InputError
+    from frozen_scale.data.shards import list_shards
+
+    for name in ("s3://elsewhere/x.tar", "/etc/x.tar", "../other/x.tar"):
+        (tmp_path / "manifest.json").write_text(json.dumps(
+            {"format": "frozen_scale.shards/1", "shards": [{"name": name, "num_samples": 1}]}))
+        with pytest.raises(InputError, match="not a path inside the manifest's folder"):
+            list_shards(str(tmp_path))
+        assert list_shards(str(tmp_path), allow_absolute=True)[0].url.endswith("x.tar")
+
+
+def test_name_resolution_is_inside_the_download_deadline(monkeypatch):
+    import socket
+
+    from data_prep.fetch import fetch_url
+
+    real = socket.getaddrinfo
+
+    def slow(host, *a, **kw):
+        if host == "slow.example":
+            time.sleep(4)
+        return real("127.0.0.1", *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    t0 = time.monotonic()
+    got = fetch_url("http://slow.example/a.jpg", FetchOptions(timeout_s=1.0, retries=0))
+    assert got.error == "timeout" and time.monotonic() - t0 < 2.5, (got.error, time.monotonic() - t0)

@@ -19,7 +19,20 @@ class Shard:
     num_samples: int | None  # None when unknown (counted while reading)
 
 
-def list_shards(spec: str) -> list[Shard]:
+def _shard_name(manifest_url: str, name, allow_absolute: bool) -> str:
+    """A manifest's shard name: relative to the manifest, inside its folder. A manifest from
+    elsewhere could otherwise point training at any URL or file; `allow_absolute` lets one name
+    shards by full URL on purpose."""
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{manifest_url}: a shard has no name")
+    outside = "://" in name or name.startswith("/") or ".." in name.split("/") or "\0" in name
+    if outside and not allow_absolute:
+        raise InputError(f"{manifest_url}: shard name {name!r} is not a path inside the manifest's folder; "
+                         "set data.allow_absolute_shards=true to trust a manifest that names shards elsewhere")
+    return name
+
+
+def list_shards(spec: str, allow_absolute: bool = False) -> list[Shard]:
     """Shards named by `spec`: a folder/URL holding manifest.json, a manifest.json path, a brace
     pattern such as s3://bucket/train/{00000..00099}.tar, or a folder of .tar shards without a
     manifest (img2dataset's layout; see `folder_shards`)."""
@@ -40,7 +53,8 @@ def list_shards(spec: str) -> list[Shard]:
             f"no manifest at {manifest_url} and no .tar shards beside it: run `frozen-scale prep` to make "
             "shards, or give a folder of shards or a brace pattern like prefix/{00000..00009}.tar"
         ) from None
-    shards = [Shard(storage.resolve(root, s["name"]), int(s["num_samples"])) for s in manifest.get("shards", [])]
+    shards = [Shard(storage.resolve(root, _shard_name(manifest_url, s.get("name"), allow_absolute)),
+                    int(s["num_samples"])) for s in manifest.get("shards", [])]
     if not shards:
         raise InputError(f"{manifest_url} lists no committed shards: re-run its `frozen-scale prep` job (it "
                          "retries what failed), or give other shards")

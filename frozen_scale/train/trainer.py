@@ -78,7 +78,7 @@ class Trainer:
         self._install_signals()  # first: a stop during set-up is kept, and loader workers fork after it
         self.rank, self.world_size = dist_engine.init_distributed(cfg.train.collective_timeout_s)
         self.is_main = self.rank == 0
-        self.shards = list_shards(cfg.data.train_shards)  # every rank; missing shards stop it before the LM loads
+        self.shards = list_shards(cfg.data.train_shards, cfg.data.allow_absolute_shards)  # every rank; missing shards stop it before the LM loads
         logging.basicConfig(level=logging.INFO if self.is_main else logging.WARNING,
                             format="%(asctime)s %(name)s: %(message)s")
         self.run_dir = Path(cfg.train.run_dir)
