@@ -27,7 +27,7 @@ from data_prep.progress import REFRESH_S, JobProgress, ProgressBoard
 from data_prep.shard import write_shard
 from data_prep.sources import count_hint, units
 from frozen_scale.constants import SHARDS_FORMAT
-from frozen_scale.secrets import looks_secret
+from frozen_scale.secrets import looks_secret, redact
 
 log = logging.getLogger(__name__)
 FORWARDED_ENV = ("AWS_", "FSSPEC_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
@@ -133,7 +133,7 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
             max_retries: int = 3, progress: bool = True, in_process: bool = False) -> dict:
     """Prepare `source` into shards under `output_url`; returns the manifest written there.
     in_process: no Ray; this process writes the shards one after another."""
-    job = {"format": SHARDS_FORMAT, "source": source.describe(), "options": opts.fingerprint()}
+    job = redact({"format": SHARDS_FORMAT, "source": source.describe(), "options": opts.fingerprint()})
     mf.check_job(output_url, job, storage_options)
     mf.remove_stale_temporaries(output_url, storage_options)
     done = set(mf.committed_shards(output_url, storage_options))
