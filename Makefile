@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/frozen-scale demo --run-dir $(RUN_DIR)
 
-# the layers of DESIGN.md: nothing imports upward (contracts in pyproject.toml)
+# the layers of docs/design.md: nothing imports upward (contracts in pyproject.toml)
 lint-imports: install
 	$(VENV)/bin/lint-imports
 

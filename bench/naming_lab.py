@@ -1,4 +1,4 @@
-"""A measurement script for issue #15 (README, eleventh round): which text teaches the world's
+"""A measurement script for the built-in world (docs/world.md): which text teaches the world's
 tiny LM to look an object up by an arbitrary word, the match binding needs.
 
 Trains a fresh rotary LM of the default's shape (4 x 128, Llama) on a chosen mixture of naming and

@@ -100,10 +100,8 @@ class ModelConfig:
     trained to be its caption's (prefix_target_weight). See frozen_scale/model/prefix.py."""
     prefix_target_weight: float = 10.0
     """prefix_kind=words: weight of the slot loss (each slot's cross-entropy against the caption's
-    words, "a red circle ." then pad), added to the LM's caption loss. Measured on the built-in
-    world (held-out scenes spelled exactly, lr 3e-3): 10 -> 1.00 after 300 steps; 1 -> 0.66 after
-    200 (the caption loss, which written words cannot lower at the caption's end token, pulls the
-    writer off its words); 0 (the LM's loss alone) -> 0.00 (README, issue #15)."""
+    words, "a red circle ." then pad), added to the LM's caption loss: the supervision that makes
+    the slots write the caption (the LM's loss alone does not; docs/world.md)."""
     vision: VisionConfig = field(default_factory=VisionConfig)
     train_lm: bool = False
     """Ablation only: finetune the LM together with the prefix (the paper's 'finetuned' row)."""
@@ -342,11 +340,11 @@ class LMPretrainConfig:
     n_positions: int = 0
     """The LM's position table (learned positions: the longest prompt it can read); 0: max(64,
     2 * seq_len). The table's size is part of the LM's random initialisation, which decides the
-    naming curriculum's phase change (README, issue #15)."""
+    naming curriculum's phase change (docs/world.md)."""
     num_documents: int = 30000
     copy_fraction: float = 0.5
     """Fraction of documents that repeat their caption ('caption. caption.'), which teaches the
-    LM to copy from context: the ability a prefix steers (README, "The embedded default")."""
+    LM to copy from context: the ability a prefix steers (docs/world.md)."""
     naming_fraction: float = 0.0
     """Fraction of documents that are naming episodes ('a red circle . this is a dax . ...'), the
     in-context naming the few-shot and binding evaluations probe; adds the paper's nonsense words
@@ -366,7 +364,7 @@ class LMPretrainConfig:
     kind of text stands at every position: "all" every row, "mixed" the mixed corpus after the
     naming curriculum (its rows stay one naming document each, from position 0). "none": one
     document per row from position 0; a GPT-2 shaped LM then ties what it learned to those
-    positions (README, issue #15)."""
+    positions."""
     pack_steps: bool = False
     """Each step's rows packed into as few rows of `seq_len` as hold them, their documents kept apart
     (positions restart at 0, attention stays within each; `pretrain_lm.pack_rows`): the same loss and
@@ -378,7 +376,7 @@ class LMPretrainConfig:
     question and the answer: n-shot VQA written as text (none by default)."""
     multi_scene_scenes: int = 0
     """Scenes in each multi-scene document: 0 draws 2 or 3 (as before), 3 writes every one as 2-shot
-    VQA in text (two solved scenes, then the third), 2 as 1-shot (README, issue #15, seventh round)."""
+    VQA in text (two solved scenes, then the third), 2 as 1-shot."""
     naming_shape_questions: float = 0.0
     """Fraction of the binding naming documents that ask only the first hop of binding, after the
     support: "... this is a dax . question : what shape is the dax ? answer : circle ." (none by
@@ -387,24 +385,19 @@ class LMPretrainConfig:
     """In the naming curriculum (`naming_steps`), the fraction of the binding documents whose query
     writes each object's name after its shape ("a green square dax on the left and ..."): this value
     at the first step, falling linearly to 0 at the curriculum's end, the documents otherwise the
-    same. 0 (the default): none. With 1.0 the rotary LM named after a 2000-step curriculum (the
-    plain curriculum needs 4000), but binding stayed at chance, named or not (README, issue #15, ninth
-    round); configs/reproduce-cpu.yaml sets 1.0 with a 2000-step curriculum (tenth round)."""
+    same. 0 (the default): none. It brings the naming phase change forward (docs/world.md);
+    configs/reproduce-cpu.yaml sets 1.0 with a 2000-step curriculum."""
     mixed_query_names: float = 0.0
     """In the mixed corpus (`naming_fraction`'s naming documents), the fraction of them whose binding
     query writes each object's name after its shape, for every step: the phase in which the LM learns
-    to look up a scene's objects by a word of the question. 0 (the default): none. At 0.5 the rotary
-    LM learned its shape lookups and not the named ones: binding 0.47 with the names written (README,
-    issue #15, tenth round)."""
+    to look up a scene's objects by a word of the question. 0 (the default): none."""
     lookup_steps: int = 0
     """A lookup phase before the naming curriculum: rows of `text.lookup_corpus` (the world's
     documents and name lookups, objects named by words drawn afresh and asked by them), for at most
     this many steps of the `steps`, ended at the first measurement (every 250 steps) at which
     held-out name lookups reach `lookup_level`; the naming curriculum starts there. 0 (the default):
     none. An LM that learned naming first never learns to look up by a name; one that learned the
-    lookup first keeps it through naming, and with the named-query fade (`naming_query_names`) and
-    `lookup_fraction` 0.2 the rotary LM bound in text (0.815, every LM before at chance; README,
-    issue #15, twelfth round)."""
+    lookup first keeps it through naming (docs/world.md)."""
     lookup_level: float = 0.9
     """The held-out name-lookup accuracy that ends the lookup phase (chance 0.5)."""
     lookup_fraction: float = 0.0

@@ -10,6 +10,7 @@
     frozen-scale prep ...                  data_prep: corpora -> webdataset shards (Ray)
     frozen-scale submit CONFIG             cluster submission (SLURM, Ray, torchrun, k8s)
     frozen-scale plan CONFIG               per-GPU memory plan
+    frozen-scale config [CONFIG]           every config key (type, default, doc), or a file's resolved values
 
 `frozen-scale --version` prints the version; `frozen-scale COMMAND --help` a command's options.
 A mistake the user can fix (a bad config, a missing model folder, shards, run or input file) is
@@ -34,6 +35,7 @@ COMMANDS = {
     "prep": ("data_prep.cli", "main"),
     "submit": ("launchers.cli", "submit_main"),
     "plan": ("launchers.cli", "plan_main"),
+    "config": ("frozen_scale.app.config_cmd", "main"),
 }
 
 

@@ -20,8 +20,8 @@ held-out items and probed (`eval.probes`: episodes with the support or the query
 captions at shifted positions, what a lexical prefix writes); the setting with the best few-shot
 score is used for every variant. One name trains that setting without a search (the frozen
 variant is then probed). The default (DEFAULT_CANDIDATES) is `words` alone: the word prefix, which
-carried the LM's in-context naming to images on two LMs where no other setting did (README, issue
-#15), chosen once and not again on the evaluation's items; `--candidates single,words` adds the
+carried the LM's in-context naming to images on two LMs where no other setting did (docs/world.md;
+a caption-then-read baseline, not the paper's method); `--candidates single,words` adds the
 paper's continuous prefix as the candidates' table (a few minutes more).
 
 The LM's text includes naming episodes (configs/reproduce-cpu.yaml: lm_pretrain.naming_steps,
@@ -65,7 +65,7 @@ EVALS = (
     ("cls_2way_1shot", "fewshot-cls", {"shots": 1, "ways": 2}, "accuracy"),
     ("binding_1shot", "binding", {"shots": 1}, "accuracy"),
 )
-# Training settings of the frozen prefix measured before the variants (the issue #15 ablation):
+# Training settings of the frozen prefix measured before the variants:
 # each trains the frozen variant on the same LM and shards and is evaluated on the same held-out
 # items; the one with the best few-shot score (FEWSHOT_COLUMNS) is then used for every variant.
 CANDIDATES = {

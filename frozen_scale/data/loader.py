@@ -1,6 +1,6 @@
 """Streaming image-caption batches from webdataset shards on any fsspec URL, resumable exactly.
 
-Order policy (documented in README "Data loading"):
+Order policy (docs/training.md, "Data loading policy"):
 - Streams are split by node, then by worker: (rank, worker) pairs are `slots`. In epoch e the
   shard list is permuted by (seed, e) and slot s reads shards s, s+S, s+2S, ... When there are
   fewer shards than slots, every slot reads every shard and keeps samples i with i % S == s.

@@ -7,7 +7,7 @@
   convex hull of the vocabulary, or (hard) exactly one token's embedding: what the image "writes"
   is readable as words (SPAE / LQAE put images in a frozen LM's token space the same way). The
   vocabulary is read through the LM's embedding module (one pass over it per forward), so it works
-  with a partitioned (ZeRO-3) embedding. Measured on the built-in world in README (issue #15).
+  with a partitioned (ZeRO-3) embedding. What it measured on the built-in world: docs/world.md.
 - WordPrefixMapper (`model.prefix_kind=words`): exactly the LM's tokens, any of whose slots may
   write the LM's pad token, which the model masks out of attention and positions: the image is a
   sentence of variable length, read by the LM exactly as the same words written. Trained with a

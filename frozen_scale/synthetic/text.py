@@ -169,7 +169,7 @@ def name_lookup_corpus(seed: int, num_documents: int) -> list[str]:
 def lookup_corpus(seed: int, num_documents: int, copy_fraction: float = 0.5) -> list[str]:
     """The lookup phase's text (`lm_pretrain.lookup_steps`): half the world's captioning / QA
     documents, half name lookups, in a drawn order. A rotary LM of the default's shape learns the
-    world's lookups from it, then (a phase change) the lookups by names (README, issue #15)."""
+    world's lookups from it, then (a phase change) the lookups by names (docs/world.md)."""
     rng = np.random.default_rng([seed, 13])
     is_lookup = rng.random(num_documents) < 0.5
     lookups = iter(name_lookup_corpus(seed, int(is_lookup.sum())))

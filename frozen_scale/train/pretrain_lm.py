@@ -29,7 +29,7 @@ LOOKUP_EVERY = 250
 
 NAMING_LEARNED = 0.9
 """Text-only 2-way 1-shot classification at or above which the LM names in context (chance: 0.5).
-The tiny LM learns it in a sudden phase change whose step varies between runs (README, issue #15)."""
+The tiny LM learns it in a sudden phase change whose step varies between runs (docs/world.md)."""
 
 
 def naming_warning(summary: dict) -> str | None:
