@@ -11,7 +11,7 @@ weights), counts parameters on the meta device, and estimates per-GPU bytes for
 - activations: what autograd saves for the backward pass through the frozen LM (with frozen
   weights a Linear saves nothing for its input, so only norms, attention and the MLP's
   nonlinearity count), itemised for a Llama-style block and checked against the bytes
-  `torch.autograd.graph.saved_tensors_hooks` sees on a tiny model (tests/test_plan.py);
+  `torch.autograd.graph.saved_tensors_hooks` sees on a tiny model (tests/unit/launchers/test_plan.py);
   with activation checkpointing, one block input per layer plus one block recomputed; other
   families (GPT-2, OPT, NeoX: LayerNorm, plain MLP) get the same itemisation, approximately;
 - communication buffers: gradient reduce buckets and, at ZeRO-3, the window of gathered LM
