@@ -1,5 +1,12 @@
-"""Shared pieces of the benchmarks: a locally saved LM, world shards, a run config, batches from
-our own loader, and side-by-side timing (alternating candidates, medians).
+"""Shared pieces of the benchmarks: the runner every script uses (`parser`: its arguments,
+`report`: the goal, the figure printed last and its JSON result), a locally saved LM, world
+shards, a run config, batches from our own loader, and side-by-side timing (alternating
+candidates, medians).
+
+Each benchmark writes its result as data, `bench/results/<name>.json` (figure, goal, whether it
+was met, machine, date, arguments), and prints the figure as its last line. A smoke run
+(`--quick`, `--tiny`) writes its JSON only where `--results-dir` says (the tests' temp folders),
+never over a measured result.
 
 Everything is built in a temporary folder by the benchmark itself (save_pretrained, TarWriter);
 nothing is downloaded. Timings on a shared machine are noisy: candidates are always measured in
@@ -17,8 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "results"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the CPU benchmarks; bench/gpu.py picks CUDA itself
 
 # A Llama-style LM of ~25M parameters (the world's 39-token vocabulary makes the embeddings tiny,
@@ -126,6 +132,50 @@ def machine() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()}-core CPU ({platform.machine()}), {gpu}, torch {torch.__version__}"
+
+
+def parser(doc: str, smoke: str = "--quick", smoke_help: str = "a smoke run for the tests"):
+    """The benchmark's argument parser: its smoke flag and `--results-dir`."""
+    import argparse
+
+    out = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    out.add_argument(smoke, action="store_true", help=smoke_help)
+    out.add_argument("--results-dir", default=None,
+                     help=f"where the JSON result goes (default {RESULTS.relative_to(REPO)}; a smoke run writes "
+                          "none unless given)")
+    return out
+
+
+def report(args, name: str, figure: float, what: str, goal: float | None = None, better: str = "lower",
+           digits: int = 3, extra: dict | None = None, line: str | None = None) -> dict:
+    """Say whether the goal was met, print the figure last (`{name} ratio ({what}): {figure}`, or
+    `line`), and write the result as JSON; returns it."""
+    import datetime
+    import json
+    import math
+
+    met = None
+    if goal is not None and math.isfinite(figure):
+        met = figure <= goal if better == "lower" else figure >= goal
+        print(f"goal {'<=' if better == 'lower' else '>='} {goal:g}: {'met' if met else 'NOT met'}")
+    result = {"name": name, "figure": figure if math.isfinite(figure) else None, "what": what, "goal": goal,
+              "better": better, "met": met, "machine": machine(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "args": {k: v for k, v in vars(args).items() if k != "results_dir"}, **(extra or {})}
+    smoke = any(vars(args).get(k) for k in ("quick", "tiny"))
+    folder = args.results_dir or (None if smoke else str(RESULTS))
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(line or f"{name} ratio ({what}): {figure:.{digits}f}")
+    return result
+
+
+def read_result(folder, name: str) -> dict:
+    """A benchmark's JSON result (what tests check instead of its printed lines)."""
+    import json
+
+    return json.loads((Path(folder) / f"{name}.json").read_text())
 
 
 def quiet_logs() -> None:

@@ -15,12 +15,11 @@ Prints the ratio (frozen / trainable) last. Goal: <= 0.70.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the CPU accelerator)
+import common  # the shared runner; picks the CPU accelerator
 from common import (MEDIUM_LM, TINY_LM, add_thread_arg, alternate, loader_batches, machine, median, paired_ratios,
                     quiet_logs, set_threads)
 
@@ -68,8 +67,7 @@ def build(tmp: Path, quick: bool):
 def main(argv=None) -> float:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny LM, few rounds: a smoke run for the tests")
+    parser = common.parser(__doc__, "--quick", "tiny LM, few rounds: a smoke run for the tests")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps-per-round", type=int, default=None)
     add_thread_arg(parser)
@@ -106,8 +104,8 @@ def main(argv=None) -> float:
     print(f"median per-round wall-clock ratio: {wall_ratio:.3f} (noisier: the cores are shared)")
     print(f"FLOP model per token (4N+prefix)/(6N+prefix): {flop_ratio:.3f}; measured forward+backward only: "
           f"{fwd_bwd:.3f}")
-    print(f"goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}")
-    print(f"freeze_savings ratio (frozen / trainable, CPU time per step): {ratio:.3f}")
+    common.report(args, "freeze_savings", ratio, "frozen / trainable, CPU time per step", GOAL,
+                  extra={"wall_ratio": wall_ratio, "flop_ratio": flop_ratio})
     return ratio
 
 

@@ -19,11 +19,10 @@ Goal: MFU >= 60% frozen.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import time
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the accelerator)
+import common  # the shared runner; picks the accelerator
 from common import machine, quiet_logs
 
 GOAL = 0.60
@@ -222,8 +221,7 @@ def build_lm(size: str, seq: int, dev, dtype):
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny LM and ViT on whatever device there is (CPU)")
+    parser = common.parser(__doc__, "--tiny", "tiny LM and ViT on whatever device there is (CPU)")
     parser.add_argument("--sizes", default="1b,7b", help="comma-separated: 1b, 7b")
     parser.add_argument("--seq", type=int, default=None, help="positions per sequence (default 512; tiny 32)")
     parser.add_argument("--batch", type=int, default=0, help="micro-batch (0: fill the GPU)")
@@ -300,9 +298,11 @@ def main(argv=None) -> float:
     if not frozen:
         raise SystemExit("no frozen measurement completed")
     last = frozen[-1]
-    print(f"goal MFU >= {GOAL:.0%} frozen: {'met' if last['mfu'] >= GOAL else 'NOT met'}"
-          + ("" if on_gpu else " (CPU smoke run: the goal applies to the GPU)"))
-    print(f"gpu frozen MFU ({last['size']}, of {'datasheet' if on_gpu else 'CPU'} peak): {last['mfu']:.3f}")
+    if not on_gpu:
+        print("(CPU smoke run: the MFU goal applies to the GPU)")
+    common.report(args, "gpu", last["mfu"], f"frozen MFU, {last['size']}", GOAL if on_gpu else None, better="higher",
+                  extra={"measurements": results, "on_gpu": on_gpu},
+                  line=f"gpu frozen MFU ({last['size']}, of {'datasheet' if on_gpu else 'CPU'} peak): {last['mfu']:.3f}")
     return last["mfu"]
 
 

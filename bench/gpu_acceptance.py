@@ -22,14 +22,13 @@ seed, same data, same weights). The last line is `gpu_acceptance mfu (zero3): <x
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the accelerator)
+import common  # the shared runner; picks the accelerator
 from big_lm import BIG, TINY, build_lm
 from common import machine, torchrun
 
@@ -88,8 +87,7 @@ def caption_eval(export_dir: str, cfg, on_gpu: bool, n: int) -> dict:
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tiny", action="store_true", help="tiny LM on the CPU (a smoke run for the tests)")
+    parser = common.parser(__doc__, "--tiny", "tiny LM on the CPU (a smoke run for the tests)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per stage (default 30; tiny 4)")
     parser.add_argument("--batch", type=int, default=None, help="micro-batch (default 64; tiny 4)")
     parser.add_argument("--eval-samples", type=int, default=None, help="caption eval images (default 128; tiny 8)")
@@ -167,7 +165,8 @@ def main(argv=None) -> float:
               f"{scores['caption_examples'][0]['prediction']!r} for {scores['caption_examples'][0]['reference']!r}")
     print(f"total time {time.perf_counter() - t_start:.0f} s")
     mfu = results[3]["metrics"][-1]["mfu"]
-    print(f"gpu_acceptance mfu (zero3, {'datasheet' if on_gpu else 'measured CPU'} peak): {mfu:.4f}")
+    common.report(args, "gpu_acceptance", mfu, "ZeRO-3 MFU", extra={"on_gpu": on_gpu},
+                  line=f"gpu_acceptance mfu (zero3, {'datasheet' if on_gpu else 'measured CPU'} peak): {mfu:.4f}")
     return mfu
 
 

@@ -13,15 +13,13 @@ Prints the ratio (packed / padded) last. Goal: < 1 (fewer tokens computed, nothi
 
 from __future__ import annotations
 
-import argparse
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the CPU accelerator)
+import common  # the shared runner; picks the CPU accelerator
 from common import add_thread_arg, alternate, machine, median, paired_ratios, quiet_logs, set_threads
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke size: 2 layers x 32, 1000 documents")
+    parser = common.parser(__doc__, "--quick", "smoke size: 2 layers x 32, 1000 documents")
     parser.add_argument("--rounds", type=int, default=0, help="A/B rounds (default 10, 3 with --quick)")
     parser.add_argument("--steps-per-round", type=int, default=5)
     add_thread_arg(parser)
@@ -86,8 +84,10 @@ def main() -> None:
     for name in times:
         print(f"{name}: {median(times[name]['cpu']) / args.steps_per_round:.3f} cpu s/step, "
               f"{median(times[name]['wall']) / args.steps_per_round:.3f} wall s/step")
-    print(f"wall ratio: {median(paired_ratios(times, 'packed', 'padded', 'wall')):.3f}")
-    print(f"lm_packing ratio (packed / padded, cpu): {median(paired_ratios(times, 'packed', 'padded')):.3f}")
+    wall = median(paired_ratios(times, 'packed', 'padded', 'wall'))
+    print(f"wall ratio: {wall:.3f}")
+    common.report(args, "lm_packing", median(paired_ratios(times, "packed", "padded")), "packed / padded, cpu",
+                  goal=1.0, extra={"wall_ratio": wall})
 
 
 if __name__ == "__main__":

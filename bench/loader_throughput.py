@@ -23,11 +23,10 @@ shard sets) last. Goal: >= 1.0.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the CPU accelerator)
+import common  # the shared runner; picks the CPU accelerator
 from common import add_thread_arg, alternate, machine, median, paired_ratios, set_threads
 
 GOAL = 1.0
@@ -205,8 +204,7 @@ def demo_data_wait(tmp: Path, steps: int, log_every: int, samples: int) -> list[
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="few samples, few rounds: a smoke run for the tests")
+    parser = common.parser(__doc__, "--quick", "few samples, few rounds: a smoke run for the tests")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--batches", type=int, default=None, help="batches per round")
     parser.add_argument("--demo-steps", type=int, default=None, help="steps of the demo-config run (0: skip)")
@@ -239,8 +237,8 @@ def main(argv=None) -> float:
               f"{' '.join(f'{w:.3f}' for w in waits)}; steady state (after the first window) median "
               f"{steady:.3f}; goal < {WAIT_GOAL}: {'met' if steady < WAIT_GOAL else 'NOT met'}")
     ratio = min(r_demo, r_web)
-    print(f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}")
-    print(f"loader_throughput ratio (ours / plain webdataset samples per CPU-second, lower of the two): {ratio:.3f}")
+    common.report(args, "loader_throughput", ratio, "ours / plain webdataset samples per CPU-second, lower of the two",
+                  GOAL, better="higher", extra={"demo_ratio": r_demo, "web_ratio": r_web, "data_wait": waits})
     return ratio
 
 

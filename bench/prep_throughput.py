@@ -18,7 +18,6 @@ dependency of this project. Source images are distinct JPEGs of 640x480, 1024x76
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -31,8 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import common  # the shared runner
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 PEER = REPO / "bench" / ".peer-venv" / "bin" / "img2dataset"
 SIZES = [(640, 480), (1024, 768), (1600, 1200)]
 BASES_PER_SIZE = 8
@@ -165,12 +165,11 @@ def _compare(base: str, n: int, a, tmp: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.parser(__doc__, "--ours-only", "skip img2dataset (no ratio)")
     p.add_argument("--images", default="3000", help="job size, or sizes comma-separated (e.g. 3000,20000)")
     p.add_argument("--threads", type=int, default=16)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2, help="runs of each tool (alternating); medians reported")
-    p.add_argument("--ours-only", action="store_true", help="skip img2dataset")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args(argv)
     try:
@@ -205,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
               f"({job['ratio_wall']:.2f}x wall)")
     if compared:
         last = compared[-1]
-        print(f"ratio frozen_scale / img2dataset: {last['ratio_per_core']:.2f}x per core "
-              f"({last['ratio_wall']:.2f}x wall) at {last['images']} images")
+        common.report(a, "prep_throughput", last["ratio_per_core"], "frozen_scale / img2dataset images per CPU-second",
+                      1.0, better="higher", extra={"summary": summary},
+                      line=f"ratio frozen_scale / img2dataset: {last['ratio_per_core']:.2f}x per core "
+                           f"({last['ratio_wall']:.2f}x wall) at {last['images']} images")
     return 0
 
 

@@ -17,12 +17,11 @@ Goal: the seek time does not grow with the run; ratio >= 10 at 16 epochs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the CPU accelerator)
+import common  # the shared runner; picks the CPU accelerator
 from common import add_thread_arg, alternate, machine, median, set_threads, write_world_shards
 
 GOAL = 10.0
@@ -39,8 +38,7 @@ def stream(shards: Path, tokenizer, batch: int, buffer: int, state=None):
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="few shards, short runs: a smoke run for the tests")
+    parser = common.parser(__doc__, "--quick", "few shards, short runs: a smoke run for the tests")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--epochs", default=None, help="run lengths in epochs, comma-separated")
     add_thread_arg(parser)
@@ -81,8 +79,9 @@ def main(argv=None) -> float:
             ratio = replay / seek
             print(f"after {e:>3} epochs ({e * n_shards * per_shard:,} samples): first batch after resume: "
                   f"replay {replay * 1e3:8.1f} ms, seek {seek * 1e3:6.1f} ms, replay/seek {ratio:6.1f}")
-    print(f"goal: seek flat in the run length, replay/seek >= {GOAL:g} at the longest run")
-    print(f"resume_seek ratio (replay / seek time to the first batch, {epochs[-1]} epochs): {ratio:.2f}")
+    print("goal: seek flat in the run length")
+    common.report(args, "resume_seek", ratio, f"replay / seek time to the first batch, {epochs[-1]} epochs", GOAL,
+                  better="higher", digits=2)
     return ratio
 
 

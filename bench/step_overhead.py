@@ -16,11 +16,10 @@ Prints the ratio (ours / hand-written) last. Goal: <= 1.05.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the CPU accelerator)
+import common  # the shared runner; picks the CPU accelerator
 from common import (MEDIUM_LM, TINY_LM, add_thread_arg, alternate, loader_batches, machine, median, paired_ratios,
                     quiet_logs, set_threads)
 
@@ -91,8 +90,7 @@ def build(tmp: Path, quick: bool):
 def main(argv=None) -> float:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny LM, few rounds: a smoke run for the tests")
+    parser = common.parser(__doc__, "--quick", "tiny LM, few rounds: a smoke run for the tests")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--steps-per-round", type=int, default=None)
     add_thread_arg(parser)
@@ -124,8 +122,8 @@ def main(argv=None) -> float:
     print(f"median per-round wall-clock ratio: {wall_ratio:.3f} (noisier: the cores are shared)")
     print(f"loss first/last ours {losses['ours'][0]:.4f}/{losses['ours'][-1]:.4f}, hand-written "
           f"{losses['plain'][0]:.4f}/{losses['plain'][-1]:.4f}; largest per-step difference {drift:.2e}")
-    print(f"goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}")
-    print(f"step_overhead ratio (ours / hand-written, CPU time per step): {ratio:.3f}")
+    common.report(args, "step_overhead", ratio, "ours / hand-written, CPU time per step", GOAL,
+                  extra={"wall_ratio": wall_ratio, "loss_drift": drift})
     return ratio
 
 

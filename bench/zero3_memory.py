@@ -18,13 +18,12 @@ Prints the ratio (largest per-rank LM resident bytes with 2 ranks / with 1 rank)
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import tempfile
 from pathlib import Path
 
-import common  # noqa: F401  (puts the repo on sys.path, picks the CPU accelerator)
+import common  # the shared runner; picks the CPU accelerator
 from common import MEDIUM_LM, TINY_LM, loader_batches, machine, quiet_logs, torchrun
 
 GOAL = 0.52
@@ -91,8 +90,7 @@ def measure(tmp: Path, quick: bool) -> dict[int, list[dict]]:
 
 
 def main(argv=None) -> float:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny LM: a smoke run for the tests")
+    parser = common.parser(__doc__, "--quick", "tiny LM: a smoke run for the tests")
     common.add_worker_args(parser)
     args = parser.parse_args(argv)
     if args.worker:
@@ -127,8 +125,8 @@ def main(argv=None) -> float:
     partition_ratio = max(r["lm_partition_bytes"] for r in two) / one["lm_partition_bytes"]
     ratio = max(r["lm_resident_bytes"] for r in two) / one["lm_resident_bytes"]
     print(f"LM partition bytes per rank, 2 ranks / 1 rank: {partition_ratio:.4f}")
-    print(f"goal <= {GOAL}: {'met' if ratio <= GOAL else 'NOT met'}")
-    print(f"zero3_memory ratio (LM resident bytes per rank, 2 ranks / 1 rank): {ratio:.4f}")
+    common.report(args, "zero3_memory", ratio, "LM resident bytes per rank, 2 ranks / 1 rank", GOAL, digits=4,
+                  extra={"partition_ratio": partition_ratio, "adam_state_trainable_only": bool(opt_ok)})
     return ratio
 
 

@@ -141,12 +141,24 @@ def tiny_run_config(tiny_lm_dir, tiny_shards, tmp_path) -> Path:
 def big_lm_dir(tmp_path_factory) -> Path:
     """The billion-parameter Llama-shaped LM of bench/big_lm.py (1.03B, bf16, 3 safetensors
     shards of at most 1 GB, the world's tokenizer), random init, saved once per session."""
+    big_lm = bench_module("big_lm")
+    return big_lm.build_lm(tmp_path_factory.mktemp("big_lm"), big_lm.BIG)
+
+
+def bench_module(name: str):
+    """A bench script imported as a module (its folder's `common` too), without touching sys.path
+    for the rest of the session."""
+    import importlib.util
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    from big_lm import BIG, build_lm
-
-    return build_lm(tmp_path_factory.mktemp("big_lm"), BIG)
+    bench = Path(__file__).resolve().parents[2] / "bench"
+    for mod in ("common", name):
+        if mod not in sys.modules or not str(getattr(sys.modules[mod], "__file__", "")).startswith(str(bench)):
+            spec = importlib.util.spec_from_file_location(mod, bench / f"{mod}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod] = module
+            spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def rewrite_checkpoint_file(checkpoint: Path, relative: str, data: str) -> None:
