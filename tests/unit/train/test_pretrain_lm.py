@@ -103,10 +103,14 @@ def test_without_naming_the_vocabulary_is_the_worlds(tmp_path):
                                         ({"lookup_fraction": 1.0}, "lookup_fraction"),
                                         ({"lookup_steps": 2, "lookup_level": 0.0}, "lookup_level")])
 def test_bad_pretraining_settings_are_refused(tmp_path, bad, match):
-    pc = LMPretrainConfig(**{**dict(steps=6, **TINY), **bad})
-    with pytest.raises(ValueError, match=match):
-        pretrain_lm.pretrain(pc, str(tmp_path / "lm"), progress=False)
-    assert not (tmp_path / "lm").exists()
+    """Refused when the config is read (the section checks itself), before anything runs."""
+    from frozen_scale.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=match):
+        LMPretrainConfig(**{**dict(steps=6, **TINY), **bad})
+    over = [f"lm_pretrain.{k}={v}" for k, v in {**dict(steps=6, **TINY), **bad}.items()]
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, over)
 
 
 def test_packed_rows_hold_every_document_once_at_many_positions():
