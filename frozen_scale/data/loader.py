@@ -27,19 +27,18 @@ import hashlib
 import json
 import logging
 import random
-import signal
-import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
 from frozen_scale import storage
-from frozen_scale.config import FrozenConfig, InputError
+from frozen_scale.config import FrozenConfig
 from frozen_scale.data import prompts
 from frozen_scale.data.images import decode_image, to_tensor  # noqa: F401  (also imported from here)
 from frozen_scale.data.shards import Shard
+from frozen_scale.data.tar_stream import Counter, LoaderStalled, _one_line, tar_samples  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -80,71 +79,6 @@ def _rng_to_json(state: tuple) -> list:
 def _rng_from_json(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
-
-
-class LoaderStalled(InputError):
-    """No shard could be read, or no sample used, many times in a row: the data cannot feed training."""
-
-
-STALL_PREFIX = "data: "
-
-
-class Counter:
-    """Skips counted inside one worker, and how many came in a row (a loader that cannot make
-    progress stops instead of spinning: `limit` shards or samples in a row)."""
-
-    def __init__(self, limit: int = 0):
-        self.corrupt = 0
-        self.shard_errors = 0
-        self.limit = limit
-        self.bad_shards_in_row = self.bad_samples_in_row = 0
-
-    def shard_error(self, exn, url: str = "") -> bool:
-        self.shard_errors += 1
-        self.bad_shards_in_row += 1
-        if self.limit and self.bad_shards_in_row >= self.limit:
-            raise LoaderStalled(f"{STALL_PREFIX}{self.bad_shards_in_row} shards in a row could not be read; the last, "
-                                f"{url or '?'}: {_one_line(exn)}")
-        return True  # skip the rest of the shard, go on
-
-    def shard_read(self) -> None:
-        self.bad_shards_in_row = 0
-
-    def bad_sample(self, why: str) -> None:
-        self.corrupt += 1
-        self.bad_samples_in_row += 1
-        if self.limit and self.bad_samples_in_row >= self.limit:
-            raise LoaderStalled(f"{STALL_PREFIX}{self.bad_samples_in_row} samples in a row could not be used; the "
-                                f"last: {why}")
-
-    def good_sample(self) -> None:
-        self.bad_samples_in_row = 0
-
-
-def _one_line(exn) -> str:
-    text = f"{type(exn).__name__}: {exn}" if isinstance(exn, BaseException) else str(exn)
-    return " ".join(text.split())[:300]
-
-
-def tar_samples(stream, url: str, counter: Counter, max_member_bytes: int):
-    """The members of an uncompressed tar stream as webdataset file samples ({fname, data, __url__}).
-    A compressed tar is a shard error (never inflated: a small shard cannot become a huge one); a
-    member over `max_member_bytes` is skipped unread and counted."""
-    import tarfile
-
-    try:
-        tar = tarfile.open(fileobj=stream, mode="r|")
-        for info in tar:
-            if not info.isreg() or info.name.startswith("__"):
-                continue
-            if info.size > max_member_bytes:
-                counter.bad_sample(f"{info.name} in {url} is {info.size} bytes, over data.max_member_bytes "
-                                   f"({max_member_bytes})")
-                continue
-            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
-            tar.members = []
-    except (tarfile.TarError, OSError, EOFError) as exn:
-        counter.shard_error(exn, url)
 
 
 def word_targets(tokenizer, captions: list[str], k: int) -> torch.Tensor:
@@ -433,84 +367,5 @@ class CaptionStream(IterableDataset):
                 items = []
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-"""What a scheduler sends to every process of a job to stop it (Slurm signals each process of the
-step; a terminal's Ctrl-C reaches the whole foreground group)."""
-
-
-def ignore_stop_signals(_worker_id: int | None = None) -> None:
-    """A loader worker's first act: ignore the stop signals. The trainer that owns it decides when
-    to stop and commits a checkpoint first; a worker killed by the same signal would make the
-    trainer's next batch raise instead. Workers still end with their trainer (the DataLoader shuts
-    them down, and each notices its parent's exit)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def make_loader(dataset: CaptionStream, num_workers: int) -> DataLoader:
-    return DataLoader(
-        dataset, batch_size=None, num_workers=num_workers, persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
-    )
-
-
-class ResumableBatches:
-    """Iterates a CaptionStream's DataLoader and keeps the StreamState of what was consumed."""
-
-    def __init__(self, dataset: CaptionStream, num_workers: int):
-        self.dataset = dataset
-        self.num_workers = max(1, num_workers)
-        self.state = dataset.state
-        self.state.num_workers = self.num_workers
-        self.state.world_size = dataset.world_size
-        self.corrupt: dict[int, int] = {}
-        self.shard_errors: dict[int, int] = {}
-        self._it = iter(make_loader(dataset, num_workers))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        try:
-            batch = next(self._it)
-        except LoaderStalled as exn:  # from a worker it comes re-raised with the worker's traceback as text
-            self.close()
-            lines = [ln for ln in str(exn).splitlines() if STALL_PREFIX in ln]
-            raise LoaderStalled(lines[-1][lines[-1].index(STALL_PREFIX):] if lines else str(exn)) from None
-        worker = int(batch.pop("worker"))
-        self.state.raw_consumed[worker] = int(batch.pop("raw_consumed"))
-        # as JSON text: the DataLoader's default_convert walks lists element by element (13% of
-        # the demo's loading time for a 256-sample buffer), a string it passes as is
-        self.state.positions[worker] = json.loads(batch.pop("position"))
-        self.state.batches += 1
-        self.corrupt[worker] = int(batch.pop("corrupt"))
-        self.shard_errors[worker] = int(batch.pop("shard_errors"))
-        return batch
-
-    def close(self, grace_s: float = 5.0) -> None:
-        """End the loader's workers now. They ignore the stop signals (ignore_stop_signals), so a
-        worker still reading when the loop gives up is killed after `grace_s` rather than left for
-        the interpreter's exit to wait on forever."""
-        import os
-
-        workers = list(getattr(self._it, "_workers", []))
-        shutdown = getattr(self._it, "_shutdown_workers", None)
-        if shutdown is not None:
-            if getattr(self._it, "_worker_pids_set", False):  # a worker we kill is no failure to report
-                from torch.utils.data._utils import signal_handling
-
-                signal_handling._remove_worker_pids(id(self._it))
-                self._it._worker_pids_set = False
-            deadline = time.monotonic() + grace_s
-            getattr(self._it, "_workers_done_event", None) and self._it._workers_done_event.set()
-            for w in workers:
-                w.join(timeout=max(0.0, deadline - time.monotonic()))
-                if w.is_alive():
-                    os.kill(w.pid, signal.SIGKILL)
-                    w.join(timeout=5)
-            shutdown()
-
-    @property
-    def skipped(self) -> dict[str, int]:
-        return {"corrupt_samples": sum(self.corrupt.values()), "shard_errors": sum(self.shard_errors.values())}
+# the stream is iterated through these (imported from here by the trainer and the tests)
+from frozen_scale.data.batches import ResumableBatches, ignore_stop_signals, make_loader  # noqa: E402,F401
