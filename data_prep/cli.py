@@ -119,7 +119,7 @@ def _options(a: argparse.Namespace) -> JobOptions:
 
 
 def _source(a: argparse.Namespace, storage_options: dict):
-    from data_prep import sources
+    from data_prep import file_sources, sources
 
     if a.source == "urls":
         extra = [c.strip() for c in a.extra_cols.split(",") if c.strip()]
@@ -127,9 +127,9 @@ def _source(a: argparse.Namespace, storage_options: dict):
                                 extra_cols=extra, input_format=a.input_format, storage_options=storage_options,
                                 max_field_chars=a.max_caption_chars)
     if a.source == "folder":
-        return sources.ImageFolder(a.folder, captions=a.captions, storage_options=storage_options)
+        return file_sources.ImageFolder(a.folder, captions=a.captions, storage_options=storage_options)
     if a.source == "coco":
-        return sources.CocoCaptions(a.captions, images_root=a.images_root, storage_options=storage_options)
+        return file_sources.CocoCaptions(a.captions, images_root=a.images_root, storage_options=storage_options)
     return sources.SyntheticWorld(seed=a.seed, split=a.split, count=a.count)
 
 

@@ -196,6 +196,8 @@ def plan_main(argv: list[str]) -> int:
                           "gpus": inputs.gpus, "seq_len": inputs.seq_len, "estimates": rows,
                           "recommendation": rec, "deepspeed_reference": reference}, indent=2))
     else:
-        print(plan.format_plan(inputs, cfg.deepspeed.stage, cfg.train.micro_batch_size,
-                               cfg.model.activation_checkpointing, rec, reference))
+        from launchers.plan_report import format_plan
+
+        print(format_plan(inputs, cfg.deepspeed.stage, cfg.train.micro_batch_size,
+                          cfg.model.activation_checkpointing, rec, reference))
     return 0 if rec["fits"] else 1

@@ -166,7 +166,7 @@ def test_a_compressed_shard_is_never_inflated_and_a_huge_member_is_skipped():
 
 def test_paths_out_of_their_root_and_endless_files_are_refused(tmp_path):
     from data_prep.fetch import fetch_file
-    from data_prep.sources import CocoCaptions
+    from data_prep.file_sources import CocoCaptions
 
     captions = tmp_path / "captions.json"
     names = ["ok.jpg", "../../../../dev/zero", "/etc/passwd", "a/../../b.jpg"]

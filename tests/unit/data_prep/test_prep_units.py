@@ -19,7 +19,8 @@ from data_prep.imaging import ImageRejected, process_image
 from data_prep.loopback import make_image
 from data_prep.options import ImageOptions, JobOptions
 from data_prep.shard import LocalRegistry, write_shard
-from data_prep.sources import CocoCaptions, ImageFolder, SourceError, UrlTable, units
+from data_prep.file_sources import CocoCaptions, ImageFolder
+from data_prep.sources import SourceError, UrlTable, units
 
 
 @pytest.mark.parametrize("mode,no_upscale,src,expected", [
