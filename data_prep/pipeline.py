@@ -137,69 +137,23 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     mf.check_job(output_url, job, storage_options)
     mf.remove_stale_temporaries(output_url, storage_options)
     done = set(mf.committed_shards(output_url, storage_options))
-    failed: dict[int, str] = {}
     t0 = time.monotonic()
-    started, registry, board, task, limit = False, None, None, None, 1
     rows_done = sum(st["count"] for st in mf.read_stats(output_url, sorted(done), storage_options).values())
     bar = JobProgress(count_hint(source), progress, rows_done)
-    pending: dict = {}
-    last_look = time.monotonic()
-
-    def collect(ready):
-        for ref in ready:
-            shard = pending.pop(ref)
-            try:
-                bar.shard_done(shard, ray.get(ref))
-            except (ray.exceptions.RayError, OSError, ValueError) as err:
-                failed[shard] = _failure(err)
-                log.error("shard %05d failed: %s", shard, failed[shard])
-                bar.shard_failed(shard)
-                if registry is not None:  # later shards must not wait for it
-                    registry.give_up.remote(shard)
-
-    def wait_some():
-        nonlocal last_look
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=REFRESH_S if board is not None else None)
-        collect(ready)
-        if board is not None and time.monotonic() - last_look >= REFRESH_S:
-            bar.update_running(ray.get(board.snapshot.remote()))
-            last_look = time.monotonic()
-
-    try:
-        if in_process:
-            failed.update(_write_units_here(source, output_url, opts, storage_options, done, max_retries, bar))
-        else:
+    if in_process:
+        try:
+            failed = _write_units_here(source, output_url, opts, storage_options, done, max_retries, bar)
+        finally:
+            bar.close()
+    else:
+        run = _RayRun(output_url, opts, storage_options, done, bar, progress)
+        try:
             for unit in units(source, opts.samples_per_shard, opts.dedup_urls, skip=done, on_total=bar.set_total):
-                if task is None:  # Ray starts only once there is work: re-running a finished job is instant
-                    started = _start_ray(address, num_cpus)
-                    # One task per CPU: more in flight makes Ray start extra worker processes for the
-                    # queued tasks (a one-off cost each), while a finished task's successor is
-                    # submitted at once.
-                    limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-                    if opts.dedup_images and source.kind != "synthetic":
-                        registry = HashRegistry.options(**_pinned_here()).remote()
-                        seed = committed_hashes(output_url, sorted(done), storage_options) if done else []
-                        ray.get(registry.seed.remote(seed, sorted(done)))
-                    if progress:
-                        board = ProgressBoard.options(**_pinned_here()).remote()
-                    task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
-                    if not started and _forwarded_env():
-                        # Workers of a Ray we did not start may not share this process's credentials.
-                        task_options["runtime_env"] = {"env_vars": _forwarded_env()}
-                    task = _shard_task.options(**task_options)
-                while len(pending) >= limit:
-                    wait_some()
-                pending[task.remote(unit, output_url, opts, storage_options, registry, board)] = unit.shard
-            while pending:
-                wait_some()
-    finally:
-        bar.close()
-        if started:
-            ray.shutdown()
-        else:
-            for actor in (registry, board):
-                if actor is not None:
-                    ray.kill(actor)
+                run.submit(unit, source, address, num_cpus, max_in_flight, max_retries)
+            run.drain()
+        finally:
+            run.close()
+        failed = run.failed
     manifest = mf.build_manifest(output_url, storage_options,
                                  {"complete": not failed, "failed_shards": sorted(failed),
                                   "source": job["source"], "seconds": round(time.monotonic() - t0, 3)})
@@ -207,3 +161,75 @@ def run_job(source, output_url: str, opts: JobOptions, *, storage_options: dict 
     if failed:
         raise PrepIncomplete(failed, manifest)
     return manifest
+
+
+class _RayRun:
+    """Shard tasks on Ray, at most one per CPU in flight; failures are kept per shard."""
+
+    def __init__(self, output_url: str, opts: JobOptions, storage_options, done: set[int], bar: JobProgress,
+                 progress: bool):
+        self.output_url, self.opts, self.storage_options, self.done = output_url, opts, storage_options, done
+        self.bar, self.progress = bar, progress
+        self.failed: dict[int, str] = {}
+        self.pending: dict = {}
+        self.started, self.registry, self.board, self.task, self.limit = False, None, None, None, 1
+        self.last_look = time.monotonic()
+
+    def _start(self, source, address, num_cpus, max_in_flight, max_retries) -> None:
+        """Ray starts only once there is work: re-running a finished job is instant."""
+        self.started = _start_ray(address, num_cpus)
+        # One task per CPU: more in flight makes Ray start extra worker processes for the queued
+        # tasks (a one-off cost each), while a finished task's successor is submitted at once.
+        self.limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if self.opts.dedup_images and source.kind != "synthetic":
+            self.registry = HashRegistry.options(**_pinned_here()).remote()
+            done = sorted(self.done)
+            seed = committed_hashes(self.output_url, done, self.storage_options) if done else []
+            ray.get(self.registry.seed.remote(seed, done))
+        if self.progress:
+            self.board = ProgressBoard.options(**_pinned_here()).remote()
+        task_options = dict(max_retries=max_retries, retry_exceptions=[OSError, TimeoutError])
+        if not self.started and _forwarded_env():
+            # Workers of a Ray we did not start may not share this process's storage settings.
+            task_options["runtime_env"] = {"env_vars": _forwarded_env()}
+        self.task = _shard_task.options(**task_options)
+
+    def submit(self, unit, source, address, num_cpus, max_in_flight, max_retries) -> None:
+        if self.task is None:
+            self._start(source, address, num_cpus, max_in_flight, max_retries)
+        while len(self.pending) >= self.limit:
+            self._wait_some()
+        ref = self.task.remote(unit, self.output_url, self.opts, self.storage_options, self.registry, self.board)
+        self.pending[ref] = unit.shard
+
+    def drain(self) -> None:
+        while self.pending:
+            self._wait_some()
+
+    def _wait_some(self) -> None:
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=REFRESH_S if self.board is not None else None)
+        self._collect(ready)
+        if self.board is not None and time.monotonic() - self.last_look >= REFRESH_S:
+            self.bar.update_running(ray.get(self.board.snapshot.remote()))
+            self.last_look = time.monotonic()
+
+    def _collect(self, ready) -> None:
+        for ref in ready:
+            shard = self.pending.pop(ref)
+            try:
+                self.bar.shard_done(shard, ray.get(ref))
+            except (ray.exceptions.RayError, OSError, ValueError) as err:
+                self.failed[shard] = _failure(err)
+                log.error("shard %05d failed: %s", shard, self.failed[shard])
+                self.bar.shard_failed(shard)
+                if self.registry is not None:  # later shards must not wait for it
+                    self.registry.give_up.remote(shard)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.started:
+            ray.shutdown()
+        else:
+            for actor in (self.registry, self.board):
+                if actor is not None:
+                    ray.kill(actor)

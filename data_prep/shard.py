@@ -272,11 +272,7 @@ def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, r
     name = shard_name(unit.shard)
     registry = _settler(registry) if opts.dedup_images else None
     threads = 1 if unit.rows and unit.rows[0]["kind"] == "synthetic" else opts.threads
-    counts = collections.Counter()
-    errors = collections.Counter()
-    records, results = [], []
-    totals = {"download_s": 0.0, "process_s": 0.0}
-    original_bytes = ok = 0
+    results, original_bytes, ok = [], 0, 0
     tick = _Ticker(on_progress)
     with tempfile.TemporaryDirectory(prefix="frozen_scale-prep-") as tmp:
         spill = _Spill(os.path.join(tmp, "samples.bin"))
@@ -292,23 +288,9 @@ def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, r
             _mark_duplicates(unit.shard, results, registry)
         t_write = time.monotonic()
         tar_path = os.path.join(tmp, f"{name}.tar")
-        with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for res in results:
-                counts[res.status] += 1
-                if res.error:
-                    errors[res.error] += 1
-                totals["download_s"] += res.download_s
-                totals["process_s"] += res.process_s
-                if res.status == "success":
-                    for ext, data in spill.files(res).items():
-                        _add_member(tar, f"{res.key}.{ext}", data)
-                    _add_member(tar, f"{res.key}.json", json.dumps(_sample_json(res), sort_keys=True).encode("utf-8"))
-                records.append(_status_record(res))
+        counts, errors, totals, records = _write_tar(tar_path, results, spill)
         spill.close()
-        tar_sha = hashlib.sha256()
-        with open(tar_path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                tar_sha.update(block)
+        tar_sha = _sha256_file(tar_path)
         storage.atomic_put_file(tar_path, storage.join(output_url, f"{name}.tar"), storage_options)
         table = io.BytesIO()
         pq.write_table(_status_table(records), table)
@@ -320,8 +302,7 @@ def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, r
             "failed": len(unit.rows) - counts["success"],
             "status_counts": {s: counts[s] for s in STATUSES if counts[s]},
             "error_histogram": dict(sorted(errors.items())),
-            "tar_bytes": os.path.getsize(tar_path), "tar_sha256": tar_sha.hexdigest(),
-            "original_bytes": original_bytes,
+            "tar_bytes": os.path.getsize(tar_path), "tar_sha256": tar_sha, "original_bytes": original_bytes,
             "durations": {"total_s": round(time.monotonic() - t0, 4),
                           "download_s_sum": round(totals["download_s"], 4),
                           "process_s_sum": round(totals["process_s"], 4),
@@ -332,4 +313,32 @@ def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, r
     storage.atomic_write_bytes(storage.join(output_url, f"{name}_stats.json"),
                                json.dumps(stats, indent=1, sort_keys=True).encode(), storage_options)
     return stats
+
+
+def _write_tar(tar_path: str, results: list, spill) -> tuple:
+    """The shard's tar (successful samples, in row order); (status counts, error counts, time
+    totals, status-table records)."""
+    counts, errors = collections.Counter(), collections.Counter()
+    totals, records = {"download_s": 0.0, "process_s": 0.0}, []
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for res in results:
+            counts[res.status] += 1
+            if res.error:
+                errors[res.error] += 1
+            totals["download_s"] += res.download_s
+            totals["process_s"] += res.process_s
+            if res.status == "success":
+                for ext, data in spill.files(res).items():
+                    _add_member(tar, f"{res.key}.{ext}", data)
+                _add_member(tar, f"{res.key}.json", json.dumps(_sample_json(res), sort_keys=True).encode("utf-8"))
+            records.append(_status_record(res))
+    return counts, errors, totals, records
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 

@@ -175,7 +175,9 @@ def test_ray_job_counts_everything_resumes_and_refuses_another_job(server, tmp_p
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(s3_server):
+    """A local Ray whose workers have the object store's credentials in their environment, as a
+    cluster's nodes do (data_prep forwards storage settings to workers, never credentials)."""
     import ray
 
     from data_prep.pipeline import _start_ray
