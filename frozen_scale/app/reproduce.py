@@ -45,6 +45,8 @@ from pathlib import Path
 import yaml
 
 from frozen_scale.config import FrozenConfig, apply_overrides, deep_merge, from_dict, save_config
+from frozen_scale.app.reproduce_report import (EVALS, FEWSHOT_COLUMNS, finding, fewshot_score, plot,  # noqa: F401
+                                               text_ceilings, wilson_interval, write_table)
 from launchers.local import launch_training
 
 log = logging.getLogger("frozen_scale.app.reproduce")
@@ -56,15 +58,6 @@ VARIANTS = {
     "blind": {"lm": "pretrained", "train_lm": False, "blind": True},
 }
 # (column, task, keyword arguments of eval.tasks.run_task, metric)
-EVALS = (
-    ("caption_cider", "caption", {}, "cider"),
-    ("caption_bleu4", "caption", {}, "bleu4"),
-    ("caption_exact", "caption", {}, "exact_match"),
-    ("vqa_0shot", "vqa", {"shots": 0}, "vqa_accuracy"),
-    ("vqa_2shot", "vqa", {"shots": 2}, "vqa_accuracy"),
-    ("cls_2way_1shot", "fewshot-cls", {"shots": 1, "ways": 2}, "accuracy"),
-    ("binding_1shot", "binding", {"shots": 1}, "accuracy"),
-)
 # Training settings of the frozen prefix measured before the variants:
 # each trains the frozen variant on the same LM and shards and is evaluated on the same held-out
 # items; the one with the best few-shot score (FEWSHOT_COLUMNS) is then used for every variant.
@@ -78,7 +71,6 @@ CANDIDATES = {
     "words": ["model.prefix_kind=words", "model.prefix_length=14", "train.lr=0.003"],
 }
 DEFAULT_CANDIDATES = ("words",)
-FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
 QUICK = [
     "lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2", "lm_pretrain.steps=5",
     "lm_pretrain.num_documents=100", "lm_pretrain.batch_size=8", "lm_pretrain.naming_steps=2",
@@ -104,16 +96,6 @@ def quick_overrides(base: str | None, overlay: str | None) -> list[str]:
     step, so that it still runs within QUICK's five LM steps."""
     cfg = load_reproduce_config(base, overlay, [])
     return QUICK + (["lm_pretrain.lookup_steps=1"] if cfg.lm_pretrain.lookup_steps else [])
-
-
-def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion p measured on n items."""
-    if n <= 0:
-        return (0.0, 1.0)
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def candidate_config(cfg: FrozenConfig, name: str) -> FrozenConfig:
@@ -248,11 +230,6 @@ def probe_variant(export_dir: str, cfg: FrozenConfig, progress: bool) -> dict:
     return out
 
 
-def fewshot_score(result: dict) -> float:
-    """What a candidate setting is chosen by: the mean of its few-shot columns (with images)."""
-    return sum(result["scores"][c] for c in FEWSHOT_COLUMNS) / len(FEWSHOT_COLUMNS)
-
-
 def _final_loss(prefix_run: Path) -> float | None:
     from frozen_scale.train.metrics import read_metrics
 
@@ -260,105 +237,6 @@ def _final_loss(prefix_run: Path) -> float | None:
     return losses[-1] if losses else None
 
 
-# -- report -----------------------------------------------------------------------------------
-def _cell(r: dict, column: str) -> str:
-    value = f"{r['scores'][column]:.3f}"
-    interval = r.get("intervals", {}).get(column)
-    return value + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval and column != "caption_exact" else "")
-
-
-def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dict[str, dict] | None = None) -> Path:
-    columns = [c for c, *_ in EVALS]
-    lines = ["| variant | " + " | ".join(columns) + " | final train loss | train s |",
-             "|---|" + "---|" * (len(columns) + 2)]
-    for name, r in results.items():
-        cells = [_cell(r, c) for c in columns]
-        loss = f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
-    lm = info.get("lm", {})
-    naming = ""
-    if "text_binding_accuracy" in lm:
-        naming = (f", with naming episodes written as text: 2-way 1-shot classification "
-                  f"{lm['text_classification_accuracy']:.3f}, binding {lm['text_binding_accuracy']:.3f}")
-    if "text_name_lookup_accuracy" in lm:
-        naming += f"; lookups by names drawn afresh (chance 0.5) {lm['text_name_lookup_accuracy']:.3f}"
-    qa_2shot = (f", after 2 solved examples {lm['text_qa_2shot_accuracy']:.3f}"
-                if "text_qa_2shot_accuracy" in lm else "")
-    if "text_lookup_accuracy" in lm:
-        qa_2shot += (f"; two-object lookups, where the answer differs between the scene's objects (chance 0.5): "
-                     f"{lm['text_lookup_accuracy']:.3f}, after 2 solved examples {lm['text_lookup_2shot_accuracy']:.3f}")
-    setting = info.get("setting", "single")
-    head = [
-        "# The Frozen ablation on the built-in world",
-        "",
-        f"LM: {lm.get('arch')} with {lm.get('parameters', 0):,} parameters, pretrained {info['lm_steps']} steps "
-        f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{qa_2shot}{naming}). "
-        f"Prefix training: {info['train_steps']} steps x {info['batch']} captions on {info['nproc']} rank(s), "
-        f"setting '{setting}' ({' '.join(info.get('setting_overrides', [])) or 'as configured'}). "
-        f"Evaluation: {info['num_samples']} held-out items per task, greedy decoding; 95% Wilson intervals "
-        f"in brackets. Wall time {info['total_seconds']:.0f} s.",
-        "",
-    ]
-    from frozen_scale.train.pretrain_lm import naming_warning
-
-    warning = naming_warning(lm)
-    if warning:
-        head += [f"**Warning: {warning}.**", ""]
-    tail = [""]
-    if candidates:
-        tail += ["Frozen prefix training settings (the same LM, shards and held-out items; chosen by the mean of "
-                 + ", ".join(FEWSHOT_COLUMNS) + "):", "",
-                 "| setting | " + " | ".join(columns[2:]) + " | few-shot score |", "|---|" + "---|" * (len(columns) - 1)]
-        for name, r in candidates.items():
-            tail.append(f"| {name} | " + " | ".join(_cell(r, c) for c in columns[2:])
-                        + f" | {fewshot_score(r):.3f} |")
-        tail.append("")
-    finding_text = info.get("finding")
-    if finding_text:
-        tail += [finding_text, ""]
-    path = run / "ablation.md"
-    path.write_text("\n".join(head + lines + tail))
-    return path
-
-
-def finding(results: dict[str, dict]) -> str | None:
-    if "frozen" not in results or "finetuned" not in results:
-        return None
-    f, t = results["frozen"]["scores"]["vqa_0shot"], results["finetuned"]["scores"]["vqa_0shot"]
-    verdict = "held" if f > t else ("could not be told apart (a tie)" if f == t else "did not hold")
-    return (f"Paper's finding (frozen > finetuned on zero-shot VQA) {verdict} here: "
-            f"frozen {f:.3f} vs finetuned {t:.3f}.")
-
-
-def plot(run: Path, results: dict[str, dict]) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    names = list(results)
-    acc_cols = [c for c, *_ in EVALS if c not in ("caption_cider",)]
-    fig, (ax_c, ax_a) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 4]})
-    ax_c.bar(names, [results[n]["scores"]["caption_cider"] for n in names], color=[f"C{i}" for i in range(len(names))])
-    ax_c.set_title("captioning CIDEr")
-    ax_c.tick_params(axis="x", rotation=45)
-    width = 0.8 / len(names)
-    x = np.arange(len(acc_cols))
-    for i, n in enumerate(names):
-        ax_a.bar(x + i * width, [results[n]["scores"][c] for c in acc_cols], width, label=n, color=f"C{i}")
-    ax_a.set_xticks(x + width * (len(names) - 1) / 2, acc_cols, rotation=20)
-    ax_a.set_ylim(0, 1.05)
-    ax_a.set_title("accuracy / BLEU-4")
-    ax_a.legend()
-    fig.tight_layout()
-    path = run / "ablation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-# -- entry ------------------------------------------------------------------------------------
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -400,17 +278,6 @@ def choose_setting(run: Path, cfg: FrozenConfig, candidates: list[str], lm_dir: 
         log.info("candidate %s: %s", name, results[name]["scores"])
     best = max(candidates, key=lambda n: (fewshot_score(results[n]), -candidates.index(n)))
     return best, results
-
-
-def text_ceilings(lm_summary: dict, n: int = 200) -> dict:
-    """The LM's text-only accuracies (what can transfer at most) with 95% intervals (`pretrain_lm`
-    measures them on 200 held-out items)."""
-    out = {}
-    for key in ("text_qa_accuracy", "text_qa_2shot_accuracy", "text_lookup_accuracy", "text_lookup_2shot_accuracy",
-                "text_classification_accuracy", "text_binding_accuracy", "text_name_lookup_accuracy"):
-        if key in lm_summary:
-            out[key] = {"accuracy": lm_summary[key], "n": n, "interval": wilson_interval(lm_summary[key], n)}
-    return out
 
 
 def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str], progress: bool,

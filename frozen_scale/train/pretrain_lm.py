@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -202,14 +203,20 @@ def train_step(model, opt, sched, ids: torch.Tensor, pad_id: int, pack_width: in
     return float(loss.detach())
 
 
-def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool = True) -> dict:
-    """Train and save the LM + tokenizer into out_dir; returns a summary."""
-    from transformers import AutoModelForCausalLM
+@dataclass
+class _Corpora:
+    """The LM's training rows, encoded, and the generators of their draws."""
 
-    torch.manual_seed(seed)
-    out = Path(out_dir)
-    naming = uses_naming(pc)
-    tokenizer = text.build_tokenizer(naming=naming)
+    mixed: torch.Tensor
+    naming: torch.Tensor | None = None
+    named: torch.Tensor | None = None  # the naming rows with their binding queries' objects named (row for row)
+    named_gen: torch.Generator | None = None
+    lookup: torch.Tensor | None = None
+    kept_lookups: torch.Tensor | None = None  # name lookups kept in every batch after the lookup phase
+    lookup_gen: torch.Generator | None = None
+
+
+def _encoded_corpora(pc: LMPretrainConfig, tokenizer, seed: int) -> _Corpora:
     t_corpora = time.perf_counter()
     corpora = build_corpora(pc, seed)
     pack_gen = torch.Generator().manual_seed(seed + 1)
@@ -219,21 +226,72 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
             return pack_corpus(documents, tokenizer, pc.seq_len, pack_gen)
         return encode_corpus(documents, tokenizer, pc.seq_len)
 
-    data = encode(corpora["mixed"], pc.pack in ("mixed", "all"))
-    naming_data = None
+    out = _Corpora(encode(corpora["mixed"], pc.pack in ("mixed", "all")))
     if pc.naming_steps:
-        naming_data = encode(corpora["naming"][0], pc.pack == "all")
-    named_data = named_gen = None  # the same naming documents, their binding queries' objects named (row for row)
+        out.naming = encode(corpora["naming"][0], pc.pack == "all")
     if pc.naming_query_names:
-        named_data = encode(corpora["naming"][1], False)
-        named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
-    lookup_data = encode_corpus(corpora["lookup"], tokenizer, pc.seq_len) if pc.lookup_steps else None
-    kept_lookups = lookup_gen = None  # name lookups kept in every batch after the lookup phase
+        out.named = encode(corpora["naming"][1], False)
+        out.named_gen = torch.Generator().manual_seed(seed + 2)  # its own draws: the batches' rows stay as without
+    if pc.lookup_steps:
+        out.lookup = encode_corpus(corpora["lookup"], tokenizer, pc.seq_len)
     if pc.lookup_fraction:
-        kept_lookups = encode_corpus(corpora["kept_lookups"], tokenizer, pc.seq_len)
-        lookup_gen = torch.Generator().manual_seed(seed + 3)
-    del corpora
+        out.kept_lookups = encode_corpus(corpora["kept_lookups"], tokenizer, pc.seq_len)
+        out.lookup_gen = torch.Generator().manual_seed(seed + 3)
     log.info("LM corpora built and encoded in %.1f s", time.perf_counter() - t_corpora)
+    return out
+
+
+def _curriculum_batch(pc: LMPretrainConfig, data: _Corpora, k: int, gen: torch.Generator) -> torch.Tensor:
+    """The rows of step `k` of the naming curriculum and the mixed corpus after it."""
+    source = data.naming if k < pc.naming_steps else data.mixed
+    rows = torch.randint(0, len(source), (pc.batch_size,), generator=gen)
+    ids = source[rows]
+    if data.named is not None and k < pc.naming_steps:
+        named = torch.rand(pc.batch_size, generator=data.named_gen) < pc.naming_query_names * (1 - k / pc.naming_steps)
+        ids = torch.where(named[:, None], data.named[rows], ids)
+    if data.kept_lookups is not None:
+        kept = torch.rand(pc.batch_size, generator=data.lookup_gen) < pc.lookup_fraction
+        ids = torch.where(kept[:, None], data.kept_lookups[torch.randint(0, len(data.kept_lookups), (pc.batch_size,),
+                                                                         generator=data.lookup_gen)], ids)
+    return ids
+
+
+def _lookup_phase_over(pc: LMPretrainConfig, model, tokenizer, seed: int, step: int) -> dict | None:
+    """At a measurement step of the lookup phase: its summary when the phase ends here, else None."""
+    if step == 0 or (step % LOOKUP_EVERY and step != pc.lookup_steps):
+        return None
+    model.eval()
+    level = text_name_lookup_accuracy(model, tokenizer, seed)
+    model.train()
+    log.info("lookup phase, step %d: held-out name lookups %.3f (ends at %.2f)", step, level, pc.lookup_level)
+    if level < pc.lookup_level and step != pc.lookup_steps:
+        return None
+    if level < pc.lookup_level:
+        log.warning("the lookup phase ended after %d steps without lookups by names (%.3f < %.2f): binding is "
+                    "not expected to rise; rerun with a larger lm_pretrain.lookup_steps", step, level, pc.lookup_level)
+    return {"lookup_phase_steps": step, "text_name_lookup_after_lookup_phase": level}
+
+
+def _after_naming(pc: LMPretrainConfig, model, tokenizer, seed: int) -> dict:
+    """The naming curriculum's result, measured before the mixed corpus starts."""
+    model.eval()
+    measured = text_naming_accuracy(model, tokenizer, seed)
+    after = {f"{k}_after_naming_steps": v for k, v in measured.items()}
+    log.info("after the naming curriculum: %s", after)
+    if naming_warning(measured):
+        log.warning("the naming curriculum ended after %d steps without in-context naming (%s)", pc.naming_steps, after)
+    model.train()
+    return after
+
+
+def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool = True) -> dict:
+    """Train and save the LM + tokenizer into out_dir; returns a summary."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    naming = uses_naming(pc)
+    tokenizer = text.build_tokenizer(naming=naming)
+    data = _encoded_corpora(pc, tokenizer, seed)
     lm_cfg = tiny_lm_config(pc.arch, len(tokenizer), pc.n_layer, pc.n_embd, pc.n_head, positions(pc),
                             tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(lm_cfg)
@@ -245,53 +303,38 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
     t0, losses = time.perf_counter(), []
     after_naming, lookup = {}, {}
     start = None if pc.lookup_steps else 0  # the step the naming curriculum starts at: after the lookup phase
-    total = pc.steps + pc.continue_steps
-    for step in tqdm(range(total), desc="pretrain-lm", disable=not progress, dynamic_ncols=True):
+    for step in tqdm(range(pc.steps + pc.continue_steps), desc="pretrain-lm", disable=not progress,
+                     dynamic_ncols=True):
         if step == pc.steps:  # the continuation: a new one-cycle schedule on the mixed corpus
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=pc.continue_lr, total_steps=pc.continue_steps,
                                                         pct_start=0.05)
-        if start is None and step > 0 and (step % LOOKUP_EVERY == 0 or step == pc.lookup_steps):
-            model.eval()
-            level = text_name_lookup_accuracy(model, tokenizer, seed)
-            model.train()
-            log.info("lookup phase, step %d: held-out name lookups %.3f (ends at %.2f)", step, level, pc.lookup_level)
-            if level >= pc.lookup_level or step == pc.lookup_steps:
-                start, lookup = step, {"lookup_phase_steps": step, "text_name_lookup_after_lookup_phase": level}
-                if level < pc.lookup_level:
-                    log.warning("the lookup phase ended after %d steps without lookups by names (%.3f < %.2f): "
-                                "binding is not expected to rise; rerun with a larger lm_pretrain.lookup_steps",
-                                step, level, pc.lookup_level)
         if start is None:
-            losses.append(train_step(model, opt, sched, lookup_data[torch.randint(0, len(lookup_data), (pc.batch_size,),
-                                                                                  generator=gen)], tokenizer.pad_token_id, width))
-            continue
-        k = step - start  # steps into the naming curriculum
-        if k == pc.naming_steps and k > 0:  # the naming curriculum's result, before the mixed corpus
-            model.eval()
-            measured = text_naming_accuracy(model, tokenizer, seed)
-            after_naming = {f"{k}_after_naming_steps": v for k, v in measured.items()}
-            log.info("after the naming curriculum: %s", after_naming)
-            if naming_warning(measured):
-                log.warning("the naming curriculum ended after %d steps without in-context naming (%s)",
-                            pc.naming_steps, after_naming)
-            model.train()
-        source = naming_data if k < pc.naming_steps else data
-        rows = torch.randint(0, len(source), (pc.batch_size,), generator=gen)
-        ids = source[rows]
-        if named_data is not None and k < pc.naming_steps:
-            named = torch.rand(pc.batch_size, generator=named_gen) < pc.naming_query_names * (1 - k / pc.naming_steps)
-            ids = torch.where(named[:, None], named_data[rows], ids)
-        if kept_lookups is not None:
-            kept = torch.rand(pc.batch_size, generator=lookup_gen) < pc.lookup_fraction
-            ids = torch.where(kept[:, None], kept_lookups[torch.randint(0, len(kept_lookups), (pc.batch_size,),
-                                                                        generator=lookup_gen)], ids)
+            lookup = _lookup_phase_over(pc, model, tokenizer, seed, step) or {}
+            start = step if lookup else None
+        if start is None:
+            ids = data.lookup[torch.randint(0, len(data.lookup), (pc.batch_size,), generator=gen)]
+        else:
+            if step - start == pc.naming_steps and pc.naming_steps > 0:
+                after_naming = _after_naming(pc, model, tokenizer, seed)
+            ids = _curriculum_batch(pc, data, step - start, gen)
         losses.append(train_step(model, opt, sched, ids, tokenizer.pad_token_id, width))
     model.eval()
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    summary = _summary(pc, model, tokenizer, seed, losses, time.perf_counter() - t0, naming, after_naming, lookup)
+    log.info("LM pretrained: %s", summary)
+    warning = naming_warning(summary)
+    if warning:
+        log.warning(warning)
+    return summary
+
+
+def _summary(pc, model, tokenizer, seed: int, losses: list, seconds: float, naming: bool, after_naming: dict,
+             lookup: dict) -> dict:
     summary = {"arch": pc.arch, "parameters": sum(p.numel() for p in model.parameters()),
-               "final_loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - t0,
+               "final_loss": float(np.mean(losses[-20:])), "seconds": seconds,
                "text_qa_accuracy": text_qa_accuracy(model, tokenizer, seed),
                "text_qa_2shot_accuracy": text_qa_accuracy(model, tokenizer, seed, shots=2),
                "text_lookup_accuracy": text_lookup_accuracy(model, tokenizer, seed),
@@ -301,97 +344,12 @@ def pretrain(pc: LMPretrainConfig, out_dir: str, seed: int = 0, progress: bool =
         summary["text_name_lookup_accuracy"] = text_name_lookup_accuracy(model, tokenizer, seed)
         summary.update(after_naming)
         summary.update(lookup)
-    log.info("LM pretrained: %s", summary)
-    warning = naming_warning(summary)
-    if warning:
-        log.warning(warning)
     return summary
 
 
-@torch.no_grad()
-def text_qa_accuracy(model, tokenizer, seed: int, n: int = 200, shots: int = 0) -> float:
-    """Held-out text-only QA: written caption + question -> answer (greedy); with `shots` solved
-    examples first (other scenes, each its caption, a question and the answer), as n-shot VQA
-    prompts put them."""
-    from frozen_scale.synthetic import world
-
-    rng = np.random.default_rng([seed, 99])
-    items = []
-    for scene in world.scenes(seed + 5000, "eval", n):
-        qa = world.questions(scene)
-        items.append((scene, *qa[int(rng.integers(len(qa)))]))
-    return _qa_accuracy(model, tokenizer, items, shots, seed + 6000, np.random.default_rng([seed, 97]))
-
-
-@torch.no_grad()
-def text_lookup_accuracy(model, tokenizer, seed: int, n: int = 200, shots: int = 0) -> float:
-    """Held-out two-object lookups in text (`world.lookup_questions`: the answer is one object's
-    colour or shape, the other object's differs), prompted as `text_qa_accuracy` prompts; chance
-    between the scene's two objects is 0.5. Most of text QA's questions name one object or none
-    (single-object scenes, counting), so its accuracy can be high while this is at chance."""
-    from frozen_scale.synthetic import world
-
-    rng = np.random.default_rng([seed, 96])
-    held_out = ((s, qa) for s in world.scenes(seed + 7000, "eval", 50 * n) if (qa := world.lookup_questions(s)))
-    items = [(scene, *qa[int(rng.integers(len(qa)))]) for _, (scene, qa) in zip(range(n), held_out)]
-    return _qa_accuracy(model, tokenizer, items, shots, seed + 8000, np.random.default_rng([seed, 95]))
-
-
-def _qa_accuracy(model, tokenizer, items, shots: int, solved_seed: int, shot_rng: np.random.Generator) -> float:
-    """(scene, question, answer) items asked after `shots` solved scenes of `solved_seed`."""
-    from frozen_scale.synthetic import world
-
-    prompts, answers = [], []
-    for i, (scene, q, a) in enumerate(items):
-        solved = [world.make_scene(solved_seed, "eval", i * shots + j) for j in range(shots)]
-        head = text.multi_scene_document(solved, shot_rng) + " " if shots else ""
-        prompts.append(f"{head}{text.context(scene)} {text.question_prompt(q)}")
-        answers.append(a)
-    return _first_word_accuracy(model, tokenizer, prompts, answers)
-
-
-@torch.no_grad()
-def text_naming_accuracy(model, tokenizer, seed: int, n: int = 200) -> dict:
-    """Held-out naming episodes written as text, as the image evaluations ask them: 2-way 1-shot
-    classification and 1-shot binding, every scene given by its caption."""
-    from frozen_scale.synthetic import episodes
-    from frozen_scale.synthetic.names import NONSENSE_NAMES
-
-    out = {}
-    for kind in ("classification", "binding"):
-        prompts, answers = [], []
-        for i in range(n):
-            rng = np.random.default_rng([seed, 98, i])
-            ep = (episodes.classification(rng, 2, 1, NONSENSE_NAMES, index=i) if kind == "classification"
-                  else episodes.binding(rng, 1, NONSENSE_NAMES, index=i))
-            written = text.episode_text(ep)
-            prompts.append(written[: written.rindex(f" {ep.answer} .")])
-            answers.append(ep.answer)
-        out[f"text_{kind}_accuracy"] = _first_word_accuracy(model, tokenizer, prompts, answers)
-    return out
-
-
-@torch.no_grad()
-def text_name_lookup_accuracy(model, tokenizer, seed: int, n: int = 200) -> float:
-    """Held-out lookups by names (`text.name_lookup_text`): the query of the 1-shot binding episodes
-    `text_naming_accuracy` asks, its objects' names instead of their shapes, asked the binding
-    question by name without the support; chance between the two objects 0.5."""
-    from frozen_scale.synthetic import episodes
-    from frozen_scale.synthetic.names import NONSENSE_NAMES
-
-    eps = [episodes.binding(np.random.default_rng([seed, 98, i]), 1, NONSENSE_NAMES, index=i) for i in range(n)]
-    return _first_word_accuracy(model, tokenizer, [f"{text.name_lookup_query(ep)} {text.question_prompt(ep.question())}"
-                                                   for ep in eps], [ep.answer for ep in eps])
-
-
-def _first_word_accuracy(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
-    tokenizer.padding_side = "left"
-    enc = tokenizer([tokenizer.bos_token + " " + p for p in prompts], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
-    out = model.generate(**enc, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    preds = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    tokenizer.padding_side = "right"
-    return float(np.mean([p.split()[:1] == [a] for p, a in zip(preds, answers)]))
+# the LM's text-only measurements (held-out QA, lookups, naming), imported from here too
+from frozen_scale.train.lm_text_eval import (text_lookup_accuracy, text_name_lookup_accuracy,  # noqa: E402,F401
+                                             text_naming_accuracy, text_qa_accuracy)
 
 
 def main(argv: list[str]) -> int:

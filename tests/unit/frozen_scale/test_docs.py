@@ -94,3 +94,22 @@ def test_every_module_has_its_tests_named():
     named = set(re.findall(r"((?:unit|e2e)/[\w/]+\.py)", table))
     gone = [n for n in named if not (REPO / "tests" / n).exists()]
     assert missing == [] and gone == [], (missing, gone)
+
+
+def test_files_and_functions_stay_small():
+    """No module of the library, data_prep or launchers over 400 lines; no function over 60."""
+    import ast
+
+    long_files, long_functions = [], []
+    for folder in ("frozen_scale", "data_prep", "launchers"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            source = path.read_text()
+            rel = path.relative_to(REPO).as_posix()
+            if len(source.splitlines()) > 400:
+                long_files.append(f"{rel}: {len(source.splitlines())}")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 60:
+                        long_functions.append(f"{rel}:{node.lineno} {node.name}: {length}")
+    assert long_files == [] and long_functions == [], (long_files, long_functions)
