@@ -236,6 +236,10 @@ class Trainer:
         if self.checkpoints.saved_step != state.step:
             self.checkpoints.save(state)
         save_s = time.monotonic() - t0
+        # committed: from here the rank only leaves. A launcher that sees another rank exit first
+        # sends TERM to the rest (torchrun does); ignored, it cannot turn this exit 75 into a kill
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_IGN)
         since_signal = time.monotonic() - getattr(self, "_stop_time", t0)
         grace = self.cfg.launcher.signal_seconds
         log.warning("preempted: checkpoint committed at step %s (save %.1f s, %.1f s after the signal); exit %s "

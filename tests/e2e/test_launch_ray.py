@@ -161,9 +161,11 @@ def test_ray_cluster_runs_two_worker_job_and_resumes_after_preemption(two_node_r
 
 
 @pytest.fixture
-def ray_head(tmp_path_factory):
+def ray_head(tmp_path_factory, monkeypatch):
     """A real head node started as a user does, `ray start --head`, on loopback, two logical CPUs,
-    with the dashboard (the Jobs API); `ray stop` afterwards."""
+    with the dashboard (the Jobs API); `ray stop` afterwards. Token authentication off, whatever an
+    earlier in-process Ray of the session turned on (Ray enables it when a token file exists:
+    tests/e2e/test_launch_ray_token.py covers it)."""
     import os
     import subprocess
     import tempfile
@@ -171,7 +173,9 @@ def ray_head(tmp_path_factory):
     ray_bin = str(Path(sys.executable).with_name("ray"))
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
     port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HOME": str(home)}
     started = subprocess.run(
         [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",

@@ -155,7 +155,7 @@ def test_streams_shards_from_s3_and_checkpoints_to_s3(tmp_path, tiny_lm_dir, tin
     assert fs.exists(f"{bucket[5:]}/ckpt/step_00000004/ds/state/zero_pp_rank_1_mp_rank_00_optim_states.pt")
     resumed = torchrun(2, ["train", str(cfg), "train.resume=auto", "train.steps=6"], module="frozen_scale.app.cli")
     check(resumed)
-    assert committed_steps(f"{bucket}/ckpt") == [6]
+    assert committed_steps(f"{bucket}/ckpt") == [4, 6]  # keep_last=1, but the checkpoint this run started from stays
 
 
 @pytest.mark.slow
@@ -226,7 +226,11 @@ def test_zero3_export_gathers_partitions_and_world_size_change_policy(tmp_path, 
     w3, w2 = final_weights(tmp_path / "z3"), final_weights(tmp_path / "z2")
     assert all(v.numel() > 0 for v in w3.values())
     assert max_abs_diff(w3, w2) < 1e-5
-    (tmp_path / "z2" / "checkpoints" / "step_00000003" / "optimizer.safetensors").unlink()  # an older checkpoint
+    ckpt = tmp_path / "z2" / "checkpoints" / "step_00000003"
+    (ckpt / "optimizer.safetensors").unlink()  # an older checkpoint: made without the file, so not in its marker
+    marker = json.loads((ckpt / "COMMITTED").read_text())
+    del marker["files"]["optimizer.safetensors"]
+    (ckpt / "COMMITTED").write_text(json.dumps(marker))
     one = torchrun(1, ["train", str(z2), "train.resume=auto", "train.steps=5"], module="frozen_scale.app.cli")
     check(one)
     assert "optimizer moments restart" in one.stderr + one.stdout
