@@ -144,6 +144,10 @@ def _submit_k8s(cfg: FrozenConfig, kind, args, overrides: list[str], workdir: st
             return 2
         print(f"valid against {args.crd} ({k8s.KIND} {k8s.API_VERSION})", file=sys.stderr)
     print(manifest, end="")
+    if not cfg.launcher.k8s_secret:
+        print("frozen-scale submit: warning: without launcher.k8s_secret the Ray cluster's dashboard and GCS take "
+              "requests from any pod without a token; name a Secret holding RAY_AUTH_TOKEN to require one",
+              file=sys.stderr)
     if not args.dry_run:
         print("# apply with: kubectl apply -f <this file>", file=sys.stderr)
     return 0
