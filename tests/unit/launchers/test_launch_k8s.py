@@ -160,7 +160,9 @@ def _submit_with_crd(config: Path, crd: Path, capsys, *over: str) -> tuple[int, 
 def test_submit_checks_against_a_crd(plain_config, rayjob_crd, capsys):
     code, out, err = _submit_with_crd(plain_config, rayjob_crd, capsys)
     assert code == 0 and "kind: RayJob" in out
-    assert err.splitlines() == [f"valid against {rayjob_crd} (RayJob ray.io/v1)"]
+    valid, warning = err.splitlines()
+    assert valid == f"valid against {rayjob_crd} (RayJob ray.io/v1)"
+    assert "without launcher.k8s_secret" in warning  # plain_config names no Secret: the cluster takes no token
 
     # a cluster whose CRD knows neither rayVersion nor shutdownAfterJobFinishes
     crd = yaml.load(rayjob_crd.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
