@@ -26,7 +26,7 @@ import torch
 
 from frozen_scale.synthetic import episodes, text, world
 from frozen_scale.synthetic.names import NONSENSE_NAMES
-from frozen_scale.train import pretrain_lm
+from frozen_scale.train import lm_text_eval, pretrain_lm
 
 PROBES = ("cls", "bind", "bindnamed", "namedlook", "swaplook", "hop1")
 
@@ -141,7 +141,7 @@ def main() -> None:
             row = {"step": step, "loss": round(float(np.mean(losses[-50:])), 4),
                    "seconds": round(time.perf_counter() - t0)}
             for kind, (prompts, answers) in probes.items():
-                row[kind] = pretrain_lm._first_word_accuracy(model, tok, prompts, answers)
+                row[kind] = lm_text_eval.first_word_accuracy(model, tok, prompts, answers)
             row["lookup"] = pretrain_lm.text_lookup_accuracy(model, tok, a.seed, n=a.probe_items)
             when = whens[phase] if phase < len(whens) else None
             if when and row[when[0]] >= float(when[1]):

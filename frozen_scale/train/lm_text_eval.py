@@ -49,7 +49,7 @@ def _qa_accuracy(model, tokenizer, items, shots: int, solved_seed: int, shot_rng
         head = text.multi_scene_document(solved, shot_rng) + " " if shots else ""
         prompts.append(f"{head}{text.context(scene)} {text.question_prompt(q)}")
         answers.append(a)
-    return _first_word_accuracy(model, tokenizer, prompts, answers)
+    return first_word_accuracy(model, tokenizer, prompts, answers)
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def text_naming_accuracy(model, tokenizer, seed: int, n: int = 200) -> dict:
             written = text.episode_text(ep)
             prompts.append(written[: written.rindex(f" {ep.answer} .")])
             answers.append(ep.answer)
-        out[f"text_{kind}_accuracy"] = _first_word_accuracy(model, tokenizer, prompts, answers)
+        out[f"text_{kind}_accuracy"] = first_word_accuracy(model, tokenizer, prompts, answers)
     return out
 
 
@@ -82,11 +82,11 @@ def text_name_lookup_accuracy(model, tokenizer, seed: int, n: int = 200) -> floa
     from frozen_scale.synthetic.names import NONSENSE_NAMES
 
     eps = [episodes.binding(np.random.default_rng([seed, 98, i]), 1, NONSENSE_NAMES, index=i) for i in range(n)]
-    return _first_word_accuracy(model, tokenizer, [f"{text.name_lookup_query(ep)} {text.question_prompt(ep.question())}"
+    return first_word_accuracy(model, tokenizer, [f"{text.name_lookup_query(ep)} {text.question_prompt(ep.question())}"
                                                    for ep in eps], [ep.answer for ep in eps])
 
 
-def _first_word_accuracy(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
+def first_word_accuracy(model, tokenizer, prompts: list[str], answers: list[str]) -> float:
     tokenizer.padding_side = "left"
     enc = tokenizer([tokenizer.bos_token + " " + p for p in prompts], return_tensors="pt", padding=True,
                     add_special_tokens=False)

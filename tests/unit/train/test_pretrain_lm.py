@@ -276,9 +276,10 @@ def test_lookup_items_are_answered_only_by_finding_the_asked_object(monkeypatch)
     share: answering by the object's place in the caption (always the first, always the last) is
     right on part of the items only, so the measure tells a lookup from a positional rule."""
     from frozen_scale.synthetic import world
+    from frozen_scale.train import lm_text_eval
 
     asked = []
-    monkeypatch.setattr(pretrain_lm, "_first_word_accuracy", lambda m, t, prompts, answers: asked.append(
+    monkeypatch.setattr(lm_text_eval, "first_word_accuracy", lambda m, t, prompts, answers: asked.append(
         (prompts, answers)) or 0.0)
     pretrain_lm.text_lookup_accuracy(None, None, seed=0, n=120)
     pretrain_lm.text_lookup_accuracy(None, None, seed=0, n=120, shots=2)
