@@ -4,6 +4,7 @@ and its workers safe from the stop signals a scheduler sends to every process of
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -75,8 +76,6 @@ class ResumableBatches:
         """End the loader's workers now. They ignore the stop signals (ignore_stop_signals), so a
         worker still reading when the loop gives up is killed after `grace_s` rather than left for
         the interpreter's exit to wait on forever."""
-        import os
-
         workers = list(getattr(self._it, "_workers", []))
         shutdown = getattr(self._it, "_shutdown_workers", None)
         if shutdown is not None:
@@ -86,7 +85,9 @@ class ResumableBatches:
                 signal_handling._remove_worker_pids(id(self._it))
                 self._it._worker_pids_set = False
             deadline = time.monotonic() + grace_s
-            getattr(self._it, "_workers_done_event", None) and self._it._workers_done_event.set()
+            done = getattr(self._it, "_workers_done_event", None)
+            if done is not None:  # a worker between samples leaves at once
+                done.set()
             for w in workers:
                 w.join(timeout=max(0.0, deadline - time.monotonic()))
                 if w.is_alive():
