@@ -221,7 +221,7 @@ def build_lm(out: Path, dims: dict, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from frozen_scale.synthetic import text
+    from frozen_scale.world import text
 
     dims = dict(dims)
     shard = dims.pop("max_shard_size")

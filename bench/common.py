@@ -39,8 +39,8 @@ def save_lm(out: Path, arch: str, n_layer: int, n_embd: int, n_head: int, n_posi
     import torch
     from transformers import AutoModelForCausalLM
 
-    from frozen_scale.synthetic import text
-    from frozen_scale.train.pretrain_lm import tiny_lm_config
+    from frozen_scale.world import text
+    from frozen_scale.world.pretrain_lm import tiny_lm_config
 
     tok = text.build_tokenizer()
     cfg = tiny_lm_config(arch, len(tok), n_layer, n_embd, n_head, n_positions,
@@ -56,7 +56,7 @@ def save_lm(out: Path, arch: str, n_layer: int, n_embd: int, n_head: int, n_posi
 def write_world_shards(out: Path, count: int, per_shard: int, image_size: int, image_format: str = "png",
                        seed: int = 0) -> Path:
     """Shards of the built-in world, plus a manifest: data_prep's world shard writer, in this process."""
-    from data_prep.synthetic import write_world_shards as write
+    from frozen_scale.world.shards import write_world_shards as write
 
     write(str(out), seed=seed, split="train", count=count, samples_per_shard=per_shard, image_size=image_size,
           image_format=image_format, num_workers=0)

@@ -72,7 +72,7 @@ def plan_bytes(cfg, stage: int) -> float:
 def caption_eval(export_dir: str, cfg, on_gpu: bool, n: int) -> dict:
     import torch
 
-    from frozen_scale.eval.world import caption_eval as world_caption_eval
+    from frozen_scale.world.evaluation import caption_eval as world_caption_eval
     from frozen_scale.model.frozen_vlm import FrozenVLM
     from frozen_scale.model.lm import load_tokenizer
 

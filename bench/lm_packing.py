@@ -29,9 +29,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from frozen_scale.app.reproduce import load_reproduce_config
-    from frozen_scale.synthetic import text
-    from frozen_scale.train import pretrain_lm
+    from frozen_scale.world.reproduce import load_reproduce_config
+    from frozen_scale.world import text
+    from frozen_scale.world import pretrain_lm
 
     shape = ["lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2"] if args.quick else []
     pc = load_reproduce_config(str(common.REPO / "configs" / "tiny-cpu.yaml"),

@@ -211,7 +211,7 @@ def main(argv=None) -> float:
     add_thread_arg(parser)
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    from frozen_scale.synthetic import text
+    from frozen_scale.world import text
 
     rounds = args.rounds or (2 if args.quick else 8)
     batch_size, buffer = (8, 16) if args.quick else (32, 256)

@@ -24,9 +24,9 @@ import time
 import numpy as np
 import torch
 
-from frozen_scale.synthetic import episodes, text, world
-from frozen_scale.synthetic.names import NONSENSE_NAMES
-from frozen_scale.train import lm_text_eval, pretrain_lm
+from frozen_scale.world import episodes, scenes, text
+from frozen_scale.eval.names import NONSENSE_NAMES
+from frozen_scale.world import lm_text_eval, pretrain_lm
 
 PROBES = ("cls", "bind", "bindnamed", "namedlook", "swaplook", "hop1")
 
@@ -43,9 +43,9 @@ def document(kind: str, rng: np.random.Generator, i: int, seed: int) -> str:
         ways, shots = ((3, 2), (2, 3), (2, 2), (3, 1), (2, 1))[int(rng.integers(5))]
         return text.episode_text(episodes.classification(rng, ways, shots, NONSENSE_NAMES, split="train", index=i))
     if kind == "world":
-        return text.document(world.make_scene(seed + 1000, "train", i), rng, 0.3)
+        return text.document(scenes.make_scene(seed + 1000, "train", i), rng, 0.3)
     if kind == "multi":
-        return text.multi_scene_document([world.make_scene(seed + 2000, "train", 3 * i + j) for j in range(3)], rng)
+        return text.multi_scene_document([scenes.make_scene(seed + 2000, "train", 3 * i + j) for j in range(3)], rng)
     ep = episodes.binding(rng, int(rng.integers(1, 3)), NONSENSE_NAMES, split="train", index=i)
     if kind == "bind":
         return text.episode_text(ep)

@@ -45,7 +45,7 @@ def main(argv=None) -> float:
     args = parser.parse_args(argv)
     set_threads(args.threads)
     from frozen_scale.data.loader import StreamState
-    from frozen_scale.synthetic import text
+    from frozen_scale.world import text
 
     if args.quick:
         n_shards, per_shard, batch, buffer, epochs, rounds = 8, 16, 8, 32, [1, 3], 2

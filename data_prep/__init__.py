@@ -1,6 +1,7 @@
 """data_prep: image-text corpora -> webdataset shards on any fsspec URL, spread over Ray.
 
-    sources.py    URL tables, image folders, COCO captions, the synthetic world -> work units
+    sources.py    URL tables -> numbered rows -> work units (file_sources.py: image folders, COCO captions)
+    generated.py  sources that make their samples (the built-in world registers one), their prep commands
     fetch.py      one sample's bytes: http(s) download with retries, or a file read
     deadline.py   a download's deadline, enforced by a watchdog that shuts its socket
     netguard.py   the private-network guard: which addresses a download may connect to
@@ -11,7 +12,5 @@
     pipeline.py   the Ray job: bounded in flight, retries, resume, progress, manifest.json
                   (or, in_process, the same job without Ray)
     manifest.py   committed shards and the job manifest the trainer reads
-    synthetic.py  write_world_shards: the built-in world through the same pipeline, the one world
-                  shard writer (demo, reproduce, benchmarks, tests; blind: black images)
     cli.py        `frozen-scale prep ...`
 """

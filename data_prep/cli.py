@@ -3,7 +3,8 @@
     frozen-scale prep urls TABLE --out URL [--url-col url --caption-col caption --extra-cols a,b]
     frozen-scale prep folder DIR --out URL [--captions captions.jsonl]
     frozen-scale prep coco CAPTIONS.json --out URL [--images-root DIR]
-    frozen-scale prep synthetic --out URL --count N [--seed 0 --split train]
+    frozen-scale prep NAME --out URL ...     a registered generated source (the built-in world's:
+                                             synthetic --count N [--seed 0 --split train])
 
 Every command takes the shard, image, download and Ray options below. Re-running a command with
 the same input, output and options resumes it (committed shards are skipped). Downloads never
@@ -78,7 +79,11 @@ def _common(p: argparse.ArgumentParser, image_size: int = 256) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frozen-scale prep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="source", required=True, metavar="{urls,folder,coco,synthetic}")
+    from data_prep.generated import generators
+
+    made = generators()
+    names = ",".join(["urls", "folder", "coco", *made])
+    sub = parser.add_subparsers(dest="source", required=True, metavar="{" + names + "}")
     p = sub.add_parser("urls", help="a table of image URLs and captions (parquet/csv/tsv/json/jsonl/txt)")
     p.add_argument("table", help="file or folder of files (local or any fsspec URL)")
     p.add_argument("--input-format", default=None,
@@ -96,26 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("captions")
     p.add_argument("--images-root", default=None, help="folder holding file_name; default: download coco_url")
     _common(p)
-    p = sub.add_parser("synthetic", help="the built-in shapes world")
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="train")
-    _common(p, image_size=32)
+    for gen in made.values():
+        p = sub.add_parser(gen.name, help=gen.help)
+        gen.add_arguments(p)
+        _common(p, image_size=gen.image_size)
     return parser
 
 
 def _options(a: argparse.Namespace) -> JobOptions:
-    synthetic = a.source == "synthetic"
-    image = ImageOptions(image_size=a.image_size, resize_mode="no" if synthetic else a.resize_mode,
+    from data_prep.generated import generators
+
+    made = a.source in generators()  # made, not fetched: nothing to resize, fetch or dedup
+    image = ImageOptions(image_size=a.image_size, resize_mode="no" if made else a.resize_mode,
                          no_upscale=a.no_upscale, encode_format=a.encode_format,
                          encode_quality=a.encode_quality, max_pixels=a.max_pixels, min_side=a.min_side,
                          max_aspect_ratio=a.max_aspect_ratio, max_caption_chars=a.max_caption_chars,
                          allow_empty_caption=a.allow_empty_caption)
     fetch = FetchOptions(timeout_s=a.timeout, retries=a.retries, max_bytes=a.max_bytes,
                          allow_hosts=tuple(a.allow_host), allow_private_network=a.allow_private_network)
-    return JobOptions(samples_per_shard=a.samples_per_shard, threads=1 if synthetic else a.threads,
-                      dedup_urls=not a.no_dedup and not synthetic,
-                      dedup_images=not a.no_dedup and not synthetic, fetch=fetch, image=image)
+    return JobOptions(samples_per_shard=a.samples_per_shard, threads=1 if made else a.threads,
+                      dedup_urls=not a.no_dedup and not made,
+                      dedup_images=not a.no_dedup and not made, fetch=fetch, image=image)
 
 
 def _source(a: argparse.Namespace, storage_options: dict):
@@ -130,7 +136,9 @@ def _source(a: argparse.Namespace, storage_options: dict):
         return file_sources.ImageFolder(a.folder, captions=a.captions, storage_options=storage_options)
     if a.source == "coco":
         return file_sources.CocoCaptions(a.captions, images_root=a.images_root, storage_options=storage_options)
-    return sources.SyntheticWorld(seed=a.seed, split=a.split, count=a.count)
+    from data_prep.generated import generators
+
+    return generators()[a.source].build(a)
 
 
 def main(argv: list[str]) -> int:

@@ -22,6 +22,7 @@ import ray
 
 from data_prep import manifest as mf
 from data_prep.dedup import HashRegistry, LocalRegistry, committed_hashes
+from data_prep.generated import KIND as GENERATED
 from data_prep.options import JobOptions
 from data_prep.progress import REFRESH_S, JobProgress, ProgressBoard
 from data_prep.shard import write_shard
@@ -106,7 +107,7 @@ def _write_units_here(source, output_url: str, opts: JobOptions, storage_options
     task (OSError, TimeoutError); returns the units that still failed, with their error. Image
     dedup across shards goes through a one-process registry (the same answers as the actor)."""
     registry = None
-    if opts.dedup_images and source.kind != "synthetic":
+    if opts.dedup_images and source.kind != GENERATED:
         registry = LocalRegistry()
         if done:
             registry.seed(committed_hashes(output_url, sorted(done), storage_options), sorted(done))
@@ -181,7 +182,7 @@ class _RayRun:
         # One task per CPU: more in flight makes Ray start extra worker processes for the queued
         # tasks (a one-off cost each), while a finished task's successor is submitted at once.
         self.limit = max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        if self.opts.dedup_images and source.kind != "synthetic":
+        if self.opts.dedup_images and source.kind != GENERATED:
             self.registry = HashRegistry.options(**_pinned_here()).remote()
             done = sorted(self.done)
             seed = committed_hashes(self.output_url, done, self.storage_options) if done else []

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from data_prep.dedup import LocalRegistry  # noqa: F401  (re-exported: the one-process registry)
 from data_prep.fetch import fetch_file, fetch_url
+from data_prep.generated import KIND as GENERATED
 from data_prep.imaging import ImageRejected, encode, process_image
 from data_prep.options import JobOptions
 from frozen_scale import storage
@@ -73,17 +74,11 @@ def _caption_problem(caption: str | None, opts: JobOptions) -> str | None:
     return None
 
 
-def _synthetic_sample(row: dict, opts: JobOptions) -> Result:
-    from frozen_scale.data.blind import black_image
-    from frozen_scale.synthetic import world
-
-    scene = world.make_scene(row["seed"], row["split"], row["index"])
-    size = opts.image.image_size
-    img = black_image(size) if row.get("blind") else world.render(scene, size)
-    meta = dict(scene.to_json(), questions=[list(qa) for qa in world.questions(scene)])
-    res = Result(row, scene.key, meta=meta)
+def _generated_sample(row: dict, opts: JobOptions) -> Result:
+    key, img, caption, meta = row["make"](row, opts.image.image_size)
+    res = Result(row, key, meta=dict(meta))
     res.files = {opts.image.encode_format: encode(img, opts.image.encode_format, opts.image.encode_quality),
-                 "txt": world.caption(scene).encode()}
+                 "txt": caption.encode()}
     res.meta["width"], res.meta["height"] = img.size
     return res
 
@@ -100,8 +95,8 @@ def _read_sidecar(row: dict, opts: JobOptions, storage_options) -> None:
 
 def handle_row(row: dict, opts: JobOptions, storage_options=None) -> Result:
     """Fetch, check and encode one row; never raises for bad input."""
-    if row["kind"] == "synthetic":
-        return _synthetic_sample(row, opts)
+    if row["kind"] == GENERATED:
+        return _generated_sample(row, opts)
     res = Result(row, row["key"])
     if row.get("error"):
         res.status, res.error = DRIVER_ERRORS.get(row["error"], "failed_to_download"), row["error"]
@@ -142,7 +137,7 @@ def handle_row(row: dict, opts: JobOptions, storage_options=None) -> Result:
 
 
 def _sample_json(res: Result) -> dict:
-    if res.row["kind"] == "synthetic":
+    if res.row["kind"] == GENERATED:
         return {k: v for k, v in res.meta.items() if k not in ("width", "height")}
     row = res.row
     out = {"key": res.key, "row": row["row"], "url": row["url"], "caption": row.get("caption"),
@@ -271,7 +266,7 @@ def write_shard(unit, output_url: str, opts: JobOptions, storage_options=None, r
     t0 = time.monotonic()
     name = shard_name(unit.shard)
     registry = _settler(registry) if opts.dedup_images else None
-    threads = 1 if unit.rows and unit.rows[0]["kind"] == "synthetic" else opts.threads
+    threads = 1 if unit.rows and unit.rows[0]["kind"] == GENERATED else opts.threads
     results, original_bytes, ok = [], 0, 0
     tick = _Ticker(on_progress)
     with tempfile.TemporaryDirectory(prefix="frozen_scale-prep-") as tmp:

@@ -3,7 +3,7 @@
 A row is a plain dict (it travels to Ray workers):
     row      its number in the input, 0-based; decides its shard (row // samples_per_shard)
     key      webdataset __key__, derived from the row (None: the worker derives it)
-    kind     "url" (http download), "file" (fsspec read) or "synthetic"
+    kind     "url" (http download), "file" (fsspec read) or "generated" (`data_prep.generated`)
     url      for url/file rows
     caption  str or None; caption_url: a sidecar file holding it (folder sources)
     extra    columns kept in the sample's .json
@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
+from data_prep.generated import KIND
 from frozen_scale import storage
 
 CSV_FIELD_MARGIN = 65536
@@ -259,30 +260,6 @@ def _has_format(f: str, fmt: str) -> bool:
     return name.endswith("." + fmt) or name.endswith("." + fmt + ".gz")
 
 
-class SyntheticWorld:
-    """Scenes of the built-in shapes world (frozen_scale.synthetic.world); blind: every image black
-    (`frozen_scale.data.blind`), captions and scene json unchanged."""
-
-    kind = "synthetic"
-
-    def __init__(self, *, seed: int, split: str, count: int, blind: bool = False):
-        from frozen_scale.synthetic import world
-
-        world.make_scene(seed, split, 0)  # validates the split name
-        if count < 0:
-            raise SourceError(f"count must be >= 0, got {count}")
-        self.seed, self.split, self.count, self.blind = seed, split, count, blind
-
-    def describe(self) -> dict:
-        out = {"type": "synthetic", "seed": self.seed, "split": self.split, "count": self.count}
-        return {**out, "blind": True} if self.blind else out
-
-    def rows(self) -> Iterator[dict]:
-        for i in range(self.count):
-            yield {"row": i, "key": None, "kind": "synthetic", "seed": self.seed, "split": self.split,
-                   "index": i, "blind": self.blind}
-
-
 def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int] = frozenset(),
           on_total=None) -> Iterator[Unit]:
     """Group rows into shard-sized units (row r -> shard r // samples_per_shard), marking repeated
@@ -312,7 +289,7 @@ def units(source, samples_per_shard: int, dedup_urls: bool = True, skip: set[int
 
 def count_hint(source) -> int | None:
     """Number of rows if cheaply known (for the progress bar)."""
-    if isinstance(source, SyntheticWorld):
+    if source.kind == KIND:
         return source.count
     if isinstance(source, UrlTable) and source.format == "parquet":
         import pyarrow.parquet as pq

@@ -25,13 +25,13 @@ import sys
 
 # subcommand -> (module, function taking argv); imported lazily so `--help` stays fast.
 COMMANDS = {
-    "demo": ("frozen_scale.app.demo", "main"),
-    "pretrain-lm": ("frozen_scale.train.pretrain_lm", "main"),
+    "demo": ("frozen_scale.world.demo", "main"),
+    "pretrain-lm": ("frozen_scale.world.pretrain_lm", "main"),
     "train": ("frozen_scale.train.run", "main"),
     "export": ("frozen_scale.train.export", "main"),
     "eval": ("frozen_scale.eval.cli", "eval_main"),
     "generate": ("frozen_scale.app.generate", "main"),
-    "reproduce": ("frozen_scale.app.reproduce", "main"),
+    "reproduce": ("frozen_scale.world.reproduce", "main"),
     "prep": ("data_prep.cli", "main"),
     "submit": ("launchers.cli", "submit_main"),
     "plan": ("launchers.cli", "plan_main"),
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frozen-scale: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name]
+    import frozen_scale.world  # noqa: F401  (registers the built-in world's config sections, prep source, eval items)
     from frozen_scale.config import UserError
 
     try:

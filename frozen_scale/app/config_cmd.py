@@ -19,7 +19,7 @@ import typing
 
 import yaml
 
-from frozen_scale.config import FrozenConfig, load_config, redacted_dict
+from frozen_scale.config import FrozenConfig, load_config, redacted_dict, registered_sections
 
 HEADER = """# Configuration reference
 
@@ -73,13 +73,16 @@ def reference() -> str:
     out = [HEADER]
     hints = typing.get_type_hints(FrozenConfig)
     for section in dataclasses.fields(FrozenConfig):
-        cls = hints[section.name]
-        out += _section(section.name, cls)
+        if not section.metadata.get("extensions"):
+            out += _section(section.name, hints[section.name])
+    for name, cls in registered_sections().items():
+        out += _section(name, cls, added_by=cls.__module__.rsplit(".", 1)[0])
     return "\n".join(out).rstrip() + "\n"
 
 
-def _section(prefix: str, cls) -> list[str]:
-    lines = [f"## `{prefix}`", "", " ".join((cls.__doc__ or "").split()), "",
+def _section(prefix: str, cls, added_by: str = "") -> list[str]:
+    doc = " ".join((cls.__doc__ or "").split()) + (f" (A section added by `{added_by}`.)" if added_by else "")
+    lines = [f"## `{prefix}`", "", doc, "",
              "| key | type | default | what it does |", "|---|---|---|---|"]
     docs, hints, nested = field_docs(cls), typing.get_type_hints(cls), []
     for f in dataclasses.fields(cls):

@@ -15,16 +15,17 @@ from typing import Any, Literal
 import yaml
 
 from frozen_scale.config.errors import ConfigError, NotFoundError
+from frozen_scale.config.extensions import registered_sections
 from frozen_scale.config.launcher import LauncherConfig
 from frozen_scale.config.sections import (CheckpointConfig, DataConfig, DebugConfig, DeepSpeedSection, EvalConfig,
                                           ModelConfig, TrainConfig)
-from frozen_scale.config.world import LMPretrainConfig, WorldConfig
 from frozen_scale.secrets import redact
 
 
 @dataclass
 class FrozenConfig:
-    """A whole run."""
+    """A whole run: the library's sections, and those registered by packages above it
+    (`config.extensions`), read as attributes too (`cfg.world`)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -32,12 +33,18 @@ class FrozenConfig:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    lm_pretrain: LMPretrainConfig = field(default_factory=LMPretrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     """Cluster submission settings, read by `launchers/`."""
     debug: DebugConfig = field(default_factory=DebugConfig)
     """Test hooks (fault injection, sample-key logs); off by default."""
+    extensions: dict = field(default_factory=dict, metadata={"extensions": True})
+    """The registered sections' values by name (every registered section, defaults if not given)."""
+
+    def __getattr__(self, name: str):
+        extensions = self.__dict__.get("extensions")
+        if extensions is not None and name in extensions:
+            return extensions[name]
+        raise AttributeError(f"the run config has no section '{name}'")
 
     @property
     def checkpoint_dir(self) -> str:
@@ -116,10 +123,30 @@ def _coerce(value: Any, tp, where: str):
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
-def from_dict(cls, data: dict, prefix: str = ""):
-    """Build dataclass `cls` from a plain dict, checking keys and types."""
+def _frozen_config(data: dict) -> FrozenConfig:
+    """The whole config: the library's sections, then every registered one (from `data` or its
+    defaults)."""
+    added = registered_sections()
+    core = {k: v for k, v in data.items() if k not in added}
+    if "extensions" in core:
+        raise ConfigError(f"unknown config key 'extensions'{_nearest('extensions', _section_names())}")
+    extensions = {name: _coerce(data.get(name, {}), cls, name) for name, cls in added.items()}
+    cfg = from_dict(FrozenConfig, core, names=_section_names())
+    cfg.extensions = extensions
+    return cfg
+
+
+def _section_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(FrozenConfig) if f.name != "extensions"} | set(registered_sections())
+
+
+def from_dict(cls, data: dict, prefix: str = "", names: set[str] | None = None):
+    """Build dataclass `cls` from a plain dict, checking keys and types (`FrozenConfig`: with
+    the registered sections)."""
+    if cls is FrozenConfig and names is None:
+        return _frozen_config(data)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = names or {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
@@ -134,7 +161,13 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """A dataclass as a plain dict; a `FrozenConfig`'s registered sections sit at the top level
+    beside the library's, as in its file."""
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, FrozenConfig):
+        out.pop("extensions")
+        out.update({name: dataclasses.asdict(section) for name, section in cfg.extensions.items()})
+    return out
 
 
 def deep_merge(base: dict, over: dict) -> dict:

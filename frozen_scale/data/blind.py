@@ -3,7 +3,7 @@
 What a model scores blind is what its language prior alone gets, so the gap to it is what the
 images contribute. One meaning everywhere: `frozen-scale eval --blind`, the demo's blind numbers
 (both through `eval.tasks`) and the blind variant of `frozen-scale reproduce`, which is also
-trained on black images (the world's shards written with `blind=True`, `data_prep.synthetic`).
+trained on black images (the world's shards written with `blind=True`, `frozen_scale.world.shards`).
 """
 
 from __future__ import annotations

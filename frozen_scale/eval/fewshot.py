@@ -13,7 +13,7 @@ Three layouts (Tsimpoukelli et al., 2021, section 4):
 Every builder returns a `FewShotPrompt`: the prompt segments (ending where the model should go
 on), the images in slot order, and the expected answer. Segments are tokenized one by one, so the
 text that continues a previous segment carries its own leading space (" dax"). The nonsense
-names, and binding an episode's categories to them, are `frozen_scale.synthetic.names`.
+names, and binding an episode's categories to them, are `frozen_scale.eval.names`.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def nshot_vqa(shots: Sequence[tuple[Any, str, str]], query_image: Any, query_que
 
     format_question / format_answer write a question and an answer as text; the defaults are the
     paper's "Question: {q} Answer:" and " {a}" (the built-in world passes its own, e.g.
-    `synthetic.text.question_prompt`). No shots gives the zero-shot prompt. query_answer may be
+    `world.text.question_prompt`). No shots gives the zero-shot prompt. query_answer may be
     empty when only generation is wanted.
     """
     segments: list = []

@@ -4,11 +4,10 @@
     result = run_task(model, tokenizer, meta, "vqa", shots=2, n=200)
 
 Tasks: caption, vqa, fewshot-cls, binding (the paper's protocols; the prompts are
-`eval.fewshot`, the built-in world's items `eval.fewshot_world`, items from webdataset eval
-shards `shard_items`). Blind (`blind=True`) replaces every image by a black one
-(`frozen_scale.data.blind`), the prompt unchanged. The eval command (`eval.cli`), the demo's
-evaluation (`eval.world`) and `frozen-scale reproduce` all evaluate through `run_task` or its
-steps (`predict`, `score`).
+`eval.fewshot`). Items come from webdataset eval shards (`shard_items`) or from a registered
+item source (`eval.items`; the built-in world registers one). Blind (`blind=True`) replaces every image by a black one
+(`frozen_scale.data.blind`), the prompt unchanged. The eval command (`eval.cli`) and every
+evaluation built on the library evaluate through `run_task` or its steps (`predict`, `score`).
 
 Launched with several ranks (torchrun, WORLD_SIZE>1), rank r takes items r, r+W, ... and every
 rank gets all predictions back in item order.
@@ -29,8 +28,8 @@ from frozen_scale.config import InputError, NotFoundError
 from frozen_scale.data import prompts
 from frozen_scale.data.blind import black_image
 from frozen_scale.eval import fewshot, metrics
-from frozen_scale.eval import fewshot_world as fw
-from frozen_scale.synthetic.names import assign_nonsense_names
+from frozen_scale.eval.items import Item, item_source
+from frozen_scale.eval.names import assign_nonsense_names
 
 TASKS = ("caption", "vqa", "fewshot-cls", "binding")
 ANSWER_TOKENS = {"caption": None, "vqa": 4, "fewshot-cls": 3, "binding": 3}
@@ -89,7 +88,7 @@ def gather_predictions(local: dict[int, str], world_size: int) -> dict[int, str]
 
 # -- generation -------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model, tokenizer, items: list[fw.Item], *, max_new_tokens: int, num_beams: int = 1,
+def generate(model, tokenizer, items: list[Item], *, max_new_tokens: int, num_beams: int = 1,
              batch_size: int = 32, blind: bool = False, progress: bool = True, desc: str = "eval") -> list[str]:
     """Generated continuations of every item's prompt, items spread over the ranks; every rank
     returns all of them in item order. blind: every image replaced by a black one."""
@@ -114,7 +113,7 @@ def first_sentence(text: str) -> str:
 
 
 # -- scoring ----------------------------------------------------------------------------------
-def score(task: str, items: list[fw.Item], raw: list[str], tokenize: str = "ptb") -> dict:
+def score(task: str, items: list[Item], raw: list[str], tokenize: str = "ptb") -> dict:
     answers = [first_sentence(r) if task != "caption" else r.split("\n")[0].strip() for r in raw]
     if task == "caption":
         answers = [first_sentence(a) if it.meta.get("canonical") else a for a, it in zip(answers, items)]
@@ -136,26 +135,12 @@ def score(task: str, items: list[fw.Item], raw: list[str], tokenize: str = "ptb"
     return result
 
 
-# -- items ------------------------------------------------------------------------------------
-def world_items(task: str, meta: dict, *, seed: int, split: str, n: int, shots: int, ways: int,
-                image_size: int, language: fw.NamingLanguage = fw.STANDIN_NAMING) -> list[fw.Item]:
-    if task == "caption":
-        items = fw.caption_items(seed, split, n, meta.get("data", {}).get("prompt", ""), image_size)
-        for it in items:
-            it.meta["canonical"] = True
-        return items
-    if task == "vqa":
-        return fw.vqa_items(seed, split, n, shots, image_size)
-    if task == "fewshot-cls":
-        return fw.classification_items(seed, n, ways, max(1, shots), image_size, language)
-    return fw.binding_items(seed, n, max(1, shots), image_size, language)
-
-
+# -- items ---------------------------------------------------------------------------------------
 def effective_shots(task: str, shots: int) -> int:
     return shots if task in ("caption", "vqa") else max(1, shots)
 
 
-def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
+def shard_items(task: str, meta: dict, args, image_size: int) -> list[Item]:
     from frozen_scale.eval import coco, vqa_data
 
     if task == "caption":
@@ -167,8 +152,8 @@ def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
             if not answers:
                 continue
             segs = [prompts.Image()] + ([prompts.Text(prompt)] if prompt else [])
-            items.append(fw.Item(sample["key"], segs, [sample["image"]], list(answers),
-                                 {"canonical": refs is None}))
+            items.append(Item(sample["key"], segs, [sample["image"]], list(answers),
+                              {"canonical": refs is None}))
             if len(items) == args.num_samples:
                 break
         if not items:
@@ -196,12 +181,12 @@ def shard_items(task: str, meta: dict, args, image_size: int) -> list[fw.Item]:
         for q, ss in zip(queries, shots):
             shot_list = [(images[s.image_key], s.question, s.answers[0]) for s in ss]
             p = fewshot.nshot_vqa(shot_list, images[q.image_key], q.question, q.answers[0])
-            items.append(fw.Item(q.question_id, list(p.segments), list(p.images), list(q.answers),
-                                 {"question": q.question}))
+            items.append(Item(q.question_id, list(p.segments), list(p.images), list(q.answers),
+                              {"question": q.question}))
         return items
     if task == "fewshot-cls":
         return _shard_classification(args, image_size)
-    raise InputError(f"--task {task} runs on the built-in world only (drop --shards)")
+    raise InputError(f"--task {task} needs items from an item source (drop --shards)")
 
 
 def _label(sample: dict, label_key: str) -> str | None:
@@ -212,7 +197,7 @@ def _label(sample: dict, label_key: str) -> str | None:
     return None if value is None else str(value)
 
 
-def _shard_classification(args, image_size: int) -> list[fw.Item]:
+def _shard_classification(args, image_size: int) -> list[Item]:
     """miniImageNet-style episodes from labelled shards: n classes, k support images each named
     with a nonsense word ("This is a dax."), then a query of one of them."""
     from frozen_scale.eval import coco
@@ -237,12 +222,12 @@ def _shard_classification(args, image_size: int) -> list[fw.Item]:
         query_class = chosen[int(rng.integers(ways))]
         p = fewshot.open_ended_classification(support, picks[query_class][shots], names[query_class],
                                               task_induction=args.task_induction)
-        items.append(fw.Item(f"cls-{ways}way{shots}shot-{i:06d}", list(p.segments), list(p.images), [p.answer],
-                             {"bound": {names[c]: c for c in chosen}}))
+        items.append(Item(f"cls-{ways}way{shots}shot-{i:06d}", list(p.segments), list(p.images), [p.answer],
+                          {"bound": {names[c]: c for c in chosen}}))
     return items
 
 
-def predict(model, tokenizer, task: str, items: list[fw.Item], *, blind: bool = False, num_beams: int = 1,
+def predict(model, tokenizer, task: str, items: list[Item], *, blind: bool = False, num_beams: int = 1,
             max_new_tokens: int | None = None, batch_size: int = 32, progress: bool = True) -> list[str]:
     """The model's raw continuation of every item's prompt (the task's answer length unless
     max_new_tokens), in item order; blind: every image replaced by a black one."""
@@ -254,12 +239,12 @@ def predict(model, tokenizer, task: str, items: list[fw.Item], *, blind: bool = 
 def run_task(model, tokenizer, meta: dict, task: str, *, shots: int = 0, ways: int = 2, n: int = 200,
              split: str = "eval", seed: int = 0, blind: bool = False, num_beams: int = 1,
              max_new_tokens: int | None = None, batch_size: int = 32, tokenize: str = "ptb",
-             progress: bool = True, items: list[fw.Item] | None = None) -> dict:
-    """One task on the built-in world (or on the given items): generate, score."""
-    v = model.cfg.vision
+             progress: bool = True, items: list[Item] | None = None) -> dict:
+    """One task on the given items, or on those the registered item source makes
+    (`eval.items`): generate, score."""
     if items is None:
-        items = world_items(task, meta, seed=seed, split=split, n=n, shots=shots, ways=ways,
-                            image_size=v.image_size, language=fw.naming_language(tokenizer))
+        items = item_source().items(task, meta, tokenizer, seed=seed, split=split, n=n, shots=shots, ways=ways,
+                                    image_size=model.cfg.vision.image_size)
     raw = predict(model, tokenizer, task, items, blind=blind, num_beams=num_beams, max_new_tokens=max_new_tokens,
                   batch_size=batch_size, progress=progress)
     result = score(task, items, raw, tokenize)

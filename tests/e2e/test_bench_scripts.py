@@ -146,17 +146,17 @@ def test_naming_lab_documents_write_names_where_they_say():
     from tests.support.core_fixtures import bench_module
 
     naming_lab = bench_module("naming_lab")
-    from frozen_scale.synthetic import world
+    from frozen_scale.world import scenes
 
     rng = np.random.default_rng(0)
     for i in range(20):
         swapped = naming_lab.document("swaplook", rng, i, 0)
         scene, *questions = swapped.split(" question : ")
-        assert not set(scene.split()) & set(world.SHAPES), swapped  # names instead of shapes
+        assert not set(scene.split()) & set(scenes.SHAPES), swapped  # names instead of shapes
         assert len(questions) == 2 and "this is a" not in swapped  # both asked, no support
         named = naming_lab.document("namedlook", rng, i, 0)
         words = named.split(" question : ")[0].split()
-        assert sum(w in world.SHAPES for w in words) == 2
-        assert all(words[words.index(w) + 1] in naming_lab.NONSENSE_NAMES for w in words if w in world.SHAPES)
+        assert sum(w in scenes.SHAPES for w in words) == 2
+        assert all(words[words.index(w) + 1] in naming_lab.NONSENSE_NAMES for w in words if w in scenes.SHAPES)
     with pytest.raises(ValueError, match="unknown document kind"):
         naming_lab.document("nope", rng, 0, 0)

@@ -182,7 +182,7 @@ def test_bad_and_uneven_shards_over_two_ranks_and_two_workers(tmp_path, tiny_lm_
 
 
 def test_export_generates_the_same_captions_as_the_trained_model(tmp_path, tiny_lm_dir, tiny_shards):
-    from frozen_scale.eval.world import caption_eval
+    from frozen_scale.world.evaluation import caption_eval
     from frozen_scale.model.frozen_vlm import FrozenVLM
     from frozen_scale.model.lm import load_tokenizer
     from frozen_scale.train.export import export
@@ -241,8 +241,8 @@ def test_zero3_export_gathers_partitions_and_world_size_change_policy(tmp_path, 
 def pretrained_lm_dir(tmp_path_factory) -> Path:
     """A tiny LM that has learned the world's text (a prefix can lower its caption loss; a
     random one barely reacts to the prefix)."""
-    from frozen_scale.config import LMPretrainConfig
-    from frozen_scale.train.pretrain_lm import pretrain
+    from frozen_scale.world.config import LMPretrainConfig
+    from frozen_scale.world.pretrain_lm import pretrain
 
     out = tmp_path_factory.mktemp("pretrained_lm") / "lm"
     pretrain(LMPretrainConfig(n_layer=2, n_embd=32, n_head=2, steps=300, batch_size=32, seq_len=48,

@@ -80,7 +80,7 @@ def save_sharded_lm(out, tie: bool):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from frozen_scale.synthetic import text
+    from frozen_scale.world import text
 
     tok = text.build_tokenizer()
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,

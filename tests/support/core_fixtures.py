@@ -25,8 +25,8 @@ def save_tiny_lm(out: Path, arch: str = "gpt2", seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from frozen_scale.synthetic import text
-    from frozen_scale.train.pretrain_lm import tiny_lm_config
+    from frozen_scale.world import text
+    from frozen_scale.world.pretrain_lm import tiny_lm_config
 
     tok = text.build_tokenizer()
     cfg = tiny_lm_config(arch, len(tok), TINY["n_layer"], TINY["n_embd"], TINY["n_head"], 128,
@@ -41,7 +41,7 @@ def save_tiny_lm(out: Path, arch: str = "gpt2", seed: int = 0) -> Path:
 def write_shards_plain(out: Path, count: int, per_shard: int, split: str = "train", seed: int = 0,
                        image_size: int = 16) -> Path:
     """World shards written by data_prep's world shard writer in this process (no Ray), plus a manifest."""
-    from data_prep.synthetic import write_world_shards
+    from frozen_scale.world.shards import write_world_shards
 
     write_world_shards(str(out), seed=seed, split=split, count=count, samples_per_shard=per_shard,
                        image_size=image_size, num_workers=0)

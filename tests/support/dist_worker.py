@@ -16,7 +16,7 @@ import deepspeed  # noqa: E402
 from frozen_scale.config import load_config  # noqa: E402
 from frozen_scale.data import prompts  # noqa: E402
 from frozen_scale.data.loader import to_tensor, word_targets  # noqa: E402
-from frozen_scale.synthetic import world  # noqa: E402
+from frozen_scale.world import scenes# noqa: E402
 
 GLOBAL_BATCH = 4
 
@@ -35,24 +35,24 @@ class CountingGathered(_Gathered):
 
 
 def fixed_batch(tokenizer, k, image_size, rank, world_size, words=False):
-    scenes = [world.make_scene(123, "eval", i) for i in range(GLOBAL_BATCH)]
+    drawn = [scenes.make_scene(123, "eval", i) for i in range(GLOBAL_BATCH)]
     per = GLOBAL_BATCH // world_size
-    mine = scenes[rank * per:(rank + 1) * per]
-    enc = [prompts.encode([prompts.Image(), prompts.Text("caption :"), prompts.Text(world.caption(s), target=True)],
+    mine = drawn[rank * per:(rank + 1) * per]
+    enc = [prompts.encode([prompts.Image(), prompts.Text("caption :"), prompts.Text(scenes.caption(s), target=True)],
                           tokenizer, k) for s in mine]
     # pad to the global max length so every configuration sees identical tensors
     width = max(len(prompts.encode([prompts.Image(), prompts.Text("caption :"),
-                                    prompts.Text(world.caption(s), target=True)], tokenizer, k).input_ids)
-                for s in scenes)
+                                    prompts.Text(scenes.caption(s), target=True)], tokenizer, k).input_ids)
+                for s in drawn)
     batch = prompts.pad_batch(enc, tokenizer.pad_token_id)
     pad = width - batch["input_ids"].shape[1]
     if pad:
         batch["input_ids"] = torch.nn.functional.pad(batch["input_ids"], (0, pad), value=tokenizer.pad_token_id)
         batch["labels"] = torch.nn.functional.pad(batch["labels"], (0, pad), value=prompts.IGNORE)
         batch["attention_mask"] = torch.nn.functional.pad(batch["attention_mask"], (0, pad), value=0)
-    batch["pixel_values"] = torch.stack([to_tensor(world.render(s, image_size), [0.5] * 3, [0.5] * 3) for s in mine])
+    batch["pixel_values"] = torch.stack([to_tensor(scenes.render(s, image_size), [0.5] * 3, [0.5] * 3) for s in mine])
     if words:
-        batch["prefix_targets"] = word_targets(tokenizer, [world.caption(s) for s in mine], k)
+        batch["prefix_targets"] = word_targets(tokenizer, [scenes.caption(s) for s in mine], k)
     return batch
 
 

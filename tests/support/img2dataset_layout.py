@@ -25,7 +25,7 @@ def write_img2dataset_folder(out: Path, kept: tuple[int, ...] = (5, 4, 3), with_
     when with_stats[i]. Returns each shard's (key, caption) pairs."""
     import webdataset as wds
 
-    from frozen_scale.synthetic import world
+    from frozen_scale.world import scenes
 
     out.mkdir(parents=True, exist_ok=True)
     written, scene_index = [], 0
@@ -41,11 +41,11 @@ def write_img2dataset_folder(out: Path, kept: tuple[int, ...] = (5, 4, 3), with_
                                  "error_message": "HTTP Error 404: Not Found", "width": None, "height": None,
                                  "original_width": None, "original_height": None, "sha256": None})
                     continue
-                scene = world.make_scene(seed, "train", scene_index)
+                scene = scenes.make_scene(seed, "train", scene_index)
                 scene_index += 1
                 buf = io.BytesIO()
-                world.render(scene, image_size).convert("RGB").save(buf, "JPEG", quality=90)
-                caption = world.caption(scene)
+                scenes.render(scene, image_size).convert("RGB").save(buf, "JPEG", quality=90)
+                caption = scenes.caption(scene)
                 meta = {"url": url, "caption": caption, "key": key, "status": "success", "error_message": None,
                         "width": image_size, "height": image_size, "original_width": 64, "original_height": 64,
                         "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}

@@ -15,10 +15,10 @@ from frozen_scale.app import generate as gen_cli
 from frozen_scale.config import InputError, NotFoundError
 from frozen_scale.data.prompts import (IMAGE_TOKEN, Image, Text, caption_prompt, encode, image_slot_runs,
                                        parse_prompt)
-from frozen_scale.eval import fewshot_world as fw
+from frozen_scale.world import items as fw
 from frozen_scale.eval import tasks
 from frozen_scale.model.attention import lm_attentions, shares_over_slots
-from frozen_scale.synthetic import text, world
+from frozen_scale.world import scenes, text
 from tests.support.core_fixtures import TINY, train_tiny_run
 
 K = 3
@@ -82,7 +82,7 @@ def tiny_vlm(tiny_lm_dir):
 
 
 def _scene_image(i: int, size: int = 16):
-    return world.render(world.make_scene(0, "eval", i), size)
+    return scenes.render(scenes.make_scene(0, "eval", i), size)
 
 
 def test_attention_shares_of_a_generation(tiny_vlm):

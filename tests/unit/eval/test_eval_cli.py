@@ -1,5 +1,5 @@
-"""`frozen-scale eval`: prefix placement in interleaved prompts, the world's few-shot episodes,
-every task on a tiny trained run (world and shards), scoring wiring, and two ranks = one rank."""
+"""`frozen-scale eval`: prefix placement in interleaved prompts, scoring wiring, every task on a
+tiny trained run (world items and shards), and two ranks = one rank."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 
 from frozen_scale.data.prompts import IMAGE_TOKEN, Image, Text, encode, pad_batch
 from frozen_scale.eval import cli, fewshot, tasks
-from frozen_scale.eval import fewshot_world as fw
-from frozen_scale.synthetic import text, world
+from frozen_scale.world import items as fw
+from frozen_scale.world import scenes, text
 from tests.support.core_fixtures import train_tiny_run
 
 K = 3
@@ -97,105 +97,6 @@ def test_left_padding_is_masked_out(tiny_vlm):
 
 
 # -- the world's episodes ---------------------------------------------------------------------
-def _words(item) -> list[str]:
-    return [w for seg in item.segments if isinstance(seg, Text) for w in seg.text.split()]
-
-
-@pytest.mark.parametrize("naming", [False, True])
-def test_binding_episode_needs_the_binding(naming):
-    tok = text.build_tokenizer(naming=naming)
-    vocab = tok.get_vocab()
-    language = fw.naming_language(tok)
-    assert language == (fw.PAPER_NAMING if naming else fw.STANDIN_NAMING)
-    for item in fw.binding_items(seed=0, n=30, shots=2, image_size=16, language=language):
-        bound, asked = item.meta["bound"], item.meta["asked"]
-        assert set(bound.values()) <= set(language.names) and all(n in vocab for n in bound.values())
-        assert len(item.images) == 2 * 2 + 1 and sum(isinstance(s, Image) for s in item.segments) == 5
-        assert item.segments[-1] == Text(f"question : what color is the {asked} ? answer :")
-        supports = [s.text for s in item.segments[:-2] if isinstance(s, Text)]
-        assert sorted(supports) == sorted([language.template.format(name=name) for name in bound.values()] * 2)
-        assert all(w in vocab for w in _words(item)), _words(item)
-    # the answer is the colour of the asked shape in the query image: check against a re-drawn scene
-    item = fw.binding_items(seed=0, n=1, shots=1, image_size=32)[0]
-    shape = {v: k for k, v in item.meta["bound"].items()}[item.meta["asked"]]
-    query = item.images[-1]
-    target = world.COLORS[item.answers[0]]
-    pixels = list(query.get_flattened_data())
-    assert target in pixels  # the answer colour is drawn in the query
-    for support_image in item.images[:-1]:
-        assert target not in list(support_image.get_flattened_data())  # and never in the support
-    assert shape in world.SHAPES
-
-
-def test_classification_episode_layout():
-    items = fw.classification_items(seed=1, n=20, ways=3, shots=2, image_size=16)
-    for item in items:
-        names = set(item.meta["bound"].values())
-        assert len(names) == 3 and item.answers[0] in names
-        assert len(item.images) == 3 * 2 + 1
-        assert item.segments[-1] == Text(fw.STANDIN_NAMING.query)
-    assert len({it.answers[0] for it in items}) > 1  # names shuffled across episodes
-    with pytest.raises(ValueError, match="ways"):
-        fw.classification_items(seed=0, n=1, ways=4, shots=1, image_size=16)
-
-
-@pytest.mark.parametrize("kind", ["classification", "binding"])
-def test_image_episode_is_the_text_episode_with_scenes_as_images(kind):
-    """The naming documents the LM pretrains on and the image episodes it is evaluated on are the
-    same episodes: replace every image by its scene's caption and the prompt is the document."""
-    import numpy as np
-
-    from frozen_scale.synthetic.names import NONSENSE_NAMES
-    from frozen_scale.synthetic import episodes
-
-    for i in range(20):
-        rng = np.random.default_rng([0, 88, 1, i] if kind == "binding" else [0, 77, 2, 1, i])
-        ep = (episodes.binding(rng, 1, NONSENSE_NAMES, "eval", i) if kind == "binding"
-              else episodes.classification(rng, 2, 1, NONSENSE_NAMES, "eval", i))
-        item = (fw.binding_items(0, i + 1, 1, 16, fw.PAPER_NAMING) if kind == "binding"
-                else fw.classification_items(0, i + 1, 2, 1, 16, fw.PAPER_NAMING))[i]
-        scenes = [scene for scene, _ in ep.support] + [ep.query]
-        assert [im.tobytes() for im in item.images] == [world.render(s, 16).tobytes() for s in scenes]
-        words, it = [], iter(scenes)
-        for seg in item.segments:
-            words.append(text.context(next(it)) if isinstance(seg, Image) else seg.text)
-        assert " ".join(words) + f" {item.answers[0]} ." == text.episode_text(ep)
-
-
-def test_naming_documents_fit_and_leave_the_default_corpus_alone():
-    from frozen_scale.train.pretrain_lm import encode_corpus
-
-    plain = text.corpus(0, 200)
-    with_naming = text.corpus(0, 200, naming_fraction=0.3)
-    assert not any("this is a" in d for d in plain)
-    named = [d for d in with_naming if "this is a" in d]
-    assert 30 <= len(named) <= 90
-    assert not any(w in d.split() for d in with_naming if d not in named for w in text.NAMING_WORDS)
-    tok = text.build_tokenizer(naming=True)
-    assert "dax" in tok.get_vocab() and "dax" not in text.build_tokenizer().get_vocab()
-    rows = encode_corpus(named, tok, 48)
-    assert (rows[:, -1] == tok.pad_token_id).all()  # nothing truncated: every document ends before 48
-    assert tok.unk_token_id not in rows
-
-
-def test_nshot_vqa_world_layout():
-    item = fw.vqa_items(seed=0, split="eval", n=3, shots=2, image_size=16)[1]
-    kinds = [type(s).__name__ for s in item.segments]
-    assert kinds == ["Image", "Text", "Text"] * 2 + ["Image", "Text"]
-    assert item.segments[-1] == Text(text.question_prompt(item.meta["question"]))
-    assert item.segments[2].text.endswith(" .") and len(item.images) == 3
-
-
-def test_nshot_vqa_items_are_paired_across_shot_counts():
-    """Item i asks the same question of the same scene at 0 and 2 shots: only the solved examples
-    differ, so the two columns compare like with like."""
-    zero = fw.vqa_items(seed=0, split="eval", n=20, shots=0, image_size=16)
-    two = fw.vqa_items(seed=0, split="eval", n=20, shots=2, image_size=16)
-    assert [(i.meta["question"], i.answers) for i in zero] == [(i.meta["question"], i.answers) for i in two]
-    assert [i.segments[-2:] for i in zero] == [i.segments[-2:] for i in two]
-    assert len({i.meta["question"] for i in zero}) > 3
-
-
 def test_score_wiring():
     items = [fw.Item("a", [], [], ["red"]), fw.Item("b", [], [], ["two"]), fw.Item("c", [], [], ["blue"])]
     res = tasks.score("vqa", items, ["red . question", "2 .", "green ."], tokenize="simple")
@@ -260,10 +161,10 @@ def _write_keyed_shards(out: Path, keys: list[str], image_size: int = 16) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     with wds.TarWriter(str(out / "00000.tar")) as sink:
         for i, key in enumerate(keys):
-            scene = world.make_scene(0, "eval", i)
+            scene = scenes.make_scene(0, "eval", i)
             buf = io.BytesIO()
-            world.render(scene, image_size).save(buf, "PNG")
-            sink.write({"__key__": key, "png": buf.getvalue(), "txt": world.caption(scene),
+            scenes.render(scene, image_size).save(buf, "PNG")
+            sink.write({"__key__": key, "png": buf.getvalue(), "txt": scenes.caption(scene),
                         "json": json.dumps({"shape": scene.objects[0].shape}).encode()})
     (out / "manifest.json").write_text(json.dumps(
         {"shards": [{"name": "00000.tar", "num_samples": len(keys)}]}))
@@ -278,7 +179,7 @@ def test_caption_from_shards_with_coco_references(tiny_run, tmp_path):
     assert cli.eval_main(args + ["--out", str(out)]) == 0
     plain = _result(out)
     assert plain["n"] == 4 and plain["source"] == str(shards)
-    assert [e["answers"] for e in plain["examples"]] == [[world.caption(world.make_scene(0, "eval", i))]
+    assert [e["answers"] for e in plain["examples"]] == [[scenes.caption(scenes.make_scene(0, "eval", i))]
                                                          for i in range(4)]
     # COCO json: the first image's references include exactly what the model wrote
     first_pred = plain["examples"][0]["prediction"]
@@ -344,7 +245,7 @@ def test_vqa_from_shards_with_vqav2_files(tiny_run, tmp_path):
 
 
 def test_fewshot_classification_from_labelled_shards(tiny_run, tmp_path):
-    from frozen_scale.synthetic.names import NONSENSE_NAMES
+    from frozen_scale.eval.names import NONSENSE_NAMES
 
     keys = [f"img{i:03d}" for i in range(12)]
     shards = _write_keyed_shards(tmp_path / "shards", keys)
@@ -379,7 +280,7 @@ def test_user_errors_are_messages(tiny_run, tiny_shards, tmp_path, capsys):
                  "--captions-json", str(tmp_path / "none.json")]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("frozen-scale")]
     assert len(err) == 5 and all(line.startswith("frozen-scale eval: error: ") for line in err), err
-    for line, said in zip(err, ["neither an export", "world only", "--questions", "no manifest", "no such file"]):
+    for line, said in zip(err, ["neither an export", "needs items from an item source", "--questions", "no manifest", "no such file"]):
         assert said in line, line
     with pytest.raises(SystemExit, match="2"):
         cli.eval_main([str(tiny_run), "--task", "fewshot-cls", "--ways", "4"])

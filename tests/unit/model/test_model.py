@@ -213,7 +213,7 @@ def test_interleaved_sequences_train_through_the_model(tiny_lm_dir, tiny_shards)
 
 
 def test_probes_run_on_a_model_and_a_shift_changes_a_gpt2_prefix(tiny_lm_dir):
-    from frozen_scale.eval import probes
+    from frozen_scale.world import probes
 
     model = build(tiny_lm_dir).eval()
     tok = load_tokenizer(str(tiny_lm_dir))

@@ -6,7 +6,7 @@ Prefix training replaces the written context with an image prefix, so the same t
 an image test whether what the LM learned from text transfers to images.
 
 Naming documents (optional, `lm_pretrain.naming_fraction`): the few-shot episodes of
-`synthetic.episodes` written as text — "a red circle . this is a dax . a blue square . this is a
+`world.episodes` written as text — "a red circle . this is a dax . a blue square . this is a
 blicket . a green circle . this is a dax ." or a binding question after a two-object scene — with
 the paper's nonsense words, which then join the vocabulary. They give the LM the in-context
 naming ability the paper's few-shot and binding evaluations probe (a large LM has it from web
@@ -21,8 +21,8 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from frozen_scale.synthetic import episodes, world
-from frozen_scale.synthetic.names import NONSENSE_NAMES
+from frozen_scale.world import episodes, scenes
+from frozen_scale.eval.names import NONSENSE_NAMES
 
 EOS = "<|endoftext|>"
 PAD = "<pad>"
@@ -39,17 +39,17 @@ def question_prompt(question: str) -> str:
     return f"question : {question} answer :"
 
 
-def context(scene: world.Scene) -> str:
-    return f"{world.caption(scene)} ."
+def context(scene: scenes.Scene) -> str:
+    return f"{scenes.caption(scene)} ."
 
 
 def _all_words(naming: bool = False) -> list[str]:
     words = set(NAMING_WORDS) if naming else set()
     words |= {"a", "on", "the", "and", "left", "right", ".", ":", "?", "caption", "question", "answer"}
-    words.update(world.COLORS, world.SHAPES, world.SIZES, world.NUMBER_WORDS.values())
-    for scene_split in world.SPLITS:
-        for scene in world.scenes(0, scene_split, 200):
-            for q, a in world.questions(scene):
+    words.update(scenes.COLORS, scenes.SHAPES, scenes.SIZES, scenes.NUMBER_WORDS.values())
+    for scene_split in scenes.SPLITS:
+        for scene in scenes.scenes(0, scene_split, 200):
+            for q, a in scenes.questions(scene):
                 words.update(q.split())
                 words.update(a.split())
     return sorted(words)
@@ -71,24 +71,24 @@ def build_tokenizer(out_dir: str | Path | None = None, naming: bool = False) -> 
     return fast
 
 
-def document(scene: world.Scene, rng: np.random.Generator, copy_fraction: float) -> str:
+def document(scene: scenes.Scene, rng: np.random.Generator, copy_fraction: float) -> str:
     """One pretraining document: the scene's caption as context, then one or two tasks."""
     parts = [context(scene)]
-    qa = world.questions(scene)
+    qa = scenes.questions(scene)
     for _ in range(int(rng.integers(1, 3))):
         if rng.random() < copy_fraction:
-            parts.append(f"{CAPTION_PROMPT} {world.caption(scene)} .")
+            parts.append(f"{CAPTION_PROMPT} {scenes.caption(scene)} .")
         else:
             q, a = qa[int(rng.integers(len(qa)))]
             parts.append(f"{question_prompt(q)} {a} .")
     return " ".join(parts)
 
 
-def multi_scene_document(scenes: list[world.Scene], rng: np.random.Generator) -> str:
-    """Several scenes in a row, each its caption, a question and the answer: n-shot VQA as text."""
+def multi_scene_document(drawn: list[scenes.Scene], rng: np.random.Generator) -> str:
+    """Several drawn in a row, each its caption, a question and the answer: n-shot VQA as text."""
     parts = []
-    for scene in scenes:
-        qa = world.questions(scene)
+    for scene in drawn:
+        qa = scenes.questions(scene)
         q, a = qa[int(rng.integers(len(qa)))]
         parts.append(f"{context(scene)} {question_prompt(q)} {a} .")
     return " ".join(parts)
@@ -112,7 +112,7 @@ def episode_text(ep: episodes.Episode, named_query: bool = False) -> str:
         query = context(ep.query)
         if named_query:
             for obj in ep.query.objects:
-                query = query.replace(world.describe(obj), f"{world.describe(obj)} {ep.bound[obj.shape]}", 1)
+                query = query.replace(scenes.describe(obj), f"{scenes.describe(obj)} {ep.bound[obj.shape]}", 1)
         parts.append(f"{query} {question_prompt(ep.question())} {ep.answer} .")
     return " ".join(parts)
 
@@ -141,7 +141,7 @@ def name_lookup_query(ep: episodes.Episode) -> str:
     slation on the left and a yellow shously on the right .")."""
     query = context(ep.query)
     for obj in ep.query.objects:
-        query = query.replace(world.describe(obj), world.describe(obj).replace(obj.shape, ep.bound[obj.shape]), 1)
+        query = query.replace(scenes.describe(obj), scenes.describe(obj).replace(obj.shape, ep.bound[obj.shape]), 1)
     return query
 
 
@@ -173,7 +173,7 @@ def lookup_corpus(seed: int, num_documents: int, copy_fraction: float = 0.5) -> 
     rng = np.random.default_rng([seed, 13])
     is_lookup = rng.random(num_documents) < 0.5
     lookups = iter(name_lookup_corpus(seed, int(is_lookup.sum())))
-    return [next(lookups) if is_lookup[i] else document(world.make_scene(seed + 1000, "train", i), rng, copy_fraction)
+    return [next(lookups) if is_lookup[i] else document(scenes.make_scene(seed + 1000, "train", i), rng, copy_fraction)
             for i in range(num_documents)]
 
 
@@ -243,12 +243,12 @@ def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fra
             named = named_queries > 0 and named_rng.random() < named_queries
             docs.append(naming_document(naming_rng, i, seq_len, shape_questions, named))
             continue
-        split = world.SPLITS[i % len(world.SPLITS)] if i % 10 == 0 else "train"
-        scene = world.make_scene(seed + 1000, split, i)
+        split = scenes.SPLITS[i % len(scenes.SPLITS)] if i % 10 == 0 else "train"
+        scene = scenes.make_scene(seed + 1000, split, i)
         if multi_scene_fraction > 0 and multi_rng.random() < multi_scene_fraction:
             drawn = int(multi_rng.integers(1, 3))  # drawn in either case: the corpus the default was measured on
             extra = multi_scene_scenes - 1 if multi_scene_scenes else drawn
-            more = [world.make_scene(seed + 2000, split, i * 2 + j) for j in range(extra)]
+            more = [scenes.make_scene(seed + 2000, split, i * 2 + j) for j in range(extra)]
             docs.append(multi_scene_document([scene, *more], multi_rng))
             continue
         docs.append(document(scene, rng, copy_fraction))

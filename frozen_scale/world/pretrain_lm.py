@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from frozen_scale.config import LMPretrainConfig, load_config
-from frozen_scale.synthetic import text
+from frozen_scale.config import load_config
+from frozen_scale.world.config import LMPretrainConfig
+from frozen_scale.world import text
 
 log = logging.getLogger("frozen_scale.pretrain_lm")
 
@@ -348,7 +349,7 @@ def _summary(pc, model, tokenizer, seed: int, losses: list, seconds: float, nami
 
 
 # the LM's text-only measurements (held-out QA, lookups, naming), imported from here too
-from frozen_scale.train.lm_text_eval import (text_lookup_accuracy, text_name_lookup_accuracy,  # noqa: E402,F401
+from frozen_scale.world.lm_text_eval import (text_lookup_accuracy, text_name_lookup_accuracy,  # noqa: E402,F401
                                              text_naming_accuracy, text_qa_accuracy)
 
 

@@ -17,9 +17,13 @@ class WorldConfig:
     """The built-in synthetic shapes world (used by the demo and tests)."""
 
     seed: int = 0
+    """Seed of every scene, corpus and episode drawn (and of the world LM's initialisation)."""
     num_train: int = 20000
+    """Training scenes written as shards."""
     num_eval: int = 500
+    """Held-out scenes available to evaluation."""
     samples_per_shard: int = 2000
+    """Scenes per shard of the training shards."""
 
 
 @dataclass
@@ -48,8 +52,8 @@ class LMPretrainConfig:
     to the vocabulary. 0 (the demo) leaves the corpus and vocabulary as they were."""
     naming_steps: int = 0
     """A curriculum: the first naming_steps steps draw naming documents only, the rest the mixed
-    corpus. A 0.8M-parameter LM learns in-context naming this way (text-only 2-way classification
-    1.0 after ~1000 such steps) but not from a mixed corpus alone (chance after 3000 steps at 70%)."""
+    corpus: how a tiny LM learns in-context naming, which a mixed corpus alone does not teach it
+    (docs/world.md)."""
     continue_steps: int = 0
     """After the `steps` of the one-cycle schedule, this many more steps on the mixed corpus under a
     new one-cycle schedule peaking at continue_lr: more mixed text (n-shot QA, copying) without
@@ -72,7 +76,7 @@ class LMPretrainConfig:
     """Fraction of the captioning/QA documents that hold 2-3 scenes in a row, each its caption, a
     question and the answer: n-shot VQA written as text (none by default)."""
     multi_scene_scenes: int = 0
-    """Scenes in each multi-scene document: 0 draws 2 or 3 (as before), 3 writes every one as 2-shot
+    """Scenes in each multi-scene document: 0 draws 2 or 3, 3 writes every one as 2-shot
     VQA in text (two solved scenes, then the third), 2 as 1-shot."""
     naming_shape_questions: float = 0.0
     """Fraction of the binding naming documents that ask only the first hop of binding, after the

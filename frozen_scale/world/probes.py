@@ -20,17 +20,17 @@ import numpy as np
 import torch
 
 from frozen_scale.data import prompts
-from frozen_scale.eval import fewshot_world as fw
-from frozen_scale.synthetic import episodes, text, world
+from frozen_scale.world import items as fw
+from frozen_scale.world import episodes, scenes, text
 
 WRITTEN = ("none", "support", "query", "all")
 """Which scenes of an episode are written as captions instead of shown."""
 
 
-def _scene_segments(scene: world.Scene, written: bool, image_size: int, images: list) -> list:
+def _scene_segments(scene: scenes.Scene, written: bool, image_size: int, images: list) -> list:
     if written:
         return [prompts.Text(text.context(scene))]
-    images.append(world.render(scene, image_size))
+    images.append(scenes.render(scene, image_size))
     return [prompts.Image()]
 
 
@@ -73,17 +73,17 @@ def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets,
     from frozen_scale.data.loader import to_tensor
 
     v = model.cfg.vision
-    scenes = list(world.scenes(seed, "eval", n))
+    drawn = list(scenes.scenes(seed, "eval", n))
     encoded, pixels = [], []
-    for i, scene in enumerate(scenes):
+    for i, scene in enumerate(drawn):
         head = [prompts.Text(text.context(scene))] if written else [prompts.Image()]
         if text_before:
-            others = " ".join(text.context(scenes[(i + j + 1) % len(scenes)]) for j in range(text_before))
+            others = " ".join(text.context(drawn[(i + j + 1) % len(drawn)]) for j in range(text_before))
             head = [prompts.Text(others)] + head
-        segments = head + [prompts.Text(prompt), prompts.Text(" " + world.caption(scene), target=True)]
+        segments = head + [prompts.Text(prompt), prompts.Text(" " + scenes.caption(scene), target=True)]
         encoded.append(prompts.encode(segments, tokenizer, model.k, add_eos_to_target=False))
         if not written:
-            pixels.append(to_tensor(world.render(scene, v.image_size), v.mean, v.std))
+            pixels.append(to_tensor(scenes.render(scene, v.image_size), v.mean, v.std))
     batch = prompts.pad_batch(encoded, tokenizer.pad_token_id)
     dev = next(model.prefix.parameters()).device
     embeds, mask, _ = model.embed_images(batch["input_ids"].to(dev), torch.stack(pixels).to(dev) if pixels else None,
@@ -100,8 +100,8 @@ def caption_accuracy_at_offsets(model, tokenizer, *, seed: int, n: int, offsets,
 
 @torch.no_grad()
 def lexical_readout(model, tokenizer, *, seed: int, n: int) -> dict | None:
-    """What a lexical prefix (`model.prefix_kind=lexical`) writes for held-out scenes: each slot's
-    most weighted word, read as text. Returns, per object count, the fraction of scenes whose
+    """What a lexical prefix (`model.prefix_kind=lexical`) writes for held-out drawn: each slot's
+    most weighted word, read as text. Returns, per object count, the fraction of drawn whose
     slots spell the start of the scene's written context ("a red circle ." in k=4 slots), the mean
     weight of each slot's top word, and examples; None for a continuous prefix."""
     from frozen_scale.data.loader import to_tensor
@@ -109,23 +109,23 @@ def lexical_readout(model, tokenizer, *, seed: int, n: int) -> dict | None:
     if not hasattr(model.prefix, "token_weights"):
         return None
     v = model.cfg.vision
-    scenes = list(world.scenes(seed, "eval", n))
-    pixels = torch.stack([to_tensor(world.render(s, v.image_size), v.mean, v.std) for s in scenes])
+    drawn = list(scenes.scenes(seed, "eval", n))
+    pixels = torch.stack([to_tensor(scenes.render(s, v.image_size), v.mean, v.std) for s in drawn])
     dev = next(model.prefix.parameters()).device
     weights = model.prefix.token_weights(model.vision(pixels.to(dev)), model.lm.get_input_embeddings()).float().cpu()
     top, ids = weights.max(-1)
     out: dict = {}
     for count in (1, 2):
-        rows = [i for i, s in enumerate(scenes) if len(s.objects) == count]
+        rows = [i for i, s in enumerate(drawn) if len(s.objects) == count]
         if not rows:
             continue
         spelled, examples = 0, []
         for i in rows:  # a word prefix's blank slots (the pad token) write nothing
             written = tokenizer.convert_ids_to_tokens([t for t in ids[i].tolist() if t != tokenizer.pad_token_id])
-            context = text.context(scenes[i]).split()[: model.k]
+            context = text.context(drawn[i]).split()[: model.k]
             spelled += written == context
             if len(examples) < 4:
-                examples.append({"scene": world.caption(scenes[i]), "writes": " ".join(written)})
+                examples.append({"scene": scenes.caption(drawn[i]), "writes": " ".join(written)})
         out[f"{count}_object"] = {"spells_context": spelled / len(rows), "n": len(rows),
                                   "top_weight": float(top[rows].mean()), "examples": examples}
     return out

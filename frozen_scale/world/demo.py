@@ -20,13 +20,13 @@ import torch
 from frozen_scale.config import FrozenConfig, load_config, save_config
 from launchers.local import launch_training
 
-log = logging.getLogger("frozen_scale.app.demo")
+log = logging.getLogger("frozen_scale.world.demo")
 
 
 def prepare(cfg: FrozenConfig, run_dir: Path, progress: bool = True) -> dict:
     """Shards of the world and the pretrained LM (reused when already in the run folder)."""
-    from data_prep.synthetic import write_world_shards
-    from frozen_scale.train.pretrain_lm import pretrain
+    from frozen_scale.world.shards import write_world_shards
+    from frozen_scale.world.pretrain_lm import pretrain
 
     info: dict = {}
     shards = run_dir / "shards"
@@ -48,7 +48,7 @@ def evaluate(export_dir: str, cfg: FrozenConfig, progress: bool = True) -> dict:
     """Captioning (held-out scenes and held-out colour/shape combinations) and zero-shot VQA, each
     with the image and blind, through the task runner of `frozen-scale eval`."""
     from frozen_scale.eval.tasks import load_model
-    from frozen_scale.eval.world import caption_eval, vqa_eval
+    from frozen_scale.world.evaluation import caption_eval, vqa_eval
 
     model, tokenizer, _ = load_model(export_dir)
     common = dict(seed=cfg.world.seed, batch_size=cfg.eval.batch_size, progress=progress)
@@ -64,7 +64,7 @@ def evaluate(export_dir: str, cfg: FrozenConfig, progress: bool = True) -> dict:
 
 def run_demo(config_path: str | None, run_dir: str, overrides: list[str], nproc: int = 2,
              progress: bool = True) -> dict:
-    from frozen_scale.eval.report import write_report
+    from frozen_scale.world.report import write_report
     from frozen_scale.train.export import export
 
     t_start = time.perf_counter()

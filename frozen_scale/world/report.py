@@ -1,4 +1,4 @@
-"""Run reports: report.md with the numbers and examples, and a PNG loss curve."""
+"""The demo's report: report.md with the numbers and examples, and a PNG loss curve."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ per sequence as in the paper, captions written before the image, 1-3 interleaved
 pairs per sequence, a prefix of mixtures of the LM's token embeddings, one of exactly its tokens,
 one that writes a sentence of up to 14 of its words trained to be the caption's), the
 frozen prefix is first trained once per setting on the same LM and shards, evaluated on the same
-held-out items and probed (`eval.probes`: episodes with the support or the query written as text,
+held-out items and probed (`world.probes`: episodes with the support or the query written as text,
 captions at shifted positions, what a lexical prefix writes); the setting with the best few-shot
 score is used for every variant. One name trains that setting without a search (the frozen
 variant is then probed). The default (DEFAULT_CANDIDATES) is `words` alone: the word prefix, which
@@ -45,11 +45,11 @@ from pathlib import Path
 import yaml
 
 from frozen_scale.config import FrozenConfig, apply_overrides, deep_merge, from_dict, save_config
-from frozen_scale.app.reproduce_report import (EVALS, FEWSHOT_COLUMNS, finding, fewshot_score, plot,  # noqa: F401
+from frozen_scale.world.reproduce_report import (EVALS, FEWSHOT_COLUMNS, finding, fewshot_score, plot,  # noqa: F401
                                                text_ceilings, wilson_interval, write_table)
 from launchers.local import launch_training
 
-log = logging.getLogger("frozen_scale.app.reproduce")
+log = logging.getLogger("frozen_scale.world.reproduce")
 
 VARIANTS = {
     "frozen": {"lm": "pretrained", "train_lm": False, "blind": False},
@@ -108,7 +108,7 @@ def candidate_config(cfg: FrozenConfig, name: str) -> FrozenConfig:
 def write_shards(out: Path, cfg: FrozenConfig, blind: bool) -> Path:
     """The world's training scenes as shards (black images when blind), written in this process;
     a finished folder is kept as it is."""
-    from data_prep.synthetic import write_world_shards
+    from frozen_scale.world.shards import write_world_shards
 
     write_world_shards(str(out), seed=cfg.world.seed, split="train", count=cfg.world.num_train,
                        samples_per_shard=cfg.world.samples_per_shard, image_size=cfg.model.vision.image_size,
@@ -117,7 +117,7 @@ def write_shards(out: Path, cfg: FrozenConfig, blind: bool) -> Path:
 
 
 def pretrained_lm(run: Path, cfg: FrozenConfig, progress: bool) -> tuple[Path, dict]:
-    from frozen_scale.train.pretrain_lm import pretrain
+    from frozen_scale.world.pretrain_lm import pretrain
 
     out = run / "lm"
     summary = out / "pretrain_summary.json"
@@ -132,8 +132,8 @@ def scratch_lm(run: Path, cfg: FrozenConfig) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from frozen_scale.synthetic import text
-    from frozen_scale.train.pretrain_lm import positions, tiny_lm_config, uses_naming
+    from frozen_scale.world import text
+    from frozen_scale.world.pretrain_lm import positions, tiny_lm_config, uses_naming
 
     out = run / "lm_scratch"
     if (out / "config.json").exists():
@@ -186,7 +186,7 @@ def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: P
                 progress: bool, folder: str | None = None, setting: str = "single", probe: bool = False) -> dict:
     """Train and evaluate one variant in run/folder (default: its name) with the candidate
     `setting`; a finished folder of the same setting is reused. probe: also the mechanism probes
-    (`eval.probes`)."""
+    (`world.probes`)."""
     from frozen_scale.train.export import export
 
     folder = folder or name
@@ -219,8 +219,9 @@ def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: P
 
 
 def probe_variant(export_dir: str, cfg: FrozenConfig, progress: bool) -> dict:
-    """The mechanism probes of `eval.probes` on the variant's export (the same held-out items)."""
-    from frozen_scale.eval import probes, tasks
+    """The mechanism probes of `world.probes` on the variant's export (the same held-out items)."""
+    from frozen_scale.eval import tasks
+    from frozen_scale.world import probes
 
     model, tokenizer, _ = tasks.load_model(export_dir)
     out = probes.run_probes(model, tokenizer, seed=cfg.world.seed, n=cfg.eval.num_samples,

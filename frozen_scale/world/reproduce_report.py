@@ -72,7 +72,7 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
         f"in brackets. Wall time {info['total_seconds']:.0f} s.",
         "",
     ]
-    from frozen_scale.train.pretrain_lm import naming_warning
+    from frozen_scale.world.pretrain_lm import naming_warning
 
     warning = naming_warning(lm)
     if warning:

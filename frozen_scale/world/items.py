@@ -1,8 +1,10 @@
-"""The paper's evaluation tasks on the built-in world, as prompts to generate from.
+"""The paper's evaluation tasks on the built-in world, as prompts to generate from: the world's
+item source (`WORLD_ITEMS`, registered with the task runner, `eval.items`).
 
-Each builder returns `Item`s: a segment list (frozen_scale.data.prompts) ending where the model
-should go on, the PIL images of its Image() slots in order, and the accepted answers. The world's
-language is word-level with a fixed vocabulary (frozen_scale.synthetic.text), so the prompts are
+Each builder returns `Item`s (`eval.items`): a segment list (frozen_scale.data.prompts) ending
+where the model should go on, the PIL images of its Image() slots in order, and the accepted
+answers. The world's
+language is word-level with a fixed vocabulary (frozen_scale.world.text), so the prompts are
 written in it:
 
 - captioning: [image, "caption :"] -> the canonical caption;
@@ -11,7 +13,7 @@ written in it:
   for single objects whose shape is the class, then [query image, "this is a"] -> " dax";
 - fast concept binding: the same support, then a two-object query image and
   "question : what color is the dax ? answer :" -> the colour of the object whose shape was
-  named "dax" in the episode (episodes: `frozen_scale.synthetic.episodes`).
+  named "dax" in the episode (episodes: `frozen_scale.world.episodes`).
 
 Names: an LM pretrained with naming documents (`lm_pretrain.naming_steps` or `naming_fraction`) has the paper's
 nonsense words ("dax", "blicket", ...) and the "this is a" statement in its vocabulary, and the
@@ -23,14 +25,15 @@ carries no information outside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from frozen_scale.data.prompts import Image, Text
 from frozen_scale.eval import fewshot
-from frozen_scale.synthetic import episodes, text, world
-from frozen_scale.synthetic.names import NONSENSE_NAMES
+from frozen_scale.eval.items import Item
+from frozen_scale.eval.names import NONSENSE_NAMES
+from frozen_scale.world import episodes, scenes, text
 
 STANDIN_NAMES = ("what", "how", "many", "there")
 """Stand-ins for the nonsense words when the LM's vocabulary lacks them."""
@@ -56,26 +59,16 @@ def naming_language(tokenizer) -> NamingLanguage:
     return PAPER_NAMING if text.knows_naming(tokenizer) else STANDIN_NAMING
 
 
-@dataclass
-class Item:
-    key: str
-    segments: list
-    images: list
-    answers: list[str]
-    """Accepted answers (captioning: the reference captions)."""
-    meta: dict = field(default_factory=dict)
-
-
 def caption_items(seed: int, split: str, n: int, prompt: str, image_size: int) -> list[Item]:
     items = []
-    for scene in world.scenes(seed, split, n):
+    for scene in scenes.scenes(seed, split, n):
         segs = [Image()] + ([Text(prompt)] if prompt else [])
-        items.append(Item(scene.key, segs, [world.render(scene, image_size)], [world.caption(scene)]))
+        items.append(Item(scene.key, segs, [scenes.render(scene, image_size)], [scenes.caption(scene)]))
     return items
 
 
-def _random_question(scene: world.Scene, rng: np.random.Generator) -> tuple[str, str]:
-    pairs = world.questions(scene)
+def _random_question(scene: scenes.Scene, rng: np.random.Generator) -> tuple[str, str]:
+    pairs = scenes.questions(scene)
     return pairs[int(rng.integers(len(pairs)))]
 
 
@@ -86,14 +79,14 @@ def vqa_items(seed: int, split: str, n: int, shots: int, image_size: int) -> lis
     rng = np.random.default_rng([seed, 4242, shots])
     query_rng = np.random.default_rng([seed, 4243])
     items = []
-    for i, scene in enumerate(world.scenes(seed, split, n)):
+    for i, scene in enumerate(scenes.scenes(seed, split, n)):
         shot_list = []
         for j in range(shots):
-            shot = world.make_scene(seed, split, _SHOT_OFFSET + i * shots + j)
+            shot = scenes.make_scene(seed, split, _SHOT_OFFSET + i * shots + j)
             q, a = _random_question(shot, rng)
-            shot_list.append((world.render(shot, image_size), q, a))
+            shot_list.append((scenes.render(shot, image_size), q, a))
         q, a = _random_question(scene, query_rng)
-        prompt = fewshot.nshot_vqa(shot_list, world.render(scene, image_size), q, a,
+        prompt = fewshot.nshot_vqa(shot_list, scenes.render(scene, image_size), q, a,
                                    format_question=text.question_prompt,
                                    format_answer=lambda ans: f" {ans} .")
         items.append(Item(f"{scene.key}-{shots}shot", list(prompt.segments), list(prompt.images), [a],
@@ -102,7 +95,7 @@ def vqa_items(seed: int, split: str, n: int, shots: int, image_size: int) -> lis
 
 
 def _render_support(ep: episodes.Episode, image_size: int) -> list:
-    return [(world.render(scene, image_size), name) for scene, name in ep.support]
+    return [(scenes.render(scene, image_size), name) for scene, name in ep.support]
 
 
 def classification_items(seed: int, n: int, ways: int, shots: int, image_size: int,
@@ -113,7 +106,7 @@ def classification_items(seed: int, n: int, ways: int, shots: int, image_size: i
         rng = np.random.default_rng([seed, 77, ways, shots, i])
         ep = episodes.classification(rng, ways, shots, language.names, _FEWSHOT_SPLIT, i)
         prompt = fewshot.open_ended_classification(_render_support(ep, image_size),
-                                                   world.render(ep.query, image_size), ep.answer,
+                                                   scenes.render(ep.query, image_size), ep.answer,
                                                    caption_template=language.template,
                                                    question=language.query)
         items.append(Item(f"cls-{ways}way{shots}shot-{i:06d}", list(prompt.segments), list(prompt.images),
@@ -128,9 +121,36 @@ def binding_items(seed: int, n: int, shots: int, image_size: int,
     for i in range(n):
         rng = np.random.default_rng([seed, 88, shots, i])
         ep = episodes.binding(rng, shots, language.names, _FEWSHOT_SPLIT, i)
-        prompt = fewshot.concept_binding(_render_support(ep, image_size), world.render(ep.query, image_size),
+        prompt = fewshot.concept_binding(_render_support(ep, image_size), scenes.render(ep.query, image_size),
                                          text.question_prompt(ep.question()), ep.answer,
                                          caption_template=language.template)
         items.append(Item(f"bind-{shots}shot-{i:06d}", list(prompt.segments), list(prompt.images),
                           [prompt.answer], {"bound": ep.bound, "asked": ep.asked}))
     return items
+
+
+class WorldItems:
+    """The built-in world's item source: held-out scenes rendered on the fly, in the prompts of
+    the LM's language (`naming_language`)."""
+
+    name = "world"
+    splits = scenes.SPLITS
+    default_split = "eval"
+    max_ways = len(scenes.SHAPES)  # one class per shape
+
+    def items(self, task: str, meta: dict, tokenizer, *, seed: int, split: str, n: int, shots: int, ways: int,
+              image_size: int) -> list[Item]:
+        language = naming_language(tokenizer)
+        if task == "caption":
+            items = caption_items(seed, split, n, meta.get("data", {}).get("prompt", ""), image_size)
+            for it in items:
+                it.meta["canonical"] = True
+            return items
+        if task == "vqa":
+            return vqa_items(seed, split, n, shots, image_size)
+        if task == "fewshot-cls":
+            return classification_items(seed, n, ways, max(1, shots), image_size, language)
+        return binding_items(seed, n, max(1, shots), image_size, language)
+
+
+WORLD_ITEMS = WorldItems()

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 import torch
 
-from frozen_scale.config import LMPretrainConfig
-from frozen_scale.synthetic import text
-from frozen_scale.train import pretrain_lm
+from frozen_scale.world.config import LMPretrainConfig
+from frozen_scale.world import text
+from frozen_scale.world import pretrain_lm
 
 TINY = dict(n_layer=1, n_embd=16, n_head=2, batch_size=8, num_documents=60, seq_len=72)
 
@@ -275,8 +275,8 @@ def test_lookup_items_are_answered_only_by_finding_the_asked_object(monkeypatch)
     """text_lookup_accuracy asks two-object scenes only, about an attribute the two objects do not
     share: answering by the object's place in the caption (always the first, always the last) is
     right on part of the items only, so the measure tells a lookup from a positional rule."""
-    from frozen_scale.synthetic import world
-    from frozen_scale.train import lm_text_eval
+    from frozen_scale.world import scenes
+    from frozen_scale.world import lm_text_eval
 
     asked = []
     monkeypatch.setattr(lm_text_eval, "first_word_accuracy", lambda m, t, prompts, answers: asked.append(
@@ -295,15 +295,15 @@ def test_lookup_items_are_answered_only_by_finding_the_asked_object(monkeypatch)
         first += answer in left.split()
         last += answer in right.split()
     assert 0.3 < first / 120 < 0.7 and first + last == 120
-    scene = next(s for s in world.scenes(0, "eval", 50) if len(s.objects) == 1)
-    assert world.lookup_questions(scene) == []
+    scene = next(s for s in scenes.scenes(0, "eval", 50) if len(s.objects) == 1)
+    assert scenes.lookup_questions(scene) == []
 
 
 def test_name_lookups_write_names_instead_of_shapes_and_ask_each_object_by_its_name():
     import numpy as np
 
-    from frozen_scale.synthetic import episodes
-    from frozen_scale.synthetic.names import NONSENSE_NAMES
+    from frozen_scale.world import episodes
+    from frozen_scale.eval.names import NONSENSE_NAMES
 
     rng = np.random.default_rng(0)
     for i in range(20):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from frozen_scale.app import reproduce as rp
+from frozen_scale.world import reproduce as rp
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE, OVERLAY = ROOT / "configs" / "tiny-cpu.yaml", ROOT / "configs" / "reproduce-cpu.yaml"

@@ -2,8 +2,8 @@
 
 Few-shot classification and fast concept binding (Tsimpoukelli et al. 2021, section 4) name the
 categories of an episode with words that mean nothing outside it ("dax", "blicket", ...). The
-world's language uses them in its naming documents (`synthetic.text`), its episodes bind shapes
-to them (`synthetic.episodes`), and the few-shot prompts on any data (`eval.fewshot`) name
+world's language uses them in its naming documents (`world.text`), its episodes bind shapes
+to them (`world.episodes`), and the few-shot prompts on any data (`eval.fewshot`) name
 classes with them.
 """
 

@@ -13,8 +13,8 @@ def test_write_world_shards_contract(tmp_path):
     import webdataset as wds
     from PIL import Image
 
-    from data_prep.synthetic import write_world_shards
-    from frozen_scale.synthetic import world
+    from frozen_scale.world.shards import write_world_shards
+    from frozen_scale.world import scenes
 
     assert not ray.is_initialized()
     with ray_on_loopback():
@@ -31,18 +31,18 @@ def test_write_world_shards_contract(tmp_path):
     samples = list(wds.WebDataset(urls, shardshuffle=False))
     assert len(samples) == 250
     for i in (0, 137, 249):
-        scene = world.make_scene(3, "eval", i)
+        scene = scenes.make_scene(3, "eval", i)
         s = samples[i]
-        assert s["__key__"] == scene.key and s["txt"].decode() == world.caption(scene)
+        assert s["__key__"] == scene.key and s["txt"].decode() == scenes.caption(scene)
         meta = json.loads(s["json"])
-        assert meta == dict(scene.to_json(), questions=[list(q) for q in world.questions(scene)])
+        assert meta == dict(scene.to_json(), questions=[list(q) for q in scenes.questions(scene)])
         img = Image.open(io.BytesIO(s["png"]))
-        assert img.format == "PNG" and img.convert("RGB").tobytes() == world.render(scene, 24).tobytes()
+        assert img.format == "PNG" and img.convert("RGB").tobytes() == scenes.render(scene, 24).tobytes()
 
 
 def test_in_process_and_ray_write_the_same_shards(tmp_path):
     """num_workers=0 (no Ray: tests, benchmarks, reproduce) and the Ray pipeline give the same bytes."""
-    from data_prep.synthetic import write_world_shards
+    from frozen_scale.world.shards import write_world_shards
 
     kw = dict(seed=1, split="train", count=30, samples_per_shard=12, image_size=16)
     here = write_world_shards(str(tmp_path / "here"), num_workers=0, **kw)

@@ -1,7 +1,7 @@
 """The demo's evaluation on the built-in world: captioning and zero-shot VQA, each next to the
 blind baseline, through the task runner of `frozen-scale eval` (`eval.tasks`).
 
-Items are held-out scenes rendered on the fly (`eval.fewshot_world`), the same items as
+Items are held-out scenes rendered on the fly (`world.items`), the same items as
 `frozen-scale eval --task caption` and `--task vqa --shots 0` with the same seed. Blind is the
 runner's: every image replaced by a black one (`frozen_scale.data.blind`), the prompt unchanged,
 so the gap to it is what the image contributes. Captions are scored the world's way: exact match
@@ -14,22 +14,22 @@ import re
 
 import numpy as np
 
-from frozen_scale.eval import fewshot_world as fw
+from frozen_scale.world import items as fw
 from frozen_scale.eval import tasks
-from frozen_scale.synthetic import world
+from frozen_scale.world import scenes
 
 _OBJ = re.compile(r"a (?:(small|big) )?(\w+) (circle|square|triangle)")
 
 
-ATTRIBUTES = ("color", "shape", "size") if len(world.SIZES) > 1 else ("color", "shape")
+ATTRIBUTES = ("color", "shape", "size") if len(scenes.SIZES) > 1 else ("color", "shape")
 
 
 def parse_caption(caption: str) -> list[dict]:
     """Objects named in a caption, in order: [{'size', 'color', 'shape'}, ...]."""
-    return [{"size": s or world.SIZES[-1], "color": c, "shape": h} for s, c, h in _OBJ.findall(caption)]
+    return [{"size": s or scenes.SIZES[-1], "color": c, "shape": h} for s, c, h in _OBJ.findall(caption)]
 
 
-def attribute_accuracy(pred: str, scene: world.Scene) -> dict[str, float]:
+def attribute_accuracy(pred: str, scene: scenes.Scene) -> dict[str, float]:
     """Per-attribute accuracy of one caption against the scene (objects matched by position)."""
     got = parse_caption(pred)
     out = {}
@@ -48,9 +48,9 @@ def normalize(caption: str) -> str:
 
 def caption_eval(model, tokenizer, *, seed: int, split: str, n: int, prompt: str, max_new_tokens: int = 24,
                  num_beams: int = 1, batch_size: int = 64, progress: bool = True) -> dict:
-    """Captions of `n` scenes of `split`, with the image and blind: exact match, attribute accuracy
+    """Captions of `n` drawn of `split`, with the image and blind: exact match, attribute accuracy
     (mean and per attribute) and the first examples."""
-    scenes = list(world.scenes(seed, split, n))
+    drawn = list(scenes.scenes(seed, split, n))
     items = fw.caption_items(seed, split, n, prompt, model.cfg.vision.image_size)
     refs = [it.answers[0] for it in items]
     result = {}
@@ -58,14 +58,14 @@ def caption_eval(model, tokenizer, *, seed: int, split: str, n: int, prompt: str
         preds = tasks.predict(model, tokenizer, "caption", items, blind=blind, num_beams=num_beams,
                               max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
         exact = float(np.mean([normalize(p) == r for p, r in zip(preds, refs)]))
-        attrs = [attribute_accuracy(normalize(p), s) for p, s in zip(preds, scenes)]
+        attrs = [attribute_accuracy(normalize(p), s) for p, s in zip(preds, drawn)]
         per_attr = {a: float(np.mean([x[a] for x in attrs])) for a in (*ATTRIBUTES, "count")}
         suffix = "_blind" if blind else ""
         result[f"caption_exact_match{suffix}"] = exact
         result[f"caption_attribute_accuracy{suffix}"] = float(np.mean([per_attr[a] for a in ATTRIBUTES]))
         result[f"caption_per_attribute{suffix}"] = per_attr
         result[f"caption_examples{suffix}"] = [
-            {"key": s.key, "reference": r, "prediction": p} for s, r, p in list(zip(scenes, refs, preds))[:8]
+            {"key": s.key, "reference": r, "prediction": p} for s, r, p in list(zip(drawn, refs, preds))[:8]
         ]
     return result
 
