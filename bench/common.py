@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import frozen_scale.world  # noqa: F401  (registers the built-in world's config sections, as the command does)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the CPU benchmarks; bench/gpu.py picks CUDA itself

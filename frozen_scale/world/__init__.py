@@ -14,20 +14,12 @@ method runs on a CPU in minutes (docs/world.md). It sits above the library and a
     demo.py         `frozen-scale demo`; report.py its report
     reproduce.py    `frozen-scale reproduce`: the paper's ablation; reproduce_report.py its tables
 
-Importing the package registers what the library reads from it by role, never by name: the two
-config sections (`config.register_section`), the generated data_prep source
-(`data_prep.generated`) and the eval item source (`eval.items`). The library never imports it
-(an import-linter contract in pyproject.toml).
+Importing the package registers what the library reads from it by role, never by name
+(`registry.py`): the two config sections (`config.register_section`), the generated data_prep
+source (`data_prep.generated`) and the eval item source (`eval.items`). The library never imports
+it (an import-linter contract in pyproject.toml).
 """
 
-from data_prep.generated import register_generator
-from frozen_scale.config import register_section
-from frozen_scale.eval.items import register_item_source
-from frozen_scale.world.config import LMPretrainConfig, WorldConfig
-from frozen_scale.world.items import WORLD_ITEMS
-from frozen_scale.world.shards import PREP_COMMAND
+from frozen_scale.world.registry import register
 
-register_section("world", WorldConfig)
-register_section("lm_pretrain", LMPretrainConfig)
-register_generator(PREP_COMMAND)
-register_item_source(WORLD_ITEMS)
+register()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from data_prep.generated import GeneratedSource, Generator
+from data_prep.generated import GeneratedSource
 from data_prep.options import ImageOptions, JobOptions
 from frozen_scale.world import scenes
 
@@ -36,14 +36,11 @@ def world_source(*, seed: int, split: str, count: int, blind: bool = False) -> G
     return GeneratedSource("synthetic", make_sample, count, params)
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_prep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `frozen-scale prep synthetic` (registered in `world.registry`)."""
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", help=f"one of {', '.join(scenes.SPLITS)}")
-
-
-PREP_COMMAND = Generator("synthetic", "the built-in shapes world", _add_arguments,
-                         lambda a: world_source(seed=a.seed, split=a.split, count=a.count))
 
 
 def write_world_shards(output_url: str, *, seed: int, split: str, count: int, samples_per_shard: int,

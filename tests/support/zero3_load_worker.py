@@ -12,6 +12,7 @@ import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+import frozen_scale.world  # noqa: E402,F401  (registers the world's config sections, which the tests' configs hold)
 from frozen_scale.config import load_config  # noqa: E402
 from frozen_scale.distributed import engine as dist_engine  # noqa: E402
 from frozen_scale.model import lm as lm_lib  # noqa: E402

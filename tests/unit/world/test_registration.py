@@ -20,6 +20,17 @@ def _python(code: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def test_importing_the_world_registers_it_without_its_heavy_modules():
+    out = _python("""
+        import sys
+        import frozen_scale.world
+        heavy = [m for m in ("torch", "transformers", "PIL", "numpy", "ray", "frozen_scale.world.items") if m in sys.modules]
+        print("heavy:", heavy)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "heavy: []" in out.stdout
+
+
 def test_the_library_loads_without_the_world_and_refuses_its_sections_until_it_is_imported():
     out = _python("""
         import sys
@@ -85,7 +96,7 @@ def test_the_world_is_the_eval_item_source_and_a_prep_command():
     from frozen_scale.world.text import build_tokenizer
 
     source = item_source()
-    assert source is WORLD_ITEMS and item_source("world") is WORLD_ITEMS
+    assert source.name == "world" and source.splits == WORLD_ITEMS.splits and item_source("world") is source
     items = source.items("caption", {"data": {"prompt": "caption :"}}, build_tokenizer(), seed=0, split="eval",
                          n=3, shots=0, ways=2, image_size=16)
     assert len(items) == 3 and all(it.meta["canonical"] for it in items)
