@@ -31,7 +31,7 @@ COMMANDS = {
     "export": ("frozen_scale.train.export", "main"),
     "eval": ("frozen_scale.eval.cli", "eval_main"),
     "generate": ("frozen_scale.app.generate", "main"),
-    "reproduce": ("frozen_scale.world.reproduce", "main"),
+    "reproduce": ("frozen_scale.world.reproduce_main", "main"),
     "prep": ("data_prep.cli", "main"),
     "submit": ("launchers.cli", "submit_main"),
     "plan": ("launchers.cli", "plan_main"),

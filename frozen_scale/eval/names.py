@@ -16,6 +16,10 @@ import numpy as np
 NONSENSE_NAMES = ("dax", "blicket", "slation", "perpo", "shously")
 """The nonsense words of the paper's fast-binding tasks, in the order it introduces them."""
 
+NOVEL_NAMES = ("wug", "zorp", "fepo", "kiki", "tufa")
+"""A second pool of nonsense words for transfer the LM never saw: an LM whose text uses
+NONSENSE_NAMES is evaluated with these too, which occur in none of its text."""
+
 
 def assign_nonsense_names(categories: Sequence[str], rng: np.random.Generator | None = None,
                           names: Sequence[str] = NONSENSE_NAMES) -> dict[str, str]:

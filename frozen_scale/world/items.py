@@ -32,12 +32,14 @@ import numpy as np
 from frozen_scale.data.prompts import Image, Text
 from frozen_scale.eval import fewshot
 from frozen_scale.eval.items import Item
-from frozen_scale.eval.names import NONSENSE_NAMES
+from frozen_scale.eval.names import NONSENSE_NAMES, NOVEL_NAMES
 from frozen_scale.world import episodes, scenes, text
 
 STANDIN_NAMES = ("what", "how", "many", "there")
 """Stand-ins for the nonsense words when the LM's vocabulary lacks them."""
-_FEWSHOT_SPLIT = "eval"
+DEV_SPLIT, TEST_SPLIT = "eval", "test"
+"""Settings are chosen on the dev split's items; results are reported on the test split's, drawn
+from streams of their own (`scenes.SPLITS`)."""
 _SHOT_OFFSET = 1_000_000  # scene indices of VQA shots: far from the query scenes
 
 
@@ -52,10 +54,16 @@ class NamingLanguage:
 
 PAPER_NAMING = NamingLanguage(NONSENSE_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
 STANDIN_NAMING = NamingLanguage(STANDIN_NAMES, "caption : a {name} .", "caption : a")
+NOVEL_NAMING = NamingLanguage(NOVEL_NAMES, text.NAMING_TEMPLATE, text.NAMING_QUERY)
 
 
-def naming_language(tokenizer) -> NamingLanguage:
-    """The paper's nonsense words if the LM's vocabulary has them, else the stand-ins."""
+def naming_language(tokenizer, names: str = "paper") -> NamingLanguage:
+    """The paper's nonsense words if the LM's vocabulary has them, else the stand-ins; names="novel":
+    the second pool (`eval.names.NOVEL_NAMES`), which no text of the LM holds."""
+    if names == "novel":
+        if not all(w in tokenizer.get_vocab() for w in NOVEL_NAMES):
+            raise ValueError("the LM's vocabulary lacks the second name pool: pretrain it with naming documents")
+        return NOVEL_NAMING
     return PAPER_NAMING if text.knows_naming(tokenizer) else STANDIN_NAMING
 
 
@@ -98,33 +106,43 @@ def _render_support(ep: episodes.Episode, image_size: int) -> list:
     return [(scenes.render(scene, image_size), name) for scene, name in ep.support]
 
 
+def _stream(split: str, words: list[int]) -> list[int]:
+    """An episode's generator seed: the dev split's words as they are, any other split's followed
+    by its id, so each split's episodes come from a stream of their own."""
+    return words if split == DEV_SPLIT else [*words, 1000 + scenes.SPLITS.index(split)]
+
+
+def _key(split: str, key: str) -> str:
+    return key if split == DEV_SPLIT else f"{split}-{key}"
+
+
 def classification_items(seed: int, n: int, ways: int, shots: int, image_size: int,
-                         language: NamingLanguage = STANDIN_NAMING) -> list[Item]:
+                         language: NamingLanguage = STANDIN_NAMING, split: str = DEV_SPLIT) -> list[Item]:
     """Open-ended `ways`-way `shots`-shot classification of single objects by shape."""
     items = []
     for i in range(n):
-        rng = np.random.default_rng([seed, 77, ways, shots, i])
-        ep = episodes.classification(rng, ways, shots, language.names, _FEWSHOT_SPLIT, i)
+        rng = np.random.default_rng(_stream(split, [seed, 77, ways, shots, i]))
+        ep = episodes.classification(rng, ways, shots, language.names, split, i)
         prompt = fewshot.open_ended_classification(_render_support(ep, image_size),
                                                    scenes.render(ep.query, image_size), ep.answer,
                                                    caption_template=language.template,
                                                    question=language.query)
-        items.append(Item(f"cls-{ways}way{shots}shot-{i:06d}", list(prompt.segments), list(prompt.images),
-                          [prompt.answer], {"bound": ep.bound}))
+        items.append(Item(_key(split, f"cls-{ways}way{shots}shot-{i:06d}"), list(prompt.segments),
+                          list(prompt.images), [prompt.answer], {"bound": ep.bound}))
     return items
 
 
 def binding_items(seed: int, n: int, shots: int, image_size: int,
-                  language: NamingLanguage = STANDIN_NAMING) -> list[Item]:
+                  language: NamingLanguage = STANDIN_NAMING, split: str = DEV_SPLIT) -> list[Item]:
     """Fast concept binding: two shapes get names in context; ask the colour of one by name."""
     items = []
     for i in range(n):
-        rng = np.random.default_rng([seed, 88, shots, i])
-        ep = episodes.binding(rng, shots, language.names, _FEWSHOT_SPLIT, i)
+        rng = np.random.default_rng(_stream(split, [seed, 88, shots, i]))
+        ep = episodes.binding(rng, shots, language.names, split, i)
         prompt = fewshot.concept_binding(_render_support(ep, image_size), scenes.render(ep.query, image_size),
                                          text.question_prompt(ep.question()), ep.answer,
                                          caption_template=language.template)
-        items.append(Item(f"bind-{shots}shot-{i:06d}", list(prompt.segments), list(prompt.images),
+        items.append(Item(_key(split, f"bind-{shots}shot-{i:06d}"), list(prompt.segments), list(prompt.images),
                           [prompt.answer], {"bound": ep.bound, "asked": ep.asked}))
     return items
 
@@ -139,8 +157,9 @@ class WorldItems:
     max_ways = len(scenes.SHAPES)  # one class per shape
 
     def items(self, task: str, meta: dict, tokenizer, *, seed: int, split: str, n: int, shots: int, ways: int,
-              image_size: int) -> list[Item]:
-        language = naming_language(tokenizer)
+              image_size: int, names: str = "paper") -> list[Item]:
+        """names: "paper" (or the stand-ins), or "novel": the second pool (`naming_language`)."""
+        language = naming_language(tokenizer, names)
         if task == "caption":
             items = caption_items(seed, split, n, meta.get("data", {}).get("prompt", ""), image_size)
             for it in items:
@@ -149,8 +168,8 @@ class WorldItems:
         if task == "vqa":
             return vqa_items(seed, split, n, shots, image_size)
         if task == "fewshot-cls":
-            return classification_items(seed, n, ways, max(1, shots), image_size, language)
-        return binding_items(seed, n, max(1, shots), image_size, language)
+            return classification_items(seed, n, ways, max(1, shots), image_size, language, split)
+        return binding_items(seed, n, max(1, shots), image_size, language, split)
 
 
 WORLD_ITEMS = WorldItems()

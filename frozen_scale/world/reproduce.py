@@ -1,4 +1,6 @@
-"""`frozen-scale reproduce`: the Frozen paper's ablation on the built-in world, in one command.
+"""The Frozen paper's ablation on the built-in world, one seed: the variants, their inputs, their
+training and their evaluation on the dev and test splits (`frozen-scale reproduce`, whose command
+line and seeds are `world.reproduce_main`).
 
 Variants (Tsimpoukelli et al. 2021, Table 1), each trained on the world's captions only:
   frozen     pretrained LM, frozen; only the vision prefix trains (the method)
@@ -7,29 +9,9 @@ Variants (Tsimpoukelli et al. 2021, Table 1), each trained on the world's captio
              the prefix on the caption task only
   blind      pretrained LM, frozen; the prefix is trained and evaluated on black images, so it
              can only learn a constant prompt (the language prior alone)
-Each is evaluated on captioning (CIDEr, BLEU-4, exact match), zero-shot and 2-shot VQA (the
-questions were never seen with images), open-ended 2-way 1-shot classification and fast
-concept binding, with 95% Wilson intervals. Writes {run}/ablation.md, ablation.json and ablation.png.
-
-With `--candidates single,offset,interleaved,lexical,lexical_hard,words` (CANDIDATES: one image
-per sequence as in the paper, captions written before the image, 1-3 interleaved image-caption
-pairs per sequence, a prefix of mixtures of the LM's token embeddings, one of exactly its tokens,
-one that writes a sentence of up to 14 of its words trained to be the caption's), the
-frozen prefix is first trained once per setting on the same LM and shards, evaluated on the same
-held-out items and probed (`world.probes`: episodes with the support or the query written as text,
-captions at shifted positions, what a lexical prefix writes); the setting with the best few-shot
-score is used for every variant. One name trains that setting without a search (the frozen
-variant is then probed). The default (DEFAULT_CANDIDATES) is `words` alone: the word prefix, which
-carried the LM's in-context naming to images on two LMs where no other setting did (docs/world.md;
-a caption-then-read baseline, not the paper's method); `--candidates single,words` adds the
-paper's continuous prefix as the candidates' table (a few minutes more).
-
-The LM's text includes naming episodes (configs/reproduce-cpu.yaml: lm_pretrain.naming_steps,
-naming_fraction), so that the few-shot tasks probe an ability the LM has in text; the table's
-header gives the LM's text-only accuracy on them, the ceiling for what can transfer to images.
-
-The run config is configs/tiny-cpu.yaml with configs/reproduce-cpu.yaml laid over it (then dotted
-overrides). Finished stages are reused when the command is run again on the same folder.
+The prefix is the paper's (METHOD); settings of it (PAPER_SETTINGS) are chosen on the dev split,
+and every number reported is on the test split. Prefixes that change the method (BASELINES) are
+trained only as labelled baselines.
 """
 
 from __future__ import annotations
@@ -45,8 +27,9 @@ from pathlib import Path
 import yaml
 
 from frozen_scale.config import FrozenConfig, apply_overrides, deep_merge, from_dict, save_config
-from frozen_scale.world.reproduce_report import (EVALS, FEWSHOT_COLUMNS, finding, fewshot_score, plot,  # noqa: F401
-                                               text_ceilings, wilson_interval, write_table)
+from frozen_scale.world.items import DEV_SPLIT, TEST_SPLIT
+from frozen_scale.world.reproduce_report import (EVALS, FEWSHOT_COLUMNS, chance_level, finding, fewshot_score,  # noqa: F401
+                                               plot, text_ceilings, wilson_interval, write_table)
 from launchers.local import launch_training
 
 log = logging.getLogger("frozen_scale.world.reproduce")
@@ -57,10 +40,9 @@ VARIANTS = {
     "scratch": {"lm": "scratch", "train_lm": True, "blind": False},
     "blind": {"lm": "pretrained", "train_lm": False, "blind": True},
 }
-# (column, task, keyword arguments of eval.tasks.run_task, metric)
-# Training settings of the frozen prefix measured before the variants:
-# each trains the frozen variant on the same LM and shards and is evaluated on the same held-out
-# items; the one with the best few-shot score (FEWSHOT_COLUMNS) is then used for every variant.
+# Training settings of the frozen prefix measured before the variants: each trains the frozen
+# variant on the same LM and shards and is evaluated on the dev split's items; the one with the best
+# dev few-shot score (FEWSHOT_COLUMNS) is then used for every variant, which are reported on test.
 CANDIDATES = {
     "single": [],  # the paper's training: one image-caption pair per sequence, the image first
     "offset": ["data.text_before_image=3"],  # 0-3 other captions written before the image
@@ -70,7 +52,16 @@ CANDIDATES = {
     # the image writes up to 14 of the LM's words (the longest caption and its "."), blanks masked out
     "words": ["model.prefix_kind=words", "model.prefix_length=14", "train.lr=0.003"],
 }
-DEFAULT_CANDIDATES = ("words",)
+PAPER_SETTINGS = ("single", "offset", "interleaved")
+"""Settings of the paper's method: continuous prefix vectors trained by the caption loss alone."""
+BASELINES = {
+    "lexical": "lexical prefix (mixtures of the LM's token embeddings)",
+    "lexical_hard": "lexical prefix (one LM token embedding a slot)",
+    "words": "caption-then-read (supervised captioner feeding text)",
+}
+"""Settings that change the method, reported only as labelled baselines beside the headline."""
+DEFAULT_CANDIDATES = ("single",)
+METHOD = "the paper's prefix: continuous vectors from the vision encoder, trained by the caption loss alone"
 QUICK = [
     "lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2", "lm_pretrain.steps=5",
     "lm_pretrain.num_documents=100", "lm_pretrain.batch_size=8", "lm_pretrain.naming_steps=2",
@@ -163,23 +154,48 @@ def variant_config(cfg: FrozenConfig, run: Path, name: str, lm_dir: Path, shards
     return path
 
 
+def evaluate_split(model, tokenizer, meta: dict, cfg: FrozenConfig, split: str, blind: bool, progress: bool) -> dict:
+    """Every column of EVALS on `split`'s items: scores, Wilson intervals, chance levels, details.
+    The `_novel` columns only for an LM whose vocabulary has the second name pool."""
+    from frozen_scale.eval import tasks
+    from frozen_scale.world.items import WORLD_ITEMS, naming_language
+
+    scores, intervals, chance, details, cache = {}, {}, {}, {}, {}
+    for column, task, kwargs, metric in EVALS:
+        names = kwargs.get("names", "paper")
+        if names == "novel":
+            try:
+                naming_language(tokenizer, "novel")
+            except ValueError:
+                continue
+        key = (task, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            shape = {k: v for k, v in kwargs.items() if k in ("shots", "ways")}
+            items = WORLD_ITEMS.items(task, meta, tokenizer, seed=cfg.world.seed, split=split, n=cfg.eval.num_samples,
+                                      shots=shape.get("shots", 0), ways=shape.get("ways", 2),
+                                      image_size=model.cfg.vision.image_size, names=names)
+            limit = cfg.eval.max_new_tokens if task == "caption" else None
+            cache[key] = tasks.run_task(model, tokenizer, meta, task, split=split, seed=cfg.world.seed, blind=blind,
+                                        max_new_tokens=limit, batch_size=cfg.eval.batch_size, progress=progress,
+                                        items=items, **shape)
+            cache[key]["chance"] = chance_level(task, items, shape.get("ways", 2))
+            details["-".join([task, *(f"{k}{v}" for k, v in sorted(kwargs.items()))])] = cache[key]
+        scores[column] = cache[key][metric]
+        chance[column] = cache[key]["chance"]
+        if metric in ("accuracy", "vqa_accuracy", "exact_match"):
+            intervals[column] = wilson_interval(scores[column], cache[key]["n"])
+    return {"split": split, "scores": scores, "intervals": intervals, "chance": chance, "details": details}
+
+
 def evaluate_variant(export_dir: str, cfg: FrozenConfig, blind: bool, progress: bool) -> dict:
+    """The test split's scores (the headline), with the dev split's beside them under "dev"."""
     from frozen_scale.eval import tasks
 
     model, tokenizer, meta = tasks.load_model(export_dir)
-    scores, intervals, details, cache = {}, {}, {}, {}
-    for column, task, kwargs, metric in EVALS:
-        key = (task, tuple(sorted(kwargs.items())))
-        if key not in cache:
-            limit = cfg.eval.max_new_tokens if task == "caption" else None
-            cache[key] = tasks.run_task(model, tokenizer, meta, task, n=cfg.eval.num_samples, seed=cfg.world.seed,
-                                      blind=blind, max_new_tokens=limit, batch_size=cfg.eval.batch_size,
-                                      progress=progress, **kwargs)
-            details["-".join([task, *(f"{k}{v}" for k, v in sorted(kwargs.items()))])] = cache[key]
-        scores[column] = cache[key][metric]
-        if metric in ("accuracy", "vqa_accuracy", "exact_match"):
-            intervals[column] = wilson_interval(scores[column], cache[key]["n"])
-    return {"scores": scores, "intervals": intervals, "details": details}
+    dev = evaluate_split(model, tokenizer, meta, cfg, DEV_SPLIT, blind, progress)
+    test = evaluate_split(model, tokenizer, meta, cfg, TEST_SPLIT, blind, progress)
+    dev.pop("details")
+    return {**test, "dev": dev}
 
 
 def run_variant(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: Path, nproc: int,
@@ -282,7 +298,9 @@ def choose_setting(run: Path, cfg: FrozenConfig, candidates: list[str], lm_dir: 
 
 
 def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str], progress: bool,
-              candidates: list[str] | None = None) -> dict:
+              candidates: list[str] | None = None, baselines: list[str] = ()) -> dict:
+    """One seed (cfg.world.seed) of the ablation in run_dir: settings chosen on dev, every variant
+    reported on test, then the labelled baselines."""
     t_start = time.perf_counter()
     candidates = list(candidates or DEFAULT_CANDIDATES)
     run = Path(run_dir)
@@ -300,7 +318,7 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
     setting, tried = candidates[0], {}  # one candidate: its setting, no search
     if len(candidates) > 1:
         setting, tried = choose_setting(run, cfg, candidates, lm_dir, shards, nproc, progress, timings)
-        log.info("chosen setting: %s", setting)
+        log.info("chosen setting (on dev): %s", setting)
     chosen = candidate_config(cfg, setting)
     results = {}
     for name in variants:
@@ -313,56 +331,27 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
         results[name] = run_variant(name, chosen, run, lm, blind_shards if spec["blind"] else shards, nproc,
                                     progress, setting=setting, probe=name == "frozen")
         timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
-        log.info("variant %s: %s", name, results[name]["scores"])
+        log.info("variant %s (test): %s", name, results[name]["scores"])
+    extra = {}
+    for name in baselines:
+        extra[name] = run_variant("frozen", candidate_config(cfg, name), run, lm_dir, shards, nproc, progress,
+                                  folder=f"baselines/{name}", setting=name)
+        extra[name]["label"] = BASELINES[name]
+        timings[f"baseline_{name}"] = extra[name]["train_seconds"] + extra[name]["eval_seconds"]
     lm_steps = cfg.lm_pretrain.steps + cfg.lm_pretrain.continue_steps
-    info = {"lm": lm_summary, "lm_steps": lm_steps, "train_steps": cfg.train.steps,
+    info = {"method": METHOD, "split": TEST_SPLIT, "selection_split": DEV_SPLIT, "seed": cfg.world.seed,
+            "lm": lm_summary, "lm_steps": lm_steps, "train_steps": cfg.train.steps,
             "batch": cfg.train.micro_batch_size * cfg.train.grad_accum * nproc, "nproc": nproc,
             "num_samples": cfg.eval.num_samples, "finding": finding(results), "setting": setting,
             "setting_overrides": list(CANDIDATES[setting]), "text_ceilings": text_ceilings(lm_summary)}
     info["total_seconds"] = time.perf_counter() - t_start
     info["timings"] = timings
-    write_table(run, results, info, tried)
+    write_table(run, results, info, tried, extra)
     plot(run, results)
-    out = {"info": info, "variants": {n: {k: v for k, v in r.items() if k != "details"} for n, r in results.items()},
-           "candidates": {n: {k: v for k, v in r.items() if k != "details"} for n, r in tried.items()}}
+
+    def brief(group: dict) -> dict:
+        return {n: {k: v for k, v in r.items() if k != "details"} for n, r in group.items()}
+
+    out = {"info": info, "variants": brief(results), "candidates": brief(tried), "baselines": brief(extra)}
     (run / "ablation.json").write_text(json.dumps(out, indent=1))
     return out
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="frozen-scale reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", default="runs/reproduce")
-    parser.add_argument("--base", default="configs/tiny-cpu.yaml", help="run config the ablation starts from")
-    parser.add_argument("--config", default="configs/reproduce-cpu.yaml", help="overrides laid over --base")
-    parser.add_argument("--nproc", type=int, default=2, help="DeepSpeed ranks (CPU processes) per training")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of "
-                        + ", ".join(VARIANTS))
-    parser.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
-                        help="comma-separated training settings of the frozen prefix to measure first; the best "
-                        "by few-shot score is used for every variant (one name: no search). Choose from "
-                        + ", ".join(f"{n} ({' '.join(o) or 'as configured'})" for n, o in CANDIDATES.items()))
-    parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds of training)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides")
-    args = parser.parse_args(argv)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
-    wrong = [c for c in candidates if c not in CANDIDATES]
-    if wrong or not candidates:
-        parser.error(f"unknown candidate(s) {wrong}; choose from {', '.join(CANDIDATES)}")
-    for path in (args.base, args.config):
-        if path and not Path(path).exists():
-            parser.error(f"config {path} not found")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_reproduce_config(args.base, args.config,
-                                (quick_overrides(args.base, args.config) if args.quick else []) + args.overrides)
-    out = reproduce(args.run_dir, cfg, nproc=args.nproc, variants=variants, progress=not args.no_progress,
-                    candidates=candidates)
-    print(Path(args.run_dir, "ablation.md").read_text())
-    print(f"total {out['info']['total_seconds']:.0f} s; table {Path(args.run_dir) / 'ablation.md'}, "
-          f"plot {Path(args.run_dir) / 'ablation.png'}")
-    return 0

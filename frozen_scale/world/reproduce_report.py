@@ -1,10 +1,10 @@
-"""`frozen-scale reproduce`'s report: the evaluation columns, Wilson intervals, the table
-(ablation.md), the plot (ablation.png) and the text-only ceilings beside them."""
+"""`frozen-scale reproduce`'s report: the evaluation columns and their chance levels, Wilson
+intervals, the table (ablation.md), the plot (ablation.png) and the text-only ceilings beside them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
-
 
 EVALS = (
     ("caption_cider", "caption", {}, "cider"),
@@ -14,8 +14,26 @@ EVALS = (
     ("vqa_2shot", "vqa", {"shots": 2}, "vqa_accuracy"),
     ("cls_2way_1shot", "fewshot-cls", {"shots": 1, "ways": 2}, "accuracy"),
     ("binding_1shot", "binding", {"shots": 1}, "accuracy"),
+    ("cls_2way_1shot_novel", "fewshot-cls", {"shots": 1, "ways": 2, "names": "novel"}, "accuracy"),
+    ("binding_1shot_novel", "binding", {"shots": 1, "names": "novel"}, "accuracy"),
 )
+"""(column, task, item options, metric). The `_novel` columns name with the second pool of
+nonsense words, which no text of the LM holds (only an LM pretrained with naming documents has them)."""
 FEWSHOT_COLUMNS = ("cls_2way_1shot", "binding_1shot", "vqa_2shot")
+
+
+def chance_level(task: str, items: list, ways: int = 2) -> float | None:
+    """What guessing scores on these items: VQA the majority answer's share, n-way classification
+    1/n (naming one of the support's names), binding 0.5 (one of the query's two colours);
+    captioning none."""
+    if task == "vqa":
+        counts = Counter(it.answers[0] for it in items)
+        return max(counts.values()) / len(items) if items else None
+    if task == "fewshot-cls":
+        return 1.0 / ways
+    if task == "binding":
+        return 0.5
+    return None
 
 
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -29,26 +47,36 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def fewshot_score(result: dict) -> float:
-    """What a candidate setting is chosen by: the mean of its few-shot columns (with images)."""
-    return sum(result["scores"][c] for c in FEWSHOT_COLUMNS) / len(FEWSHOT_COLUMNS)
+    """What a candidate setting is chosen by: the mean of its few-shot columns (with images) on the
+    dev split."""
+    scores = result.get("dev", result)["scores"]
+    return sum(scores[c] for c in FEWSHOT_COLUMNS) / len(FEWSHOT_COLUMNS)
 
 
 # -- report -----------------------------------------------------------------------------------
 def _cell(r: dict, column: str) -> str:
+    if column not in r["scores"]:
+        return "-"
     value = f"{r['scores'][column]:.3f}"
     interval = r.get("intervals", {}).get(column)
     return value + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval and column != "caption_exact" else "")
 
 
-def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dict[str, dict] | None = None) -> Path:
-    columns = [c for c, *_ in EVALS]
+def _rows(results: dict[str, dict], columns: list[str], label: dict | None = None) -> list[str]:
     lines = ["| variant | " + " | ".join(columns) + " | final train loss | train s |",
              "|---|" + "---|" * (len(columns) + 2)]
     for name, r in results.items():
-        cells = [_cell(r, c) for c in columns]
         loss = f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {loss} | {r['train_seconds']:.0f} |")
-    lm = info.get("lm", {})
+        shown = (label or {}).get(name, name)
+        lines.append(f"| {shown} | " + " | ".join(_cell(r, c) for c in columns) + f" | {loss} | {r['train_seconds']:.0f} |")
+    chance = next((r.get("chance") for r in results.values() if r.get("chance")), None)
+    if chance:
+        lines.append("| *chance* | " + " | ".join(f"{chance[c]:.3f}" if chance.get(c) is not None else "-"
+                                                 for c in columns) + " | | |")
+    return lines
+
+
+def _lm_line(lm: dict) -> str:
     naming = ""
     if "text_binding_accuracy" in lm:
         naming = (f", with naming episodes written as text: 2-way 1-shot classification "
@@ -60,15 +88,28 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
     if "text_lookup_accuracy" in lm:
         qa_2shot += (f"; two-object lookups, where the answer differs between the scene's objects (chance 0.5): "
                      f"{lm['text_lookup_accuracy']:.3f}, after 2 solved examples {lm['text_lookup_2shot_accuracy']:.3f}")
+    return f"text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{qa_2shot}{naming}"
+
+
+def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dict[str, dict] | None = None,
+                baselines: dict[str, dict] | None = None) -> Path:
+    """ablation.md: the variants on the test split (the paper's prefix), chance levels, the
+    settings tried on dev, then the labelled baselines (not the paper's method)."""
+    columns = [c for c, *_ in EVALS if any(c in r["scores"] for r in results.values())]
+    lm = info.get("lm", {})
     setting = info.get("setting", "single")
     head = [
         "# The Frozen ablation on the built-in world",
         "",
+        f"Method: {info.get('method', 'the paper prefix')}. Split: every number below is on the "
+        f"{info.get('split', 'test')} split; settings were chosen on {info.get('selection_split', 'dev')}. "
+        f"Seed {info.get('seed', 0)}.",
+        "",
         f"LM: {lm.get('arch')} with {lm.get('parameters', 0):,} parameters, pretrained {info['lm_steps']} steps "
-        f"on the world's text (text-only QA accuracy {lm.get('text_qa_accuracy', float('nan')):.3f}{qa_2shot}{naming}). "
+        f"on the world's text ({_lm_line(lm)}). "
         f"Prefix training: {info['train_steps']} steps x {info['batch']} captions on {info['nproc']} rank(s), "
         f"setting '{setting}' ({' '.join(info.get('setting_overrides', [])) or 'as configured'}). "
-        f"Evaluation: {info['num_samples']} held-out items per task, greedy decoding; 95% Wilson intervals "
+        f"Evaluation: {info['num_samples']} items per task, greedy decoding; 95% Wilson intervals "
         f"in brackets. Wall time {info['total_seconds']:.0f} s.",
         "",
     ]
@@ -79,18 +120,22 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
         head += [f"**Warning: {warning}.**", ""]
     tail = [""]
     if candidates:
-        tail += ["Frozen prefix training settings (the same LM, shards and held-out items; chosen by the mean of "
+        tail += ["Frozen prefix training settings, on the dev split (the same LM and shards; chosen by the mean of "
                  + ", ".join(FEWSHOT_COLUMNS) + "):", "",
                  "| setting | " + " | ".join(columns[2:]) + " | few-shot score |", "|---|" + "---|" * (len(columns) - 1)]
         for name, r in candidates.items():
-            tail.append(f"| {name} | " + " | ".join(_cell(r, c) for c in columns[2:])
+            dev = r.get("dev", r)
+            tail.append(f"| {name} | " + " | ".join(_cell(dev, c) for c in columns[2:])
                         + f" | {fewshot_score(r):.3f} |")
         tail.append("")
+    if baselines:
+        tail += ["Baselines that change the method (not the paper's prefix), frozen LM, test split:", ""]
+        tail += _rows(baselines, columns, {n: r.get("label", n) for n, r in baselines.items()}) + [""]
     finding_text = info.get("finding")
     if finding_text:
         tail += [finding_text, ""]
     path = run / "ablation.md"
-    path.write_text("\n".join(head + lines + tail))
+    path.write_text("\n".join(head + _rows(results, columns) + tail))
     return path
 
 
@@ -111,7 +156,7 @@ def plot(run: Path, results: dict[str, dict]) -> Path:
     import numpy as np
 
     names = list(results)
-    acc_cols = [c for c, *_ in EVALS if c not in ("caption_cider",)]
+    acc_cols = [c for c, *_ in EVALS if c != "caption_cider" and all(c in results[n]["scores"] for n in names)]
     fig, (ax_c, ax_a) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 4]})
     ax_c.bar(names, [results[n]["scores"]["caption_cider"] for n in names], color=[f"C{i}" for i in range(len(names))])
     ax_c.set_title("captioning CIDEr")

@@ -10,6 +10,8 @@ Splits:
   train           scenes for prefix training; never uses a held-out colour/shape combination
   eval            fresh scenes (other random draws) from the same distribution as train
   heldout_combos  scenes where every object is a colour/shape combination never seen in train
+  test            fresh scenes like eval's, from a stream of their own: results are reported on
+                  it, settings are chosen on eval (the dev split)
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = ("big",)
 POSITIONS = ("left", "right")
 HELDOUT_COMBOS = frozenset({("green", "triangle"), ("purple", "circle"), ("orange", "square")})
-SPLITS = ("train", "eval", "heldout_combos")
+SPLITS = ("train", "eval", "heldout_combos", "test")
 NUMBER_WORDS = {1: "one", 2: "two"}
 
 

@@ -22,8 +22,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from frozen_scale.world import episodes, scenes
-from frozen_scale.eval.names import NONSENSE_NAMES
+from frozen_scale.eval.names import NONSENSE_NAMES, NOVEL_NAMES
 
+TEXT_SPLITS = ("train", "eval", "heldout_combos")
+"""The scene splits the LM's text is drawn from (on seeds of its own, not the evaluation's); the
+test split never occurs in it."""
 EOS = "<|endoftext|>"
 PAD = "<pad>"
 UNK = "<unk>"
@@ -33,6 +36,9 @@ NAMING_TEMPLATE = "this is a {name} ."
 NAMING_QUERY = "this is a"
 NAMING_WORDS = (*NONSENSE_NAMES, "this")
 """Words only the naming documents use: in the vocabulary only when the LM is pretrained on them."""
+UNSEEN_WORDS = NOVEL_NAMES
+"""Words in a naming LM's vocabulary that none of its text holds (the second name pool): their
+embeddings stay as initialised, so an episode naming with them asks for transfer to new words."""
 
 
 def question_prompt(question: str) -> str:
@@ -44,10 +50,10 @@ def context(scene: scenes.Scene) -> str:
 
 
 def _all_words(naming: bool = False) -> list[str]:
-    words = set(NAMING_WORDS) if naming else set()
+    words = set(NAMING_WORDS + UNSEEN_WORDS) if naming else set()
     words |= {"a", "on", "the", "and", "left", "right", ".", ":", "?", "caption", "question", "answer"}
     words.update(scenes.COLORS, scenes.SHAPES, scenes.SIZES, scenes.NUMBER_WORDS.values())
-    for scene_split in scenes.SPLITS:
+    for scene_split in TEXT_SPLITS:
         for scene in scenes.scenes(0, scene_split, 200):
             for q, a in scenes.questions(scene):
                 words.update(q.split())
@@ -243,7 +249,7 @@ def corpus(seed: int, num_documents: int, copy_fraction: float = 0.5, naming_fra
             named = named_queries > 0 and named_rng.random() < named_queries
             docs.append(naming_document(naming_rng, i, seq_len, shape_questions, named))
             continue
-        split = scenes.SPLITS[i % len(scenes.SPLITS)] if i % 10 == 0 else "train"
+        split = TEXT_SPLITS[i % len(TEXT_SPLITS)] if i % 10 == 0 else "train"
         scene = scenes.make_scene(seed + 1000, split, i)
         if multi_scene_fraction > 0 and multi_rng.random() < multi_scene_fraction:
             drawn = int(multi_rng.integers(1, 3))  # drawn in either case: the corpus the default was measured on

@@ -159,7 +159,7 @@ def test_coco_source(tmp_path):
     (["urls", "{table}", "--out", "{out}", "--encode-quality", "0"], "quality"),
     (["urls", "{out}/t.xlsx", "--out", "{out}"], "does not exist"),
     (["folder", "/nonexistent", "--out", "{out}"], "not a folder"),
-    (["synthetic", "--count", "3", "--split", "test", "--out", "{out}"], "unknown split"),
+    (["synthetic", "--count", "3", "--split", "nope", "--out", "{out}"], "unknown split"),
     (["urls", "{table}", "--out", "{out}", "--storage-option", "novalue"], "key=value"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):

@@ -107,3 +107,35 @@ def test_nshot_vqa_items_are_paired_across_shot_counts():
     assert [(i.meta["question"], i.answers) for i in zero] == [(i.meta["question"], i.answers) for i in two]
     assert [i.segments[-2:] for i in zero] == [i.segments[-2:] for i in two]
     assert len({i.meta["question"] for i in zero}) > 3
+
+
+@pytest.mark.parametrize("task, shots", [("caption", 0), ("vqa", 0), ("vqa", 2), ("fewshot-cls", 1), ("binding", 1)])
+def test_dev_and_test_items_are_disjoint(task, shots):
+    """The test split's items share no key and no query image with the dev split's, and the dev
+    split's items are the ones every earlier evaluation used."""
+    tok = text.build_tokenizer(naming=True)
+    kw = dict(seed=0, n=40, shots=shots, ways=2, image_size=16)
+    dev = fw.WORLD_ITEMS.items(task, {}, tok, split=fw.DEV_SPLIT, **kw)
+    test = fw.WORLD_ITEMS.items(task, {}, tok, split=fw.TEST_SPLIT, **kw)
+    assert not {it.key for it in dev} & {it.key for it in test}
+    assert not {it.images[-1].tobytes() for it in dev} & {it.images[-1].tobytes() for it in test} or task != "caption"
+    same_prompts = sum(d.segments == t.segments and [i.tobytes() for i in d.images] == [i.tobytes() for i in t.images]
+                       for d, t in zip(dev, test))
+    assert same_prompts == 0
+    if task in ("fewshot-cls", "binding"):  # the dev stream is unchanged: the same episodes as before the split
+        old = (fw.classification_items(0, 40, 2, 1, 16, fw.PAPER_NAMING) if task == "fewshot-cls"
+               else fw.binding_items(0, 40, 1, 16, fw.PAPER_NAMING))
+        assert [it.segments for it in old] == [it.segments for it in dev]
+
+
+def test_the_second_name_pool_is_in_the_vocabulary_but_asked_for_by_name():
+    from frozen_scale.eval.names import NONSENSE_NAMES, NOVEL_NAMES
+
+    naming = text.build_tokenizer(naming=True)
+    assert fw.naming_language(naming, "novel") == fw.NOVEL_NAMING and fw.naming_language(naming) == fw.PAPER_NAMING
+    assert not set(NOVEL_NAMES) & set(NONSENSE_NAMES)
+    item = fw.WORLD_ITEMS.items("fewshot-cls", {}, naming, seed=0, split="test", n=1, shots=1, ways=2, image_size=16,
+                                names="novel")[0]
+    assert set(item.meta["bound"].values()) <= set(NOVEL_NAMES)
+    with pytest.raises(ValueError, match="second name pool"):
+        fw.naming_language(text.build_tokenizer(), "novel")

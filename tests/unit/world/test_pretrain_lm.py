@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import torch
 from frozen_scale.world.config import LMPretrainConfig
 from frozen_scale.world import text
 from frozen_scale.world import pretrain_lm
+
+ROOT = Path(__file__).resolve().parents[3]
 
 TINY = dict(n_layer=1, n_embd=16, n_head=2, batch_size=8, num_documents=60, seq_len=72)
 
@@ -428,3 +431,19 @@ def test_corpora_built_in_two_processes_are_the_ones_built_one_by_one():
         ids = ([tok.bos_token_id] + tok(doc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])[:24]
         assert row == ids + [tok.pad_token_id] * (24 - len(ids))
     assert (rows[:, -1] != tok.pad_token_id).any() and (rows[:, -1] == tok.pad_token_id).any()
+
+
+def test_the_second_name_pool_occurs_in_no_pretraining_corpus():
+    """Every corpus the reproduce LM draws from (mixed, naming in both writings, lookups, kept
+    lookups), built with its config: the second pool's words never occur, the paper's names do."""
+    from frozen_scale.eval.names import NONSENSE_NAMES, NOVEL_NAMES
+    from frozen_scale.world.reproduce import load_reproduce_config
+
+    cfg = load_reproduce_config(str(ROOT / "configs" / "tiny-cpu.yaml"), str(ROOT / "configs" / "reproduce-cpu.yaml"),
+                                ["lm_pretrain.num_documents=3000"])
+    built = pretrain_lm.build_corpora(cfg.lm_pretrain, 0, workers=1)
+    docs = [d for corpus in built.values() if corpus for part in ([corpus] if isinstance(corpus[0], str) else corpus)
+            for d in part]
+    words = {w for d in docs for w in d.split()}
+    assert len(docs) > 3000 and not words & set(NOVEL_NAMES) and set(NONSENSE_NAMES) <= words
+    assert set(NOVEL_NAMES) <= set(text.build_tokenizer(naming=True).get_vocab())

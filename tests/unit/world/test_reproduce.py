@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from frozen_scale.world import reproduce as rp
+from frozen_scale.world import reproduce_main
 
 ROOT = Path(__file__).resolve().parents[3]
 BASE, OVERLAY = ROOT / "configs" / "tiny-cpu.yaml", ROOT / "configs" / "reproduce-cpu.yaml"
@@ -134,27 +135,39 @@ def test_the_table_warns_when_the_lm_did_not_learn_naming(tmp_path, classificati
 @pytest.mark.slow
 def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
     run = tmp_path / "rq"
-    assert rp.main(["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress",
-                    "--candidates", ",".join(rp.CANDIDATES), "--base", str(BASE), "--config", str(OVERLAY)]) == 0
+    argv = ["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress", "--candidates",
+            ",".join(rp.PAPER_SETTINGS), "--baselines", ",".join(rp.BASELINES), "--base", str(BASE), "--config", str(OVERLAY)]
+    assert reproduce_main.main(argv) == 0
     table = (run / "ablation.md").read_text()
+    assert "every number below is on the test split; settings were chosen on eval" in table
     variants_table, candidates_table = table.split("\n\n| setting |")
     rows = [line.split("|")[1].strip() for line in variants_table.splitlines() if line.startswith("| ")][1:]
-    assert rows == list(rp.VARIANTS)
+    assert rows == [*rp.VARIANTS, "*chance*"]
+    candidates_table, baselines_table = candidates_table.split("Baselines that change the method")
     assert [line.split("|")[1].strip() for line in candidates_table.splitlines()[2:] if line.startswith("| ")] \
-        == list(rp.CANDIDATES)
+        == list(rp.PAPER_SETTINGS)
+    assert [line.split("|")[1].strip() for line in baselines_table.splitlines() if line.startswith("| ")][1:] \
+        == [*rp.BASELINES.values(), "*chance*"]
     png = (run / "ablation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     result = json.loads((run / "ablation.json").read_text())
-    assert set(result["variants"]) == set(rp.VARIANTS)
+    assert set(result["variants"]) == set(rp.VARIANTS) and set(result["baselines"]) == set(rp.BASELINES)
+    info = result["info"]
+    assert info["split"] == "test" and info["selection_split"] == "eval" and info["seed"] == 0
+    assert info["command"][:2] == ["frozen-scale", "reproduce"] and info["config"]["world"]["seed"] == 0
+    assert info["commit"] is None or len(info["commit"]) == 40
     for name, r in result["variants"].items():
-        assert set(r["scores"]) == {c for c, *_ in rp.EVALS}
+        assert set(r["scores"]) == {c for c, *_ in rp.EVALS} == set(r["dev"]["scores"])
+        assert r["split"] == "test" and r["dev"]["split"] == "eval"
+        assert r["chance"]["cls_2way_1shot"] == 0.5 and r["chance"]["binding_1shot"] == 0.5
+        assert 0 < r["chance"]["vqa_0shot"] <= 1 and r["chance"]["caption_exact"] is None
         assert all(0.0 <= v <= 10.0 for v in r["scores"].values())
         assert r["train_seconds"] > 0 and r["final_loss"] is not None
         assert r["setting"] == result["info"]["setting"] and set(r["intervals"]) <= set(r["scores"])
         assert all(lo <= r["scores"][c] <= hi for c, (lo, hi) in r["intervals"].items())
         assert (run / r["folder"] / "prefix" / "export" / "frozen_vlm.json").exists()
     # every candidate setting trained the frozen prefix with its overrides and was probed
-    assert set(result["candidates"]) == set(rp.CANDIDATES)
+    assert set(result["candidates"]) == set(rp.PAPER_SETTINGS)
     assert result["variants"]["frozen"] == result["candidates"][result["info"]["setting"]]
     for name, r in result["candidates"].items():
         cfg = yaml.safe_load((run / "candidates" / name / "train_config.yaml").read_text())
@@ -163,8 +176,11 @@ def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
             assert str(cfg[section][key]) == override.split("=")[1]
         assert set(r["probes"]["episodes"]) == {f"{k}-{w}" for k in ("classification", "binding")
                                                 for w in ("none", "support", "query", "all")}
-    assert result["info"]["setting"] == max(rp.CANDIDATES, key=lambda n: (rp.fewshot_score(result["candidates"][n]),
-                                                                          -list(rp.CANDIDATES).index(n)))
+    settings = list(rp.PAPER_SETTINGS)  # chosen by the dev split's few-shot score
+    assert result["info"]["setting"] == max(settings, key=lambda n: (rp.fewshot_score(result["candidates"][n]),
+                                                                     -settings.index(n)))
+    assert rp.fewshot_score(result["candidates"]["single"]) == sum(
+        result["candidates"]["single"]["dev"]["scores"][c] for c in rp.FEWSHOT_COLUMNS) / 3
     # the finetuned and scratch exports carry LM weights, the frozen one does not
     from safetensors.torch import load_file
 
@@ -174,8 +190,7 @@ def test_quick_reproduce_writes_table_and_plot_for_all_variants(tmp_path):
     assert has_lm == {"frozen": False, "finetuned": True, "scratch": True, "blind": False}
     assert result["info"]["total_seconds"] > 0
     # a second call reuses every finished stage
-    assert rp.main(["--quick", "--run-dir", str(run), "--nproc", "1", "--no-progress",
-                    "--candidates", ",".join(rp.CANDIDATES), "--base", str(BASE), "--config", str(OVERLAY)]) == 0
+    assert reproduce_main.main(argv) == 0
     assert json.loads((run / "ablation.json").read_text())["info"]["total_seconds"] < result["info"]["total_seconds"]
 
 
@@ -206,12 +221,12 @@ def test_a_run_folder_from_before_a_new_config_key_is_still_reused(tmp_path):
 
 
 def test_one_candidate_is_the_setting_every_variant_trains_with(tmp_path, monkeypatch):
-    """`--candidates lexical` alone: no search, and every variant trains with that setting."""
+    """`--candidates interleaved` alone: no search, and every variant trains with that setting."""
     cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), [])
     trained = {}
 
     def fake_run_variant(name, vcfg, run, lm, shards, nproc, progress, folder=None, setting="single", probe=False):
-        trained[name] = (vcfg.model.prefix_kind, setting, probe)
+        trained[name] = (vcfg.data.images_per_sequence, setting, probe)
         return {"scores": {c: 0.0 for c, *_ in rp.EVALS}, "train_seconds": 1.0, "eval_seconds": 1.0,
                 "final_loss": 0.0, "setting": setting}
 
@@ -220,7 +235,65 @@ def test_one_candidate_is_the_setting_every_variant_trains_with(tmp_path, monkey
     monkeypatch.setattr(rp, "scratch_lm", lambda run, cfg: run / "lm_scratch")
     monkeypatch.setattr(rp, "run_variant", fake_run_variant)
     monkeypatch.setattr(rp, "plot", lambda run, results: run / "ablation.png")
-    out = rp.reproduce(str(tmp_path), cfg, nproc=1, variants=list(rp.VARIANTS), progress=False, candidates=["lexical"])
-    assert trained == {name: ("lexical", "lexical", name == "frozen") for name in rp.VARIANTS}  # frozen probed
-    assert out["info"]["setting"] == "lexical" and out["candidates"] == {}
-    assert "setting 'lexical' (model.prefix_kind=lexical)" in (tmp_path / "ablation.md").read_text()
+    out = rp.reproduce(str(tmp_path), cfg, nproc=1, variants=list(rp.VARIANTS), progress=False,
+                       candidates=["interleaved"])
+    assert trained == {name: (3, "interleaved", name == "frozen") for name in rp.VARIANTS}  # frozen probed
+    assert out["info"]["setting"] == "interleaved" and out["candidates"] == {}
+    assert "setting 'interleaved' (data.images_per_sequence=3)" in (tmp_path / "ablation.md").read_text()
+
+
+def test_the_headline_prefix_is_trained_by_the_caption_loss_alone():
+    """Every setting of the paper's prefix builds continuous prefix vectors, and their training loss
+    is the frozen LM's next-token loss on the caption: slot targets and their weight change nothing.
+    The word prefix (a labelled baseline) is the one trained against the caption's tokens."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from frozen_scale.data.prompts import IGNORE, IMAGE_TOKEN
+    from frozen_scale.model.frozen_vlm import FrozenVLM
+
+    cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), ["model.vision.resnet_widths=[8,16]",
+                                                            "model.vision.image_size=16"])
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_layer=1, n_embd=16, n_head=2, n_positions=64)).eval()
+    torch.manual_seed(0)
+    k = cfg.model.prefix_length
+    ids = torch.randint(0, 40, (2, k + 6))
+    ids[:, :k] = IMAGE_TOKEN
+    labels = ids.clone()
+    labels[:, : k + 2] = IGNORE
+    pixels, mask, targets = torch.randn(2, 3, 16, 16), torch.ones_like(ids), torch.randint(0, 40, (2, k))
+    for name in rp.PAPER_SETTINGS:
+        mcfg = rp.candidate_config(cfg, name).model
+        assert mcfg.prefix_kind == "continuous", name
+        model = FrozenVLM(mcfg, lm)
+        loss = model(pixels, ids, mask, labels=labels, prefix_targets=targets)
+        embeds, _, slot_logits = model.embed_images(ids, pixels, mask)
+        assert slot_logits is None  # nothing to supervise: no slot loss can enter
+        logits = lm(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1]
+        caption = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+        expected = (caption.sum(1) / (labels[:, 1:] != IGNORE).sum(1)).mean()
+        torch.testing.assert_close(loss, expected)
+        model.cfg.prefix_target_weight = 0.0
+        torch.testing.assert_close(model(pixels, ids, mask, labels=labels, prefix_targets=targets), loss)
+    assert rp.candidate_config(cfg, "words").model.prefix_kind == "words" and "words" in rp.BASELINES
+    assert not set(rp.BASELINES) & set(rp.PAPER_SETTINGS) and rp.DEFAULT_CANDIDATES == ("single",)
+
+
+@pytest.mark.slow
+def test_a_rerun_of_one_seed_gives_the_same_numbers(tmp_path):
+    """The whole pipeline twice for one seed in two folders (shards, LM pretraining, prefix
+    training on two ranks, evaluation): the same LM weights and the same scores on dev and test."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    results = []
+    for run in (tmp_path / "a", tmp_path / "b"):
+        assert reproduce_main.main(["--quick", "--run-dir", str(run), "--nproc", "2", "--no-progress", "--variants",
+                                    "frozen", "--base", str(BASE), "--config", str(OVERLAY)]) == 0
+        weights = load_file(str(run / "lm" / "model.safetensors"))
+        digest = hashlib.sha256(b"".join(weights[k].numpy().tobytes() for k in sorted(weights))).hexdigest()
+        frozen = json.loads((run / "ablation.json").read_text())["variants"]["frozen"]
+        results.append((digest, frozen["scores"], frozen["dev"]["scores"], frozen["final_loss"]))
+    assert results[0] == results[1]
