@@ -297,3 +297,25 @@ def test_a_rerun_of_one_seed_gives_the_same_numbers(tmp_path):
         frozen = json.loads((run / "ablation.json").read_text())["variants"]["frozen"]
         results.append((digest, frozen["scores"], frozen["dev"]["scores"], frozen["final_loss"]))
     assert results[0] == results[1]
+
+
+def test_seeds_run_the_whole_pipeline_per_world_seed_and_report_mean_and_range(tmp_path, monkeypatch):
+    cfg = rp.load_reproduce_config(str(BASE), str(OVERLAY), ["world.seed=5"])
+    calls = []
+
+    def fake_reproduce(run_dir, seed_cfg, **kwargs):
+        calls.append((Path(run_dir).name, seed_cfg.world.seed))
+        score = 0.5 + 0.1 * (seed_cfg.world.seed - 5)
+        scores = {"vqa_0shot": score, "cls_2way_1shot": 1 - score}
+        return {"info": {"total_seconds": 2.0},
+                "variants": {"frozen": {"scores": scores, "chance": {"vqa_0shot": 0.3, "cls_2way_1shot": 0.5}}}}
+
+    monkeypatch.setattr(rp, "reproduce", fake_reproduce)
+    out = reproduce_main.run_seeds(str(tmp_path), cfg, 3, nproc=1, variants=["frozen"], progress=False)
+    assert calls == [("seed_5", 5), ("seed_6", 6), ("seed_7", 7)] and cfg.world.seed == 5
+    vqa = out["summary"]["frozen"]["vqa_0shot"]
+    assert vqa["seeds"] == [5, 6, 7] and vqa["values"] == pytest.approx([0.5, 0.6, 0.7])
+    assert vqa["mean"] == pytest.approx(0.6) and (vqa["min"], vqa["max"]) == pytest.approx((0.5, 0.7))
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| frozen | 0.600 (0.50-0.70) |" in table and "| *chance* | 0.300 | 0.500 |" in table
+    assert json.loads((tmp_path / "ablation.json").read_text())["info"]["seeds"] == [5, 6, 7]
