@@ -161,6 +161,9 @@ class TrainConfig:
     """Samples per rank per forward pass."""
     grad_accum: int = 1
     lr: float = 1e-3
+    lm_lr: float = 0.0
+    """With model.train_lm: the LM's parameters' peak lr, the prefix keeping `lr` (two parameter
+    groups under one schedule). 0: the LM trains at `lr` too."""
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
@@ -192,8 +195,8 @@ class TrainConfig:
         for name in ("steps", "micro_batch_size", "grad_accum", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr <= 0 or self.lm_lr < 0:
+            raise ConfigError(f"train.lr must be > 0 and train.lm_lr >= 0, got {self.lr} and {self.lm_lr}")
         if len(self.betas) != 2:
             raise ConfigError("train.betas must hold two numbers")
 

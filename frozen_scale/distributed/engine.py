@@ -226,6 +226,18 @@ class SkipNonFiniteAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def param_groups(model, trainable: list, t) -> list[dict]:
+    """Weight decay for matrices only; with train.lm_lr, the LM's parameters in groups of that lr
+    (the prefix's at train.lr)."""
+    lm_ids = {id(p) for p in model.lm.parameters()} if t.lm_lr else set()
+    groups = []
+    for lr in dict.fromkeys(t.lm_lr if id(p) in lm_ids else t.lr for p in trainable):
+        mine = [p for p in trainable if (t.lm_lr if id(p) in lm_ids else t.lr) == lr]
+        groups += [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": t.weight_decay, "lr": lr},
+                   {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
+    return [g for g in groups if g["params"]]
+
+
 def build_engine(model, cfg: FrozenConfig, ds: dict, lr_lambda):
     """DeepSpeed engine; the optimizer covers trainable parameters only."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -234,10 +246,9 @@ def build_engine(model, cfg: FrozenConfig, ds: dict, lr_lambda):
     t = cfg.train
     optimizer = None
     if "optimizer" not in ds:
-        decay = [p for p in trainable if p.dim() >= 2]
-        no_decay = [p for p in trainable if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = SkipNonFiniteAdamW([g for g in groups if g["params"]], lr=t.lr, betas=tuple(t.betas))
+        optimizer = SkipNonFiniteAdamW(param_groups(model, trainable, t), lr=t.lr, betas=tuple(t.betas))
+    elif t.lm_lr and cfg.model.train_lm:
+        raise ValueError("train.lm_lr needs the optimizer in this process: not with deepspeed.offload_optimizer")
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=trainable, optimizer=optimizer, config=ds,
         lr_scheduler=(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)),

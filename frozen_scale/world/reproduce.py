@@ -28,8 +28,8 @@ import yaml
 
 from frozen_scale.config import FrozenConfig, apply_overrides, deep_merge, from_dict, save_config
 from frozen_scale.world.items import DEV_SPLIT, TEST_SPLIT
-from frozen_scale.world.reproduce_report import (EVALS, FEWSHOT_COLUMNS, chance_level, finding, fewshot_score,  # noqa: F401
-                                               plot, text_ceilings, wilson_interval, write_table)
+from frozen_scale.world.reproduce_report import (EVALS, FEWSHOT_COLUMNS, chance_level, dev_score, finding,  # noqa: F401
+                                               fewshot_score, plot, text_ceilings, wilson_interval, write_table)
 from launchers.local import launch_training
 
 log = logging.getLogger("frozen_scale.world.reproduce")
@@ -61,6 +61,10 @@ BASELINES = {
 }
 """Settings that change the method, reported only as labelled baselines beside the headline."""
 DEFAULT_CANDIDATES = ("single",)
+LM_LR_SWEEP = (1.0, 0.1)
+"""The LM's lr of the variants that train it (finetuned, scratch), as fractions of the LM's
+pretraining peak (`lm_pretrain.lr`), the prefix keeping its own (`train.lm_lr`): each is
+trained at every one and the best on dev is reported."""
 METHOD = "the paper's prefix: continuous vectors from the vision encoder, trained by the caption loss alone"
 QUICK = [
     "lm_pretrain.n_layer=2", "lm_pretrain.n_embd=32", "lm_pretrain.n_head=2", "lm_pretrain.steps=5",
@@ -282,6 +286,24 @@ def check_same_config(run: Path, cfg: FrozenConfig) -> None:
                          f"Use another --run-dir, or delete {run} to start over.")
 
 
+def sweep_lm_lr(name: str, cfg: FrozenConfig, run: Path, lm_dir: Path, shards: Path, nproc: int, progress: bool,
+                setting: str) -> dict:
+    """A variant that trains its LM, at every LM lr of LM_LR_SWEEP (run/NAME/lm_lr_X); the one with
+    the best dev score, with the sweep's dev scores under "lm_lr_sweep"."""
+    tried = {}
+    for fraction in LM_LR_SWEEP:
+        lm_lr = cfg.lm_pretrain.lr * fraction
+        vcfg = copy.deepcopy(cfg)
+        vcfg.train.lm_lr = lm_lr
+        tried[lm_lr] = run_variant(name, vcfg, run, lm_dir, shards, nproc, progress, folder=f"{name}/lm_lr_{lm_lr:g}",
+                                   setting=setting)
+    best = max(tried, key=lambda lr: (dev_score(tried[lr]), lr))
+    sweep = {f"{lr:g}": dev_score(r) for lr, r in tried.items()}
+    return {**tried[best], "lm_lr": best, "lm_lr_sweep": sweep,
+            "train_seconds": sum(r["train_seconds"] for r in tried.values()),
+            "eval_seconds": sum(r["eval_seconds"] for r in tried.values())}
+
+
 def choose_setting(run: Path, cfg: FrozenConfig, candidates: list[str], lm_dir: Path, shards: Path, nproc: int,
                    progress: bool, timings: dict) -> tuple[str, dict]:
     """Train and evaluate the frozen variant with every candidate setting (run/candidates/NAME),
@@ -328,8 +350,11 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
             continue
         lm = scratch_lm(run, cfg) if spec["lm"] == "scratch" else lm_dir
         log.info("variant %s: training", name)
-        results[name] = run_variant(name, chosen, run, lm, blind_shards if spec["blind"] else shards, nproc,
-                                    progress, setting=setting, probe=name == "frozen")
+        if spec["train_lm"]:
+            results[name] = sweep_lm_lr(name, chosen, run, lm, shards, nproc, progress, setting)
+        else:
+            results[name] = run_variant(name, chosen, run, lm, blind_shards if spec["blind"] else shards, nproc,
+                                        progress, setting=setting, probe=name == "frozen")
         timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
         log.info("variant %s (test): %s", name, results[name]["scores"])
     extra = {}

@@ -54,6 +54,14 @@ def fewshot_score(result: dict) -> float:
 
 
 # -- report -----------------------------------------------------------------------------------
+def dev_score(result: dict) -> float:
+    """What an LM lr of a variant that trains its LM is chosen by: the mean of captioning exact
+    match, 0-shot VQA and the few-shot columns on the dev split."""
+    scores = result.get("dev", result)["scores"]
+    columns = ("caption_exact", "vqa_0shot", *FEWSHOT_COLUMNS)
+    return sum(scores[c] for c in columns) / len(columns)
+
+
 def _cell(r: dict, column: str) -> str:
     if column not in r["scores"]:
         return "-"
@@ -131,6 +139,11 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
     if baselines:
         tail += ["Baselines that change the method (not the paper's prefix), frozen LM, test split:", ""]
         tail += _rows(baselines, columns, {n: r.get("label", n) for n, r in baselines.items()}) + [""]
+    for name, r in results.items():
+        if r.get("lm_lr_sweep"):
+            sweep = ", ".join(f"{lr}: {score:.3f}" for lr, score in r["lm_lr_sweep"].items())
+            tail += [f"{name}: LM lr {r['lm_lr']:g} chosen on dev (dev score by LM lr: {sweep}); "
+                     f"the prefix at train.lr.", ""]
     finding_text = info.get("finding")
     if finding_text:
         tail += [finding_text, ""]

@@ -158,3 +158,26 @@ def test_world_size_change_restores_the_optimizer_state(tmp_path, tiny_lm_dir, t
     for key, value in after_exact.items():
         assert torch.equal(after_moved[key], value), key
     assert moved.engine.get_lr() == exact.engine.get_lr()
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_the_lm_trains_at_its_own_lr_beside_the_prefix(tmp_path, tiny_lm_dir, tiny_shards, stage):
+    """model.train_lm with train.lm_lr: the LM's parameters in groups of that lr under the same
+    schedule, the prefix's at train.lr; one step moves the LM by lm_lr and the prefix by lr (Adam's
+    first step is lr * sign(gradient) for every element with a gradient)."""
+    from frozen_scale.train.trainer import Trainer
+
+    cfg = make_cfg(tmp_path, tiny_lm_dir, tiny_shards, model={"train_lm": True},
+                   train={"steps": 1, "lr": 1e-2, "lm_lr": 1e-4, "warmup_steps": 0, "min_lr_ratio": 1.0,
+                          "grad_clip": 0.0}, deepspeed={"stage": stage})
+    trainer = Trainer(cfg)
+    model = trainer.engine.module
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert sorted({g["lr"] for g in inner.param_groups}) == [1e-4, 1e-2]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert trainer.fit() == 0
+    steps = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    lm_moves = [v for n, v in steps.items() if n.startswith("lm.") and v > 0]
+    prefix_moves = [v for n, v in steps.items() if not n.startswith("lm.") and v > 0]
+    assert lm_moves and prefix_moves
+    assert max(lm_moves) == pytest.approx(1e-4, rel=1e-3) and max(prefix_moves) == pytest.approx(1e-2, rel=1e-3)
