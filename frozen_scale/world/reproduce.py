@@ -319,6 +319,29 @@ def choose_setting(run: Path, cfg: FrozenConfig, candidates: list[str], lm_dir: 
     return best, results
 
 
+def train_variants(variants: list[str], cfg: FrozenConfig, run: Path, setting: str, tried: dict, lm_dir: Path,
+                   shards: tuple, nproc: int, progress: bool, timings: dict) -> dict:
+    """Every variant with the chosen setting (the frozen one reused when it was a candidate; those
+    that train their LM over LM_LR_SWEEP); shards: (real, black images)."""
+    chosen = candidate_config(cfg, setting)
+    results = {}
+    for name in variants:
+        spec = VARIANTS[name]
+        if name == "frozen" and setting in tried:
+            results[name] = tried[setting]  # already trained and evaluated as a candidate
+            continue
+        lm = scratch_lm(run, cfg) if spec["lm"] == "scratch" else lm_dir
+        log.info("variant %s: training", name)
+        if spec["train_lm"]:
+            results[name] = sweep_lm_lr(name, chosen, run, lm, shards[0], nproc, progress, setting)
+        else:
+            results[name] = run_variant(name, chosen, run, lm, shards[1] if spec["blind"] else shards[0], nproc,
+                                        progress, setting=setting, probe=name == "frozen")
+        timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
+        log.info("variant %s (test): %s", name, results[name]["scores"])
+    return results
+
+
 def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str], progress: bool,
               candidates: list[str] | None = None, baselines: list[str] = ()) -> dict:
     """One seed (cfg.world.seed) of the ablation in run_dir: settings chosen on dev, every variant
@@ -341,22 +364,8 @@ def reproduce(run_dir: str, cfg: FrozenConfig, *, nproc: int, variants: list[str
     if len(candidates) > 1:
         setting, tried = choose_setting(run, cfg, candidates, lm_dir, shards, nproc, progress, timings)
         log.info("chosen setting (on dev): %s", setting)
-    chosen = candidate_config(cfg, setting)
-    results = {}
-    for name in variants:
-        spec = VARIANTS[name]
-        if name == "frozen" and setting in tried:
-            results[name] = tried[setting]  # already trained and evaluated as a candidate
-            continue
-        lm = scratch_lm(run, cfg) if spec["lm"] == "scratch" else lm_dir
-        log.info("variant %s: training", name)
-        if spec["train_lm"]:
-            results[name] = sweep_lm_lr(name, chosen, run, lm, shards, nproc, progress, setting)
-        else:
-            results[name] = run_variant(name, chosen, run, lm, blind_shards if spec["blind"] else shards, nproc,
-                                        progress, setting=setting, probe=name == "frozen")
-        timings[name] = results[name]["train_seconds"] + results[name]["eval_seconds"]
-        log.info("variant %s (test): %s", name, results[name]["scores"])
+    results = train_variants(variants, cfg, run, setting, tried, lm_dir, (shards, blind_shards), nproc, progress,
+                             timings)
     extra = {}
     for name in baselines:
         extra[name] = run_variant("frozen", candidate_config(cfg, name), run, lm_dir, shards, nproc, progress,
