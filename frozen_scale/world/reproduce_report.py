@@ -153,12 +153,21 @@ def write_table(run: Path, results: dict[str, dict], info: dict, candidates: dic
 
 
 def finding(results: dict[str, dict]) -> str | None:
+    """The paper's finding (frozen > finetuned on zero-shot VQA) on these results: held only when
+    the two 95% intervals do not overlap (when intervals are given)."""
     if "frozen" not in results or "finetuned" not in results:
         return None
     f, t = results["frozen"]["scores"]["vqa_0shot"], results["finetuned"]["scores"]["vqa_0shot"]
-    verdict = "held" if f > t else ("could not be told apart (a tie)" if f == t else "did not hold")
+    fi, ti = (results[n].get("intervals", {}).get("vqa_0shot") for n in ("frozen", "finetuned"))
+    if f == t:
+        verdict = "could not be told apart (a tie)"
+    elif fi and ti and fi[0] <= ti[1] and ti[0] <= fi[1]:
+        verdict = f"could not be told apart: {'frozen' if f > t else 'finetuned'} is higher within overlapping 95% intervals"
+    else:
+        verdict = "held" if f > t else "did not hold"
+    shown = {n: f"{v:.3f}" + (f" ({i[0]:.2f}-{i[1]:.2f})" if i else "") for n, v, i in (("frozen", f, fi), ("finetuned", t, ti))}
     return (f"Paper's finding (frozen > finetuned on zero-shot VQA) {verdict} here: "
-            f"frozen {f:.3f} vs finetuned {t:.3f}.")
+            f"frozen {shown['frozen']} vs finetuned {shown['finetuned']}.")
 
 
 def plot(run: Path, results: dict[str, dict]) -> Path:

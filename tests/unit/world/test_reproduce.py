@@ -113,6 +113,15 @@ def test_finding_verdict():
     assert "tie" in rp.finding(res(0.0, 0.0))
     assert rp.finding({"frozen": {"scores": {"vqa_0shot": 1.0}}}) is None
 
+    def with_intervals(f, fi, t, ti):
+        return {"frozen": {"scores": {"vqa_0shot": f}, "intervals": {"vqa_0shot": fi}},
+                "finetuned": {"scores": {"vqa_0shot": t}, "intervals": {"vqa_0shot": ti}}}
+
+    overlapping = rp.finding(with_intervals(0.60, (0.50, 0.69), 0.56, (0.46, 0.65)))
+    assert "could not be told apart" in overlapping and "held" not in overlapping
+    assert "held here" in rp.finding(with_intervals(0.9, (0.85, 0.94), 0.2, (0.13, 0.29)))
+    assert "did not hold" in rp.finding(with_intervals(0.2, (0.13, 0.29), 0.9, (0.85, 0.94)))
+
 
 @pytest.mark.parametrize("classification, warned", [(0.48, True), (1.0, False)])
 def test_the_table_warns_when_the_lm_did_not_learn_naming(tmp_path, classification, warned):
