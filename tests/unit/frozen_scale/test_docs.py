@@ -113,3 +113,24 @@ def test_files_and_functions_stay_small():
                     if length > 60:
                         long_functions.append(f"{rel}:{node.lineno} {node.name}: {length}")
     assert long_files == [] and long_functions == [], (long_files, long_functions)
+
+
+def test_the_worlds_results_table_is_the_committed_artifact():
+    """Every number of docs/world.md's test-split table is the artifact's, rounded to two places."""
+    import json
+
+    artifact = json.loads((REPO / "docs" / "results" / "reproduce_seed0.json").read_text())
+    text = (REPO / "docs" / "world.md").read_text()
+    table = text.split("## The paper's prefix on the test split, one seed", 1)[1].split("\n\n")[2]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()]
+    header, body = rows[0], rows[2:]
+    variants = artifact["variants"]
+    assert [r[0] for r in body] == [*variants, "chance"]
+    for row in body:
+        for column, cell in zip(header[1:], row[1:]):
+            if row[0] == "chance":
+                value = variants["frozen"]["chance"][column]
+                assert cell == ("-" if value is None else f"{value:.2f}"), (column, cell)
+            else:
+                assert cell == f"{variants[row[0]]['scores'][column]:.2f}", (row[0], column, cell)
+    assert artifact["info"]["split"] == "test" and artifact["info"]["seed"] == 0
